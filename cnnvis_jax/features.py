@@ -1,0 +1,145 @@
+"""Streaming feature extraction: every requested layer from one forward per batch.
+
+Batches have a fixed shape (the last one is padded and masked), so the forward is
+compiled once. Images travel to the device as uint8 and are converted, resized to
+the model's input size when the source differs, and normalized inside ``jit``.
+Loading the next batch overlaps with computing the current one.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from cnnvis_jax.errors import InputError
+from cnnvis_jax.model import Model
+from cnnvis_jax.progress import progress_bar
+
+
+def load_batch(source: Any, indices: np.ndarray) -> dict[str, np.ndarray]:
+    """``{"image": uint8 (B, H, W, 3), "target": int32 (B,)}`` for ``indices``
+    (plus whatever a vectorized ``source.batch(indices)`` returns)."""
+    if hasattr(source, "batch"):
+        return source.batch(np.asarray(indices))
+    samples = [source[int(i)] for i in indices]
+    images = [np.asarray(s["image"]) for s in samples]
+    shapes = {im.shape for im in images}
+    if len(shapes) != 1:
+        raise InputError(
+            f"images of one batch differ in size {sorted(shapes)}; give the source a "
+            "fixed size (e.g. FolderSource(size=...)) so batches can be stacked."
+        )
+    targets = np.asarray([s.get("target", -1) for s in samples], np.int32)
+    return {"image": np.stack(images), "target": targets}
+
+
+def prefetched(fn: Callable[[Any], Any], items: Sequence[Any]) -> Iterator[Any]:
+    """Yield ``fn(item)`` for each item, computing the next one in a worker thread
+    while the caller works on the current one."""
+    if not items:
+        return
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        pending = pool.submit(fn, items[0])
+        for k in range(len(items)):
+            current = pending.result()
+            if k + 1 < len(items):
+                pending = pool.submit(fn, items[k + 1])
+            yield current
+
+
+def to_model_input(model: Model, images_uint8: jax.Array) -> jax.Array:
+    """uint8 (B, H, W, 3) -> float32 [0, 1] at the model's input size (bilinear
+    resize inside the traced function when the sizes differ)."""
+    x = images_uint8.astype(jnp.float32) / 255.0
+    h, w = model.input.size
+    if x.shape[1:3] != (h, w):
+        x = jax.image.resize(x, (x.shape[0], h, w, 3), method="bilinear", antialias=True)
+    return x
+
+
+def make_forward(
+    model: Model,
+    layers: Sequence[str],
+    reduce: Callable[[str, jax.Array], jax.Array] | None = None,
+) -> Callable:
+    """A jitted ``forward(params, images_uint8) -> {layer: array}``.
+
+    ``reduce(layer, activation)`` (optional) is applied on device before the
+    result is returned, e.g. a spatial max, to keep transfers small.
+    """
+    layers = tuple(layers)
+
+    @jax.jit
+    def forward(params, images_uint8):
+        out = model.apply(params, to_model_input(model, images_uint8), layers)
+        if reduce is not None:
+            out = {k: reduce(k, v) for k, v in out.items()}
+        return out
+
+    return forward
+
+
+def iterate_batches(
+    source: Any,
+    batch_size: int,
+    indices: Sequence[int] | None = None,
+) -> Iterator[tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]]:
+    """Yield ``(indices, valid, batch)`` with a fixed batch shape.
+
+    ``indices`` int64 (B,) (padding repeats the last index), ``valid`` bool (B,),
+    ``batch`` as :func:`load_batch` (``batch["image"]`` uint8 (B, H, W, 3)). The
+    next batch is loaded in a worker thread while the caller works.
+    """
+    if batch_size < 1:
+        raise InputError(f"batch_size must be >= 1, got {batch_size}.")
+    order = np.arange(len(source)) if indices is None else np.asarray(indices, np.int64)
+    if order.size == 0:
+        raise InputError("no images to process: the source (or the index list) is empty.")
+
+    def prepare(start):
+        chunk = order[start : start + batch_size]
+        valid = np.ones(batch_size, bool)
+        if len(chunk) < batch_size:
+            valid[len(chunk) :] = False
+            chunk = np.concatenate([chunk, np.full(batch_size - len(chunk), chunk[-1])])
+        return chunk, valid, load_batch(source, chunk)
+
+    yield from prefetched(prepare, list(range(0, len(order), batch_size)))
+
+
+def extract_features(
+    model: Model,
+    source: Any,
+    layers: Sequence[str],
+    *,
+    batch_size: int = 64,
+    indices: Sequence[int] | None = None,
+    reduce: Callable[[str, jax.Array], jax.Array] | None = None,
+    progress: bool = True,
+    dtype: Any = np.float32,
+) -> dict[str, np.ndarray]:
+    """Activations of ``layers`` for every image of ``source`` (or ``indices``).
+
+    Returns ``{layer: array (N, ...)}`` in the order of the images; with ``reduce``
+    the per-layer reduced arrays. Memory grows with N: for whole data sets prefer
+    a streaming consumer of :func:`iterate_batches` and :func:`make_forward`.
+    """
+    layers = tuple(layers)
+    for name in layers:
+        model.resolve(name)
+    forward = make_forward(model, layers, reduce)
+    n = len(source) if indices is None else len(indices)
+    chunks: dict[str, list[np.ndarray]] = {name: [] for name in layers}
+    with progress_bar(total=n, desc=f"features {','.join(layers)}", enabled=progress) as bar:
+        for _, valid, batch in iterate_batches(source, batch_size, indices):
+            out = forward(model.params, batch["image"])
+            count = int(valid.sum())
+            for name in layers:
+                chunks[name].append(np.asarray(out[name][:count], dtype))
+            bar.update(count)
+    return {name: np.concatenate(parts) for name, parts in chunks.items()}

@@ -1,0 +1,113 @@
+"""Training configuration for ConceptNet (configs are code: a frozen dataclass)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+from cnnvis_jax.errors import InputError
+
+DEFAULT_SNAPSHOTS = (1, 2, 5, 10, 20, 30, 40, 64)
+"""Zeiler & Fergus's monitoring epochs; the last epoch is always added."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Everything that determines a training run (the same config and seed give
+    the same weights and metrics, interrupted or not).
+
+    Attributes:
+      epochs: passes; with ``fresh_data`` every epoch sees new images.
+      train_size: training images per epoch.
+      val_size: validation images (the concept set's ``val`` split).
+      batch_size: images per optimizer step.
+      learning_rate: peak AdamW learning rate (warm-up then cosine decay).
+      weight_decay: AdamW decoupled weight decay.
+      seed: initialization, data order and dropout keys.
+      data_seed: the concept set's seed (which images exist).
+      image_size: concept image size (ConceptNet expects 64).
+      target: "object" (main object class) or "scene" (the Places-like variant).
+      dropout, batchnorm, conv1_kernel, conv1_stride: ConceptNet variant.
+      fresh_data: draw new images every epoch (the generator is cheap) instead of
+        repeating one set.
+      snapshot_epochs: epochs whose weights are kept for monitoring (the last
+        epoch is always kept).
+      checkpoint_every: optimizer steps between resumable checkpoints (0: only at
+        the end of each epoch).
+    """
+
+    epochs: int = 6
+    train_size: int = 8192
+    val_size: int = 2048
+    batch_size: int = 128
+    learning_rate: float = 2e-3
+    weight_decay: float = 1e-4
+    seed: int = 0
+    data_seed: int = 0
+    image_size: int = 64
+    target: str = "object"
+    dropout: bool = True
+    batchnorm: bool = False
+    conv1_kernel: int = 5
+    conv1_stride: int = 2
+    fresh_data: bool = True
+    snapshot_epochs: tuple[int, ...] = DEFAULT_SNAPSHOTS
+    checkpoint_every: int = 0
+
+    def __post_init__(self):
+        for name in ("epochs", "train_size", "val_size", "batch_size"):
+            if getattr(self, name) < 1:
+                raise InputError(f"{name} must be >= 1, got {getattr(self, name)}.")
+        if self.batch_size > self.train_size:
+            raise InputError(
+                f"batch_size {self.batch_size} exceeds train_size {self.train_size}."
+            )
+        if self.target not in ("object", "scene"):
+            raise InputError(f"target must be 'object' or 'scene', got {self.target!r}.")
+        if self.learning_rate <= 0:
+            raise InputError(f"learning_rate must be > 0, got {self.learning_rate}.")
+        if self.checkpoint_every < 0:
+            raise InputError("checkpoint_every must be >= 0.")
+
+    @property
+    def steps_per_epoch(self) -> int:
+        """Full batches per epoch (a partial last batch is dropped: one compiled shape)."""
+        return self.train_size // self.batch_size
+
+    @property
+    def total_steps(self) -> int:
+        return self.epochs * self.steps_per_epoch
+
+    @property
+    def kept_epochs(self) -> tuple[int, ...]:
+        kept = {e for e in self.snapshot_epochs if 1 <= e <= self.epochs}
+        return tuple(sorted(kept | {self.epochs}))
+
+    @property
+    def variant(self) -> dict:
+        """Keyword arguments that build this run's ConceptNet."""
+        return dict(
+            dropout=self.dropout,
+            batchnorm=self.batchnorm,
+            conv1_kernel=self.conv1_kernel,
+            conv1_stride=self.conv1_stride,
+        )
+
+    def to_json(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["snapshot_epochs"] = list(self.snapshot_epochs)
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict) -> TrainConfig:
+        d = dict(d)
+        d["snapshot_epochs"] = tuple(d.get("snapshot_epochs", DEFAULT_SNAPSHOTS))
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+    def fingerprint(self) -> str:
+        """Fields that must match for a run directory to be resumed (all but the
+        snapshot list: the learning-rate schedule depends on ``epochs``)."""
+        d = self.to_json()
+        d.pop("snapshot_epochs")
+        return json.dumps(d, sort_keys=True)

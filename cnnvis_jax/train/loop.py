@@ -1,0 +1,316 @@
+"""Train ConceptNet on the embedded concept set with optax; resumable.
+
+Layout of a run directory::
+
+    DIR/config.json            the TrainConfig (a rerun must match it)
+    DIR/checkpoints/<step>/    orbax checkpoints (params, batch stats, optimizer)
+    DIR/snapshots/epoch_XXX.safetensors   weights kept for monitoring
+    DIR/weights.safetensors    final weights
+    DIR/metrics.json           val_accuracy, epochs, seconds, per-epoch history
+    DIR/report/                training report (see cnnvis_jax.report.training)
+
+Determinism: the data order of epoch ``e`` and the dropout key of step ``t`` are
+derived from ``(seed, e)`` and ``(seed, t)``, so a run killed and resumed from its
+last checkpoint ends with the same weights and metrics as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+from flax import nnx
+
+from cnnvis_jax.errors import InputError
+from cnnvis_jax.features import iterate_batches, prefetched
+from cnnvis_jax.progress import progress_bar
+from cnnvis_jax.train.config import TrainConfig
+from cnnvis_jax.zoo import conceptnet
+
+
+def _concept_sets(config: TrainConfig):
+    from cnnvis_jax.data.concepts import ConceptSet
+
+    epochs_of_data = config.epochs if config.fresh_data else 1
+    train = ConceptSet(
+        config.train_size * epochs_of_data,
+        split="train",
+        seed=config.data_seed,
+        image_size=config.image_size,
+        target=config.target,
+    )
+    val = ConceptSet(
+        config.val_size,
+        split="val",
+        seed=config.data_seed,
+        image_size=config.image_size,
+        target=config.target,
+    )
+    return train, val
+
+
+def epoch_order(config: TrainConfig, epoch: int) -> np.ndarray:
+    """Indices into the training set for ``epoch`` (1-based), shuffled by (seed, epoch)."""
+    base = (epoch - 1) * config.train_size if config.fresh_data else 0
+    rng = np.random.default_rng([config.seed, epoch])
+    return base + rng.permutation(config.train_size)
+
+
+def _schedule(config: TrainConfig):
+    warmup = max(1, config.total_steps // 20)
+    return optax.warmup_cosine_decay_schedule(
+        0.0, config.learning_rate, warmup, max(config.total_steps, warmup + 1)
+    )
+
+
+def _augment(images: jax.Array, key: jax.Array) -> jax.Array:
+    """Random horizontal flips (the classes are left/right symmetric in meaning)."""
+    flip = jax.random.bernoulli(key, 0.5, (images.shape[0], 1, 1, 1))
+    return jnp.where(flip, images[:, :, ::-1], images)
+
+
+class Trainer:
+    """Holds the compiled steps and the mutable training state of one run."""
+
+    def __init__(self, config: TrainConfig, num_classes: int):
+        self.config = config
+        module = conceptnet.init_fn(num_classes, seed=config.seed, **config.variant)
+        module.train()
+        self.train_graph, self.params, self.rest = nnx.split(module, nnx.Param, ...)
+        module.eval()
+        self.eval_graph = nnx.graphdef(module)
+        self.tx = optax.adamw(_schedule(config), weight_decay=config.weight_decay)
+        self.opt_state = self.tx.init(self.params)
+        self.step = 0
+        self._train_step = jax.jit(self._make_train_step(), donate_argnums=(0, 1, 2))
+        self._eval_step = jax.jit(self._make_eval_step())
+
+    def _make_train_step(self):
+        graph, tx = self.train_graph, self.tx
+
+        def train_step(params, rest, opt_state, images_u8, targets, key):
+            aug_key, drop_key = jax.random.split(key)
+            x = conceptnet.INPUT.normalize(images_u8.astype(jnp.float32) / 255.0)
+            x = _augment(x, aug_key)
+
+            def loss_fn(params):
+                module = nnx.merge(graph, params, rest)
+                logits = module(x, ("fc8",), rngs=nnx.Rngs(dropout=drop_key))["fc8"]
+                loss = optax.softmax_cross_entropy_with_integer_labels(logits, targets).mean()
+                return loss, (logits, nnx.state(module, nnx.Not(nnx.Param)))
+
+            (loss, (logits, new_rest)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+            updates, opt_state = tx.update(grads, opt_state, params)
+            params = optax.apply_updates(params, updates)
+            correct = jnp.sum(jnp.argmax(logits, -1) == targets)
+            return params, new_rest, opt_state, loss, correct
+
+        return train_step
+
+    def _make_eval_step(self):
+        graph = self.eval_graph
+
+        def eval_step(params, rest, images_u8, targets, valid):
+            x = conceptnet.INPUT.normalize(images_u8.astype(jnp.float32) / 255.0)
+            logits = nnx.merge(graph, params, rest)(x, ("fc8",))["fc8"]
+            loss = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
+            correct = (jnp.argmax(logits, -1) == targets) & valid
+            return jnp.sum(jnp.where(valid, loss, 0.0)), jnp.sum(correct)
+
+        return eval_step
+
+    def train_batch(self, images_u8: np.ndarray, targets: np.ndarray) -> tuple[float, int]:
+        key = jax.random.fold_in(jax.random.key(self.config.seed), self.step)
+        self.params, self.rest, self.opt_state, loss, correct = self._train_step(
+            self.params, self.rest, self.opt_state, images_u8, targets, key
+        )
+        self.step += 1
+        return loss, correct
+
+    def evaluate(self, source, batch_size: int) -> dict[str, float]:
+        total_loss, total_correct = 0.0, 0
+        for _, valid, batch in iterate_batches(source, batch_size):
+            loss, correct = self._eval_step(
+                self.params, self.rest, batch["image"], batch["target"], valid
+            )
+            total_loss += float(loss)
+            total_correct += int(correct)
+        return {"loss": total_loss / len(source), "accuracy": total_correct / len(source)}
+
+    def module(self) -> nnx.Module:
+        """The trained network (evaluation mode)."""
+        return nnx.merge(self.eval_graph, self.params, self.rest)
+
+    # --- checkpoint state ------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "params": self.params.to_pure_dict(),
+            "rest": self.rest.to_pure_dict(),
+            "opt_state": self.opt_state,
+        }
+
+    def load_state_dict(self, state: dict[str, Any], step: int) -> None:
+        nnx.replace_by_pure_dict(self.params, state["params"])
+        nnx.replace_by_pure_dict(self.rest, state["rest"])
+        self.opt_state = state["opt_state"]
+        self.step = step
+
+
+def _checkpoint_manager(run_dir: Path) -> ocp.CheckpointManager:
+    return ocp.CheckpointManager(
+        (run_dir / "checkpoints").absolute(),
+        options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True),
+    )
+
+
+def _check_config(run_dir: Path, config: TrainConfig) -> None:
+    path = run_dir / "config.json"
+    if path.exists():
+        saved = TrainConfig.from_json(json.loads(path.read_text()))
+        if saved.fingerprint() != config.fingerprint():
+            raise InputError(
+                f"{run_dir} holds a run with another configuration ({path}); use a new "
+                "--out directory, or the same arguments to resume it."
+            )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(config.to_json(), indent=2))
+
+
+def train(
+    config: TrainConfig,
+    run_dir: str | os.PathLike,
+    *,
+    progress: bool = True,
+    report: bool = True,
+    stop_after_steps: int | None = None,
+) -> dict[str, Any]:
+    """Train (or resume) a run in ``run_dir``; returns the metrics dict.
+
+    ``stop_after_steps`` ends the process's work early after that many optimizer
+    steps in this call, leaving a checkpoint, as an interruption would (used to
+    test resumption).
+    """
+    from cnnvis_jax.train.snapshots import save_weights
+
+    run_dir = Path(run_dir)
+    _check_config(run_dir, config)
+    train_set, val_set = _concept_sets(config)
+    trainer = Trainer(config, len(train_set.class_names))
+    manager = _checkpoint_manager(run_dir)
+    history: list[dict[str, Any]] = []
+    partial = {"loss_sum": 0.0, "correct_sum": 0, "seen": 0}  # of the unfinished epoch
+    seconds_before = 0.0
+    latest = manager.latest_step()
+    if latest is not None:
+        restored = manager.restore(
+            latest,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(trainer.state_dict()),
+                meta=ocp.args.JsonRestore(),
+            ),
+        )
+        trainer.load_state_dict(restored.state, latest)
+        history = restored.meta["history"]
+        partial = restored.meta["partial"]
+        seconds_before = restored.meta["seconds"]
+    start = time.perf_counter()
+    steps_done_now = 0
+    per_epoch = config.steps_per_epoch
+
+    def save_checkpoint():
+        manager.save(
+            trainer.step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardSave(trainer.state_dict()),
+                meta=ocp.args.JsonSave(
+                    {
+                        "history": history,
+                        "partial": partial,
+                        "seconds": seconds_before + time.perf_counter() - start,
+                    }
+                ),
+            ),
+        )
+        manager.wait_until_finished()
+
+    first_epoch = trainer.step // per_epoch + 1
+    with progress_bar(
+        total=config.total_steps, desc="train conceptnet", enabled=progress, unit="step"
+    ) as bar:
+        bar.update(trainer.step)
+        for epoch in range(first_epoch, config.epochs + 1):
+            order = epoch_order(config, epoch)
+            skip = trainer.step - (epoch - 1) * per_epoch
+            if skip == 0:
+                partial = {"loss_sum": 0.0, "correct_sum": 0, "seen": 0}
+            B = config.batch_size
+            for batch in prefetched(
+                lambda k, order=order: train_set.batch(order[k * B : (k + 1) * B]),
+                list(range(skip, per_epoch)),
+            ):
+                loss, correct = trainer.train_batch(batch["image"], batch["target"])
+                partial["loss_sum"] += float(loss) * B
+                partial["correct_sum"] += int(correct)
+                partial["seen"] += B
+                steps_done_now += 1
+                bar.update(1)
+                if config.checkpoint_every and trainer.step % config.checkpoint_every == 0:
+                    save_checkpoint()
+                if stop_after_steps is not None and steps_done_now >= stop_after_steps:
+                    save_checkpoint()
+                    return {"interrupted": True, "step": trainer.step}
+            val = trainer.evaluate(val_set, config.batch_size)
+            history.append(
+                {
+                    "epoch": epoch,
+                    "step": trainer.step,
+                    "train_loss": partial["loss_sum"] / partial["seen"],
+                    "train_accuracy": partial["correct_sum"] / partial["seen"],
+                    "val_loss": val["loss"],
+                    "val_accuracy": val["accuracy"],
+                    "seconds": seconds_before + time.perf_counter() - start,
+                }
+            )
+            bar.set_postfix(epoch=epoch, val_acc=f"{val['accuracy']:.3f}")
+            if epoch in config.kept_epochs:
+                save_weights(
+                    trainer.module(),
+                    run_dir / "snapshots" / f"epoch_{epoch:03d}.safetensors",
+                    config=config,
+                    class_names=train_set.class_names,
+                    epoch=epoch,
+                )
+            save_checkpoint()
+    module = trainer.module()
+    save_weights(
+        module,
+        run_dir / "weights.safetensors",
+        config=config,
+        class_names=train_set.class_names,
+        epoch=config.epochs,
+    )
+    metrics = {
+        "val_accuracy": history[-1]["val_accuracy"],
+        "val_loss": history[-1]["val_loss"],
+        "epochs": config.epochs,
+        "steps": trainer.step,
+        "seconds": seconds_before + time.perf_counter() - start,
+        "images_seen": trainer.step * config.batch_size,
+        "class_names": list(train_set.class_names),
+        "history": history,
+        "snapshots": [f"snapshots/epoch_{e:03d}.safetensors" for e in config.kept_epochs],
+    }
+    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    if report:
+        from cnnvis_jax.report.training import write_training_report
+
+        write_training_report(run_dir, metrics, module, val_set)
+    return metrics

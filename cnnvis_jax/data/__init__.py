@@ -1,0 +1,146 @@
+"""Data sources: the embedded concept set, Broden directories, image folders.
+
+Every source is random access (``len``, ``source[i]``) and returns the in-memory
+form documented in :mod:`cnnvis_jax.data.types`. ``open_dataset`` parses the CLI's
+``--dataset`` values (``concepts``, ``broden:DIR``, ``folder:DIR``).
+
+TensorFlow Datasets support (:func:`build_tfds`, :func:`tfds_source`) is imported
+on first use only.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from cnnvis_jax.data.types import (
+    CATEGORIES,
+    IMAGE_LEVEL,
+    PIXEL_LEVEL,
+    Label,
+    Sample,
+    Source,
+    Vocabulary,
+)
+from cnnvis_jax.errors import InputError
+
+_LAZY = {
+    "ConceptSet": "cnnvis_jax.data.concepts",
+    "concept_vocabulary": "cnnvis_jax.data.concepts",
+    "CLASS_NAMES": "cnnvis_jax.data.concepts",
+    "generate_batch": "cnnvis_jax.data.concepts",
+    "BrodenSource": "cnnvis_jax.data.broden",
+    "FolderSource": "cnnvis_jax.data.folder",
+    "load_images": "cnnvis_jax.data.imageio",
+    "resize_to_contract": "cnnvis_jax.data.imageio",
+    "export_broden": "cnnvis_jax.data.broden_export",
+    "build_tfds": "cnnvis_jax.data.tfds_concepts",
+    "tfds_source": "cnnvis_jax.data.tfds_concepts",
+}
+
+DEFAULT_CONCEPT_COUNT = {"train": 10_000, "val": 2_000, "test": 2_000}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'cnnvis_jax.data' has no attribute {name!r}")
+
+
+def parse_dataset(spec: str) -> tuple[str, str | None]:
+    """Split ``concepts`` / ``broden:DIR`` / ``folder:DIR`` into (kind, path)."""
+    kind, _, path = spec.partition(":")
+    if kind == "concepts" and not path:
+        return kind, None
+    if kind in ("broden", "folder") and path:
+        return kind, path
+    raise InputError(
+        f"unknown dataset {spec!r}; use 'concepts', 'broden:DIR' or 'folder:DIR'."
+    )
+
+
+def open_dataset(
+    spec: str,
+    *,
+    split: str | None = None,
+    size: tuple[int, int] | None = None,
+    count: int | None = None,
+    seed: int = 0,
+    image_size: int = 64,
+):
+    """The source named by a ``--dataset`` value.
+
+    Args:
+      spec: ``concepts``, ``broden:DIR`` or ``folder:DIR``.
+      split: concept set split (default ``val``) or Broden split (default all).
+      size: (H, W) images of an image folder are resized/cropped to (default:
+        each keeps its own size).
+      count: number of concept images (default per split, see
+        ``DEFAULT_CONCEPT_COUNT``).
+      seed, image_size: the concept set's seed and image size.
+    """
+    kind, path = parse_dataset(spec)
+    if kind == "concepts":
+        from cnnvis_jax.data.concepts import ConceptSet
+
+        split = split or "val"
+        if split not in DEFAULT_CONCEPT_COUNT:
+            raise InputError(
+                f"the concept set has splits {sorted(DEFAULT_CONCEPT_COUNT)}, not {split!r}."
+            )
+        return ConceptSet(
+            count or DEFAULT_CONCEPT_COUNT[split], split=split, seed=seed, image_size=image_size
+        )
+    if kind == "broden":
+        from cnnvis_jax.data.broden import BrodenSource
+
+        return BrodenSource(path, split=split)
+    from cnnvis_jax.data.folder import FolderSource
+
+    return FolderSource(path, size=size)
+
+
+def inspect_dataset(spec: str, *, progress: bool = True) -> str:
+    """Validate a data set fully (every row, every file) and return its summary."""
+    kind, path = parse_dataset(spec)
+    if kind == "broden":
+        from cnnvis_jax.data.broden import format_summary, validate
+
+        return format_summary(validate(path, progress=progress))
+    if kind == "folder":
+        from cnnvis_jax.data.broden import format_summary
+        from cnnvis_jax.data.folder import FolderSource
+
+        return format_summary(FolderSource(path).validate(progress=progress))
+    from cnnvis_jax.data.concepts import ConceptSet
+
+    source = ConceptSet(DEFAULT_CONCEPT_COUNT["val"], split="val")
+    vocab = source.vocabulary
+    lines = [
+        f"embedded concept set: images {source.image_size}x{source.image_size}, generated "
+        f"on demand (default sizes {DEFAULT_CONCEPT_COUNT})",
+        f"classes ({len(source.class_names)}): {', '.join(source.class_names)}",
+    ]
+    for category in vocab.categories:
+        labels = vocab.in_category(category)
+        level = "image-level" if category in IMAGE_LEVEL else "pixel-level"
+        lines.append(
+            f"{category} ({level}, {len(labels)} labels): "
+            + ", ".join(lab.name for lab in labels)
+        )
+    return "\n".join(lines)
+
+
+__all__ = [
+    "CATEGORIES",
+    "IMAGE_LEVEL",
+    "PIXEL_LEVEL",
+    "Label",
+    "Sample",
+    "Source",
+    "Vocabulary",
+    "inspect_dataset",
+    "open_dataset",
+    "parse_dataset",
+    *sorted(_LAZY),
+]

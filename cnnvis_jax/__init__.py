@@ -12,7 +12,7 @@ The public API (everything else is implementation):
   :class:`DataError`.
 """
 
-from cnnvis_jax import model, zoo
+from cnnvis_jax import data, model, zoo
 from cnnvis_jax.default import default_model
 from cnnvis_jax.errors import CnnvisError, DataError, InputError, WeightsError
 from cnnvis_jax.features import extract_features
@@ -46,6 +46,7 @@ __all__ = [
     "from_function",
     "from_nnx",
     "load_model",
+    "data",
     "model",
     "zoo",
 ]

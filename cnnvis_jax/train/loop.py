@@ -101,13 +101,17 @@ class Trainer:
             x = conceptnet.INPUT.normalize(images_u8.astype(jnp.float32) / 255.0)
             x = _augment(x, aug_key)
 
-            def loss_fn(params):
+            def loss_fn(params, rest):
+                # Rebuild the batch-stat variables in this trace so BatchNorm may update them.
+                rest = jax.tree_util.tree_map(lambda v: v, rest)
                 module = nnx.merge(graph, params, rest)
                 logits = module(x, ("fc8",), rngs=nnx.Rngs(dropout=drop_key))["fc8"]
                 loss = optax.softmax_cross_entropy_with_integer_labels(logits, targets).mean()
                 return loss, (logits, nnx.state(module, nnx.Not(nnx.Param)))
 
-            (loss, (logits, new_rest)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+            (loss, (logits, new_rest)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+                params, rest
+            )
             updates, opt_state = tx.update(grads, opt_state, params)
             params = optax.apply_updates(params, updates)
             correct = jnp.sum(jnp.argmax(logits, -1) == targets)

@@ -41,6 +41,7 @@ LAYERS = (
 )  # fmt: skip
 LOGITS = "fc8"
 WIDTHS = (48, 64, 128, 128, 96)
+HE_INIT = nnx.initializers.kaiming_normal()  # keeps ReLU activations at unit scale
 
 
 def max_pool(x: jax.Array, window: int = 3, stride: int = 2, padding: int = 1) -> jax.Array:
@@ -90,6 +91,7 @@ class ConceptNet(nnx.Module):
                 strides=strides[i],
                 padding=((k // 2, k // 2), (k // 2, k // 2)),
                 use_bias=not batchnorm,
+                kernel_init=HE_INIT,
                 rngs=rngs,
             )
             setattr(self, f"conv{i + 1}", conv)
@@ -101,8 +103,8 @@ class ConceptNet(nnx.Module):
                 )
         spatial = INPUT.size[0] // conv1_stride // 2 // 2 // 2
         self.flat_shape = (spatial, spatial, WIDTHS[-1])
-        self.fc6 = nnx.Linear(spatial * spatial * WIDTHS[-1], 256, rngs=rngs)
-        self.fc7 = nnx.Linear(256, 256, rngs=rngs)
+        self.fc6 = nnx.Linear(spatial * spatial * WIDTHS[-1], 256, kernel_init=HE_INIT, rngs=rngs)
+        self.fc7 = nnx.Linear(256, 256, kernel_init=HE_INIT, rngs=rngs)
         self.fc8 = nnx.Linear(256, num_classes, rngs=rngs)
         # Dropout draws from the ``rngs`` passed at call time (explicit keys).
         self.drop6 = nnx.Dropout(0.5 if dropout else 0.0)

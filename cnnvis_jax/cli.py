@@ -194,9 +194,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def enable_compilation_cache() -> None:
+    """Keep compiled XLA programs across runs (``<cache>/xla``): a rerun of a
+    command starts in seconds instead of recompiling."""
+    import jax
+
+    from cnnvis_jax.default import cache_dir
+
+    jax.config.update("jax_compilation_cache_dir", str(cache_dir() / "xla"))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    enable_compilation_cache()
     try:
         return int(args.func(args) or 0)
     except InputError as e:

@@ -112,7 +112,7 @@ def inspect_dataset(spec: str, *, progress: bool = True) -> str:
         from cnnvis_jax.data.folder import FolderSource
 
         return format_summary(FolderSource(path).validate(progress=progress))
-    from cnnvis_jax.data.concepts import ConceptSet
+    from cnnvis_jax.data.concepts import PIXEL_CATEGORIES, ConceptSet
 
     source = ConceptSet(DEFAULT_CONCEPT_COUNT["val"], split="val")
     vocab = source.vocabulary
@@ -123,7 +123,7 @@ def inspect_dataset(spec: str, *, progress: bool = True) -> str:
     ]
     for category in vocab.categories:
         labels = vocab.in_category(category)
-        level = "image-level" if category in IMAGE_LEVEL else "pixel-level"
+        level = "pixel-level" if category in PIXEL_CATEGORIES else "image-level"
         lines.append(
             f"{category} ({level}, {len(labels)} labels): "
             + ", ".join(lab.name for lab in labels)

@@ -71,7 +71,7 @@ def sample_sheet(source, count: int = 8) -> tuple[np.ndarray, list[str]]:
 
 def first_layer_filters(module) -> np.ndarray:
     """conv1 kernels as (C_out, k, k, 3) pictures, each rescaled to [0, 1]."""
-    kernel = np.asarray(module.conv1.kernel.value)  # HWIO
+    kernel = np.asarray(module.conv1.kernel[...])  # HWIO
     return rescale_each(kernel.transpose(3, 0, 1, 2))
 
 

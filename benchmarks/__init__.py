@@ -1,0 +1,1 @@
+"""Speed and memory benchmarks (run: ``make bench`` or ``python -m benchmarks.run``)."""

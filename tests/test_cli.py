@@ -1,0 +1,120 @@
+"""The `cnnvis` command: one contract test per command on tiny settings."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from cnnvis_jax.cli import main
+
+TINY_TRAIN = ["--epochs", "2", "--train-size", "64", "--val-size", "32", "--batch-size", "32"]
+
+
+def run_cli(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_help_lists_commands(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    for command in ("train", "models", "data"):
+        assert command in out
+
+
+def test_models_lists_the_zoo(capsys):
+    code, out, _ = run_cli(capsys, "models")
+    assert code == 0
+    for name in ("conceptnet", "alexnet", "caffenet", "vgg16", "resnet18", "resnet50", "googlenet"):
+        assert name in out
+
+
+def test_models_shows_layers_and_receptive_fields(capsys):
+    code, out, _ = run_cli(capsys, "models", "alexnet", "--json")
+    assert code == 0
+    layers = {r["name"]: r for r in json.loads(out)["layers"]}
+    assert layers["conv5"]["receptive_field"] == {
+        "size": [163, 163],
+        "stride": [16, 16],
+        "offset": [-66, -66],
+    }
+    assert layers["fc8"]["receptive_field"] is None
+    assert "features.11" in layers["conv5"]["aliases"]
+    code, out, _ = run_cli(capsys, "models", "conceptnet")
+    assert code == 0 and "conv5" in out and "8x8x96" in out
+
+
+def test_unknown_model_is_exit_2_with_the_valid_names(capsys):
+    code, _, err = run_cli(capsys, "models", "alexnot")
+    assert code == 2
+    assert err.count("\n") == 1 and "unknown model 'alexnot'" in err and "alexnet" in err
+
+
+def test_train_writes_metrics_and_report(capsys, tmp_path):
+    out_dir = tmp_path / "run"
+    code, out, _ = run_cli(capsys, "train", "--out", str(out_dir), "--quiet", *TINY_TRAIN)
+    assert code == 0 and "val_accuracy" in out
+    metrics = json.loads((out_dir / "metrics.json").read_text())
+    assert {"val_accuracy", "epochs", "seconds"} <= metrics.keys()
+    assert (out_dir / "report" / "index.html").exists()
+    code, _, err = run_cli(capsys, "train", "--out", str(out_dir), "--quiet", "--seed", "3", *TINY_TRAIN)
+    assert code == 2 and "another configuration" in err
+
+
+def test_data_generate_and_inspect_broden(capsys, tmp_path):
+    out_dir = tmp_path / "broden"
+    code, _, _ = run_cli(capsys, "data", "generate", "--format", "broden", "--train", "12", "--out", str(out_dir))
+    assert code == 0 and (out_dir / "index.csv").exists()
+    code, out, _ = run_cli(capsys, "data", "inspect", f"broden:{out_dir}", "--quiet")
+    assert code == 0
+    assert "12" in out and "object" in out and "color" in out
+
+
+def test_data_inspect_concepts(capsys):
+    code, out, _ = run_cli(capsys, "data", "inspect", "concepts", "--quiet")
+    assert code == 0 and "red-c" in out and "scene" in out
+
+
+def test_data_inspect_bad_inputs(capsys, tmp_path):
+    code, _, err = run_cli(capsys, "data", "inspect", f"broden:{tmp_path / 'missing'}", "--quiet")
+    assert code == 2 and "cnnvis: error:" in err
+    code, _, err = run_cli(capsys, "data", "inspect", "imagenet", "--quiet")
+    assert code == 2 and "broden:DIR" in err
+
+
+@pytest.mark.slow
+def test_killed_training_resumes_to_the_same_metrics(tmp_path):
+    """SIGKILL a real `cnnvis train` after its first checkpoint; the rerun ends
+    with the metrics of an uninterrupted run."""
+    args = ["--epochs", "2", "--train-size", "128", "--val-size", "32", "--batch-size", "32", "--quiet"]
+    env = {**os.environ, "CNNVIS_PROGRESS": "0"}
+    cmd = [sys.executable, "-m", "cnnvis_jax.cli", "train", "--checkpoint-every", "1"]
+    subprocess.run([*cmd, "--out", str(tmp_path / "whole"), *args], check=True, env=env)
+    victim = subprocess.Popen([*cmd, "--out", str(tmp_path / "killed"), *args], env=env)
+    checkpoints = tmp_path / "killed" / "checkpoints"
+    deadline = time.time() + 120
+    while time.time() < deadline and victim.poll() is None:
+        steps = [p for p in checkpoints.glob("*") if p.name.isdigit()] if checkpoints.exists() else []
+        if any(int(p.name) >= 2 for p in steps):
+            break
+        time.sleep(0.05)
+    was_killed = victim.poll() is None
+    if was_killed:
+        victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    assert was_killed, "training ended before it could be interrupted"
+    assert not (tmp_path / "killed" / "metrics.json").exists()
+    subprocess.run([*cmd, "--out", str(tmp_path / "killed"), *args], check=True, env=env)
+    whole = json.loads((tmp_path / "whole" / "metrics.json").read_text())
+    resumed = json.loads((tmp_path / "killed" / "metrics.json").read_text())
+    for key in ("val_accuracy", "val_loss", "epochs", "steps"):
+        assert resumed[key] == whole[key]
+    strip = lambda hist: [{k: v for k, v in h.items() if k != "seconds"} for h in hist]  # noqa: E731
+    assert strip(resumed["history"]) == strip(whole["history"])

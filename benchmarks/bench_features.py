@@ -41,12 +41,25 @@ def torch_alexnet_images_per_second(module, batch=BATCH) -> float | None:
     from cnnvis_jax.weights import export_state_dict
 
     net = torchvision.models.alexnet(weights=None).eval()
-    state = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in export_state_dict(module, "alexnet").items()}
+    state = {
+        k: torch.from_numpy(np.ascontiguousarray(v))
+        for k, v in export_state_dict(module, "alexnet").items()
+    }
     net.load_state_dict(state)
     taps = {}
     modules = dict(net.named_modules())
-    for name in ("features.1", "features.4", "features.7", "features.9", "features.11", "classifier.2", "classifier.5"):
-        modules[name].register_forward_hook(lambda m, i, o, name=name: taps.__setitem__(name, o.numpy()))
+    for name in (
+        "features.1",
+        "features.4",
+        "features.7",
+        "features.9",
+        "features.11",
+        "classifier.2",
+        "classifier.5",
+    ):
+        modules[name].register_forward_hook(
+            lambda m, i, o, name=name: taps.__setitem__(name, o.numpy())
+        )
     x = torch.rand(batch, 3, 224, 224)
 
     def run():
@@ -68,7 +81,9 @@ def main() -> dict:
         "benchmark": "feature extraction",
         "batch": BATCH,
         "threads": "all cores (XLA and torch defaults)",
-        "conceptnet_all_taps_images_per_second": jax_images_per_second(conceptnet, conceptnet.layer_names),
+        "conceptnet_all_taps_images_per_second": jax_images_per_second(
+            conceptnet, conceptnet.layer_names
+        ),
         "alexnet_224_all_taps_images_per_second": jax_images_per_second(alexnet, ALEXNET_TAPS),
         "alexnet_224_conv5_images_per_second": jax_images_per_second(alexnet, ("conv5",)),
     }
@@ -79,7 +94,9 @@ def main() -> dict:
         record["torch_error"] = repr(e)
     record["torch_alexnet_224_all_taps_images_per_second"] = torch_ips
     if torch_ips:
-        record["jax_over_torch_all_taps"] = record["alexnet_224_all_taps_images_per_second"] / torch_ips
+        record["jax_over_torch_all_taps"] = (
+            record["alexnet_224_all_taps_images_per_second"] / torch_ips
+        )
     record["jax_devices"] = [str(d) for d in jax.devices()]
     save("features", record)
     return record

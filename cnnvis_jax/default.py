@@ -1,4 +1,4 @@
-""""The default model": the cached trained ConceptNet, trained on first use.
+"""The "default model": the cached trained ConceptNet, trained on first use.
 
 The cache directory is ``$CNNVIS_CACHE`` if set, else ``~/.cache/cnnvis_jax``. The
 default recipe (:class:`cnnvis_jax.train.TrainConfig` defaults) runs once; later

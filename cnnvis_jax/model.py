@@ -58,9 +58,7 @@ class InputContract:
 
     def __post_init__(self):
         if self.channel_order not in ("RGB", "BGR"):
-            raise InputError(
-                f"channel_order must be 'RGB' or 'BGR', got {self.channel_order!r}."
-            )
+            raise InputError(f"channel_order must be 'RGB' or 'BGR', got {self.channel_order!r}.")
 
     def normalize(self, images: jax.Array) -> jax.Array:
         """Map images in [0, 1] RGB, shape (N, H, W, 3), to network input."""
@@ -83,9 +81,7 @@ class InputContract:
         return dataclasses.replace(self, size=tuple(size))
 
 
-TORCHVISION = InputContract(
-    size=(224, 224), mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)
-)
+TORCHVISION = InputContract(size=(224, 224), mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
 """torchvision's ImageNet preprocessing."""
 
 CAFFE = InputContract(
@@ -160,9 +156,7 @@ class Model:
             if name == layer.name or name in layer.aliases:
                 return layer.name
         valid = [n for layer in self.layers for n in (layer.name, *layer.aliases)]
-        raise InputError(
-            f"model {self.name!r} has no layer {name!r}; " + did_you_mean(name, valid)
-        )
+        raise InputError(f"model {self.name!r} has no layer {name!r}; " + did_you_mean(name, valid))
 
     def layer(self, name: str) -> LayerInfo:
         canonical = self.resolve(name)
@@ -243,9 +237,9 @@ def check_images(images: Any, contract: InputContract | None = None) -> None:
         )
     if shape[-1] != 3:
         hint = (
-            " The batch looks channels-first (NCHW); transpose it with "
-            "x.transpose(0, 2, 3, 1)." if shape[1] == 3 else
-            " Convert grey or RGBA images to RGB first."
+            " The batch looks channels-first (NCHW); transpose it with x.transpose(0, 2, 3, 1)."
+            if shape[1] == 3
+            else " Convert grey or RGBA images to RGB first."
         )
         raise InputError(f"images must have 3 RGB channels last, got shape {tuple(shape)}.{hint}")
     if not jnp.issubdtype(dtype, jnp.floating):

@@ -64,13 +64,17 @@ def test_train_writes_metrics_and_report(capsys, tmp_path):
     metrics = json.loads((out_dir / "metrics.json").read_text())
     assert {"val_accuracy", "epochs", "seconds"} <= metrics.keys()
     assert (out_dir / "report" / "index.html").exists()
-    code, _, err = run_cli(capsys, "train", "--out", str(out_dir), "--quiet", "--seed", "3", *TINY_TRAIN)
+    code, _, err = run_cli(
+        capsys, "train", "--out", str(out_dir), "--quiet", "--seed", "3", *TINY_TRAIN
+    )
     assert code == 2 and "another configuration" in err
 
 
 def test_data_generate_and_inspect_broden(capsys, tmp_path):
     out_dir = tmp_path / "broden"
-    code, _, _ = run_cli(capsys, "data", "generate", "--format", "broden", "--train", "12", "--out", str(out_dir))
+    code, _, _ = run_cli(
+        capsys, "data", "generate", "--format", "broden", "--train", "12", "--out", str(out_dir)
+    )
     assert code == 0 and (out_dir / "index.csv").exists()
     code, out, _ = run_cli(capsys, "data", "inspect", f"broden:{out_dir}", "--quiet")
     assert code == 0
@@ -93,7 +97,17 @@ def test_data_inspect_bad_inputs(capsys, tmp_path):
 def test_killed_training_resumes_to_the_same_metrics(tmp_path):
     """SIGKILL a real `cnnvis train` after its first checkpoint; the rerun ends
     with the metrics of an uninterrupted run."""
-    args = ["--epochs", "2", "--train-size", "128", "--val-size", "32", "--batch-size", "32", "--quiet"]
+    args = [
+        "--epochs",
+        "2",
+        "--train-size",
+        "128",
+        "--val-size",
+        "32",
+        "--batch-size",
+        "32",
+        "--quiet",
+    ]
     env = {**os.environ, "CNNVIS_PROGRESS": "0"}
     cmd = [sys.executable, "-m", "cnnvis_jax.cli", "train", "--checkpoint-every", "1"]
     subprocess.run([*cmd, "--out", str(tmp_path / "whole"), *args], check=True, env=env)
@@ -101,7 +115,9 @@ def test_killed_training_resumes_to_the_same_metrics(tmp_path):
     checkpoints = tmp_path / "killed" / "checkpoints"
     deadline = time.time() + 120
     while time.time() < deadline and victim.poll() is None:
-        steps = [p for p in checkpoints.glob("*") if p.name.isdigit()] if checkpoints.exists() else []
+        steps = (
+            [p for p in checkpoints.glob("*") if p.name.isdigit()] if checkpoints.exists() else []
+        )
         if any(int(p.name) >= 2 for p in steps):
             break
         time.sleep(0.05)

@@ -16,9 +16,13 @@ SMALL = InputContract(size=(16, 16), mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
 def tiny_fn(params, x):
     """A hand-written two-conv model returning named taps (NHWC)."""
     dn = ("NHWC", "HWIO", "NHWC")
-    a = jax.lax.conv_general_dilated(x, params["w1"], (2, 2), ((1, 1), (1, 1)), dimension_numbers=dn)
+    a = jax.lax.conv_general_dilated(
+        x, params["w1"], (2, 2), ((1, 1), (1, 1)), dimension_numbers=dn
+    )
     r = jnp.maximum(a, 0)
-    b = jax.lax.conv_general_dilated(r, params["w2"], (1, 1), ((1, 1), (1, 1)), dimension_numbers=dn)
+    b = jax.lax.conv_general_dilated(
+        r, params["w2"], (1, 1), ((1, 1), (1, 1)), dimension_numbers=dn
+    )
     return {"conv1": r, "conv2": jax.nn.relu(b), "logits": b.mean(axis=(1, 2))}
 
 
@@ -71,7 +75,9 @@ def test_unknown_layer_lists_valid_names(tiny_params):
 
 
 def test_unit_and_class_checks(tiny_params):
-    model = from_function(tiny_fn, tiny_params, input=SMALL, class_names=list("abcde"), logits_layer="logits")
+    model = from_function(
+        tiny_fn, tiny_params, input=SMALL, class_names=list("abcde"), logits_layer="logits"
+    )
     model.check_unit("conv2", 4)
     with pytest.raises(InputError, match=r"valid units are 0\.\.4"):
         model.check_unit("conv2", 5)
@@ -147,7 +153,9 @@ def test_from_nnx_captures_submodules_without_editing():
     x = jax.random.uniform(jax.random.key(3), (2, 16, 16, 3))
     out = model(x, ["features.0", "head"])
     np.testing.assert_allclose(out["head"], net(SMALL.normalize(x)), rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(out["features.0"], net.features[0](SMALL.normalize(x)), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        out["features.0"], net.features[0](SMALL.normalize(x)), rtol=1e-5, atol=1e-6
+    )
     # the user's module is untouched (no recorder left behind, same weights)
     assert isinstance(net.features[0], nnx.Conv)
     after = jax.tree_util.tree_map(np.asarray, nnx.state(net))

@@ -54,9 +54,7 @@ def parse_dataset(spec: str) -> tuple[str, str | None]:
         return kind, None
     if kind in ("broden", "folder") and path:
         return kind, path
-    raise InputError(
-        f"unknown dataset {spec!r}; use 'concepts', 'broden:DIR' or 'folder:DIR'."
-    )
+    raise InputError(f"unknown dataset {spec!r}; use 'concepts', 'broden:DIR' or 'folder:DIR'.")
 
 
 def open_dataset(
@@ -125,8 +123,7 @@ def inspect_dataset(spec: str, *, progress: bool = True) -> str:
         labels = vocab.in_category(category)
         level = "pixel-level" if category in PIXEL_CATEGORIES else "image-level"
         lines.append(
-            f"{category} ({level}, {len(labels)} labels): "
-            + ", ".join(lab.name for lab in labels)
+            f"{category} ({level}, {len(labels)} labels): " + ", ".join(lab.name for lab in labels)
         )
     return "\n".join(lines)
 

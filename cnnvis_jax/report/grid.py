@@ -71,7 +71,12 @@ def image_grid(
     font = ImageFont.load_default()
     for k, text in enumerate(labels[:n]):
         r, c = divmod(k, ncols)
-        draw.text((pad + c * cell_w, pad + r * cell_h + h), str(text)[: max(w // 6, 4)], fill=(0, 0, 0), font=font)
+        draw.text(
+            (pad + c * cell_w, pad + r * cell_h + h),
+            str(text)[: max(w // 6, 4)],
+            fill=(0, 0, 0),
+            font=font,
+        )
     return np.asarray(picture)
 
 

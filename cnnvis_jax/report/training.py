@@ -81,7 +81,10 @@ def write_training_report(run_dir, metrics: dict[str, Any], module, val_set) -> 
     out.mkdir(parents=True, exist_ok=True)
     plot_curves(metrics["history"], out / "curves.png")
     tiles, captions = sample_sheet(val_set)
-    save_png(image_grid(tiles, ncols=1 + len(MASK_CATEGORIES), labels=captions, scale=2), out / "samples.png")
+    save_png(
+        image_grid(tiles, ncols=1 + len(MASK_CATEGORIES), labels=captions, scale=2),
+        out / "samples.png",
+    )
     filters = first_layer_filters(module)
     save_png(image_grid(filters, ncols=12, scale=6, pad=3), out / "filters.png")
     rows = [
@@ -112,5 +115,7 @@ def write_training_report(run_dir, metrics: dict[str, Any], module, val_set) -> 
         + "</p>"
     )
     (out / "index.html").write_text(page("ConceptNet training report", body))
-    (out / "report.json").write_text(json.dumps({"files": ["curves.png", "samples.png", "filters.png"]}))
+    (out / "report.json").write_text(
+        json.dumps({"files": ["curves.png", "samples.png", "filters.png"]})
+    )
     return out / "index.html"

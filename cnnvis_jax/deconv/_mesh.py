@@ -1,0 +1,59 @@
+"""Images over devices: a 1-D mesh named ``images`` when there is more than one device.
+
+Every function here is a no-op on one device, so callers write the same code for
+one CPU and a pod slice. Per-image work is independent, so sharding the image axis
+and replicating everything else gives the single-device results.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import numpy as np
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+AXIS = "images"
+
+
+@functools.lru_cache(maxsize=4)
+def _mesh(count: int) -> jax.sharding.Mesh:
+    axis_type = getattr(getattr(jax.sharding, "AxisType", None), "Auto", None)
+    if axis_type is None:  # pragma: no cover - jax without axis types
+        return jax.make_mesh((count,), (AXIS,))
+    return jax.make_mesh((count,), (AXIS,), axis_types=(axis_type,))
+
+
+def image_mesh() -> jax.sharding.Mesh | None:
+    """The 1-D ``images`` mesh over all devices, or ``None`` on a single device."""
+    count = jax.device_count()
+    return _mesh(count) if count > 1 else None
+
+
+def shardings(mesh: jax.sharding.Mesh | None, *specs: P | None):
+    """``NamedSharding`` per spec (``None`` spec = replicated); all ``None`` without a mesh."""
+    if mesh is None:
+        return tuple(None for _ in specs)
+    return tuple(NamedSharding(mesh, P() if spec is None else spec) for spec in specs)
+
+
+def put(tree, sharding):
+    """``tree`` placed with ``sharding`` (a no-op without one, or when already placed so)."""
+    return tree if sharding is None else jax.device_put(tree, sharding)
+
+
+def devices_multiple(n: int) -> int:
+    """``n`` rounded up to a multiple of the device count (the image axis splits evenly)."""
+    count = jax.device_count()
+    return -(-int(n) // count) * count
+
+
+def pad_axis(array: np.ndarray, size: int, axis: int = 0) -> np.ndarray:
+    """``array`` padded along ``axis`` to ``size`` by repeating its last entry."""
+    array = np.asarray(array)
+    missing = size - array.shape[axis]
+    if missing <= 0:
+        return array
+    last = np.take(array, [array.shape[axis] - 1], axis=axis)
+    return np.concatenate([array, np.repeat(last, missing, axis=axis)], axis=axis)

@@ -31,6 +31,7 @@ test-torch: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e ".[test,torch]"
 	$(BIN)/python -m pytest -q -m torch
 
+## Benchmarks; the torch/Captum columns need the optional extra: pip install -e '.[bench]'.
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.run
 

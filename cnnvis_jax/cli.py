@@ -119,7 +119,11 @@ def cmd_models(args) -> int:
             }
         )
     if args.json:
-        print(json.dumps({"model": model.name, "input": list(model.input.size), "layers": records}, indent=2))
+        print(
+            json.dumps(
+                {"model": model.name, "input": list(model.input.size), "layers": records}, indent=2
+            )
+        )
         return 0
     print(f"{model.name}: input {model.input.size[0]}x{model.input.size[1]} RGB")
     print(f"{'layer':<16}{'shape':<18}{'rf size':>8}{'stride':>7}{'offset':>7}  aliases")
@@ -129,7 +133,9 @@ def cmd_models(args) -> int:
             (rf["size"][0], rf["stride"][0], rf["offset"][0]) if rf else ("image", "-", "-")
         )
         shape = "x".join(map(str, r["shape"]))
-        print(f"{r['name']:<16}{shape:<18}{size!s:>8}{stride!s:>7}{offset!s:>7}  {','.join(r['aliases'])}")
+        print(
+            f"{r['name']:<16}{shape:<18}{size!s:>8}{stride!s:>7}{offset!s:>7}  {','.join(r['aliases'])}"
+        )
     return 0
 
 

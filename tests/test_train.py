@@ -94,7 +94,14 @@ def test_bad_configs(changes, message):
 
 def test_variants_build_and_train_one_step(tmp_path):
     config = TrainConfig(
-        epochs=1, train_size=32, val_size=32, batch_size=32, batchnorm=True, dropout=False, conv1_kernel=3, conv1_stride=1
+        epochs=1,
+        train_size=32,
+        val_size=32,
+        batch_size=32,
+        batchnorm=True,
+        dropout=False,
+        conv1_kernel=3,
+        conv1_stride=1,
     )
     metrics = train(config, tmp_path, progress=False, report=False)
     model = load_trained(tmp_path / "weights.safetensors")

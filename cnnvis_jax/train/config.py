@@ -59,9 +59,7 @@ class TrainConfig:
             if getattr(self, name) < 1:
                 raise InputError(f"{name} must be >= 1, got {getattr(self, name)}.")
         if self.batch_size > self.train_size:
-            raise InputError(
-                f"batch_size {self.batch_size} exceeds train_size {self.train_size}."
-            )
+            raise InputError(f"batch_size {self.batch_size} exceeds train_size {self.train_size}.")
         if self.target not in ("object", "scene"):
             raise InputError(f"target must be 'object' or 'scene', got {self.target!r}.")
         if self.learning_rate <= 0:

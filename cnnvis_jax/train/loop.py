@@ -156,8 +156,8 @@ class Trainer:
     # --- checkpoint state ------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         return {
-            "params": self.params.to_pure_dict(),
-            "rest": self.rest.to_pure_dict(),
+            "params": nnx.to_pure_dict(self.params),
+            "rest": nnx.to_pure_dict(self.rest),
             "opt_state": self.opt_state,
         }
 
@@ -257,7 +257,7 @@ def train(
                 partial = {"loss_sum": 0.0, "correct_sum": 0, "seen": 0}
             B = config.batch_size
             for batch in prefetched(
-                lambda k, order=order: train_set.batch(order[k * B : (k + 1) * B]),
+                lambda k, order=order, B=B: train_set.batch(order[k * B : (k + 1) * B]),
                 list(range(skip, per_epoch)),
             ):
                 loss, correct = trainer.train_batch(batch["image"], batch["target"])

@@ -107,3 +107,47 @@ def test_variants_build_and_train_one_step(tmp_path):
     model = load_trained(tmp_path / "weights.safetensors")
     assert model.layer("conv1").shape == (64, 64, 48)
     assert metrics["steps"] == 1
+
+
+def test_sliced_max_pool_equals_reduce_window_pool_and_its_gradient():
+    from cnnvis_jax.zoo.conceptnet import max_pool, max_pool_sliced
+
+    # distinct values: no ties, so both gradients route to the same argmax
+    x = jax.random.permutation(jax.random.key(0), 2 * 9 * 9 * 3).reshape(2, 9, 9, 3)
+    x = x.astype(np.float32) - 80.0
+    np.testing.assert_array_equal(max_pool_sliced(x), max_pool(x))
+    g = jax.random.normal(jax.random.key(1), max_pool(x).shape)
+    grad_ref = jax.grad(lambda v: (max_pool(v) * g).sum())(x)
+    grad_sliced = jax.grad(lambda v: (max_pool_sliced(v) * g).sum())(x)
+    np.testing.assert_allclose(grad_sliced, grad_ref, rtol=0, atol=1e-6)
+
+
+def test_calibration_gives_unit_scale_preactivations():
+    from cnnvis_jax.data.concepts import ConceptSet
+    from cnnvis_jax.train.loop import Trainer
+    from cnnvis_jax.zoo import conceptnet
+
+    config = TrainConfig(epochs=1, train_size=64, val_size=32, batch_size=32)
+    trainer = Trainer(config, num_classes=12)
+    images = ConceptSet(64, split="train").batch(np.arange(64))["image"]
+    trainer.calibrate(images)
+    module = trainer.module()
+    x = conceptnet.INPUT.normalize(images.astype(np.float32) / 255.0)
+    taps = module(x, ("conv1_pre", "conv3_pre", "conv5_pre"))
+    for name, pre in taps.items():
+        mean, std = np.mean(pre, (0, 1, 2)), np.std(pre, (0, 1, 2))
+        np.testing.assert_allclose(mean, 0.0, atol=1e-3, err_msg=name)
+        np.testing.assert_allclose(std[std > 0.5], 1.0, rtol=1e-3, err_msg=name)
+    assert float(np.abs(module.fc8.kernel[...]).max()) == 0.0  # uniform first predictions
+
+
+def test_dropout_ramps_up_over_the_warmup():
+    from cnnvis_jax.train.loop import Trainer
+
+    config = TrainConfig(epochs=2, train_size=64, val_size=32, batch_size=16, dropout_warmup=0.5)
+    trainer = Trainer(config, num_classes=12)
+    scales = []
+    for step in (0, 2, 4, 6):
+        trainer.step = step
+        scales.append(float(trainer.dropout_scale()))
+    assert scales == [0.0, 0.5, 1.0, 1.0]  # 8 steps, ramp over the first 4

@@ -783,6 +783,12 @@ MAX_PRIMITIVES = 48
 
 MAIN_AREA = (0.16, 0.3)
 OTHER_AREA = (0.02, 0.05)
+OTHER_COUNTS = (0, 0, 1, 1, 1, 2, 2)
+"""Number of other (smaller) objects, drawn uniformly from this tuple."""
+PART_SOLID = 0.2
+"""Chance that a part that is not small is solid-filled."""
+PART_INHERIT = 0.25
+"""Chance that a part takes its parent part's texture (when the parent is textured)."""
 
 
 def _place(r: Stream, cls: int, facet: int, area: float, aspect: float) -> tuple:
@@ -822,9 +828,9 @@ def _object(
         color = r.pick(free)
         if small:
             variant = textures.SOLID
-        elif parent >= 0 and fills[parent] != textures.SOLID and r.chance(0.25):
+        elif parent >= 0 and fills[parent] != textures.SOLID and r.chance(PART_INHERIT):
             variant = fills[parent]
-        elif r.chance(0.2):
+        elif r.chance(PART_SOLID):
             variant = textures.SOLID
         else:
             variant = r.pick(textures.FAMILY_VARIANTS[1 + r.idx(len(textures.TEXTURE_NAMES))])
@@ -858,7 +864,7 @@ def draw_image(r: Stream, image_size: int) -> dict:
     LAYOUTS[scene](s)
     cls = r.idx(len(CLASS_NAMES))
     facet = r.idx(len(FACETS[CLASS_NAMES[cls]]))
-    n_others = r.pick((0, 0, 1, 1, 1, 2, 2))
+    n_others = r.pick(OTHER_COUNTS)
     front = r.chance(0.3)
     exclude = list(s.used)
     budget = MAX_PRIMITIVES - len(s.prims)

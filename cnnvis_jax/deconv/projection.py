@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import PartitionSpec as P
 
-from cnnvis_jax.deconv import _mesh
+from cnnvis_jax import parallel
 from cnnvis_jax.errors import InputError
 from cnnvis_jax.features import iterate_batches, to_model_input
 from cnnvis_jax.model import LayerInfo, Model, check_images
@@ -197,14 +197,14 @@ def _core(model: Model, images, units, positions, *, layer: str, given: bool):
 
 def _placements(mesh):
     """Shardings of (model, images, per-(unit, image) arrays): images split over the mesh."""
-    return _mesh.shardings(mesh, None, P(_mesh.AXIS), P(None, _mesh.AXIS))
+    return parallel.shardings(mesh, None, P(parallel.AXIS), P(None, parallel.AXIS))
 
 
 @functools.lru_cache(maxsize=64)
 def _compiled(layer: str, given: bool, devices: int):
     """The jitted core for one layer; images sharded over the mesh when devices > 1."""
     fn = functools.partial(_core, layer=layer, given=given)
-    mesh = _mesh.image_mesh() if devices > 1 else None
+    mesh = parallel.image_mesh() if devices > 1 else None
     if mesh is None:
         return jax.jit(fn)
     replicated, images, per_pair = _placements(mesh)
@@ -218,21 +218,21 @@ def _compiled(layer: str, given: bool, devices: int):
 def _run(ruled: Model, images, units: np.ndarray, positions: np.ndarray | None, layer: str):
     """Pad the image axis to the device count, run the core, return numpy results."""
     n_images = units.shape[1]
-    size = _mesh.devices_multiple(n_images)
+    size = parallel.devices_multiple(n_images)
     given = positions is not None
     if positions is None:
         positions = np.zeros((*units.shape, 2), np.int32)
     if size != n_images:
-        images = _mesh.pad_axis(np.asarray(images), size)
-        units = _mesh.pad_axis(units, size, axis=1)
-        positions = _mesh.pad_axis(positions, size, axis=1)
-    replicated, image_sharding, per_pair = _placements(_mesh.image_mesh())
+        images = parallel.pad_axis(np.asarray(images), size)
+        units = parallel.pad_axis(units, size, axis=1)
+        positions = parallel.pad_axis(positions, size, axis=1)
+    replicated, image_sharding, per_pair = _placements(parallel.image_mesh())
     fn = _compiled(layer, given, jax.device_count())
     projections, where, values = fn(
-        _mesh.put(ruled, replicated),
-        _mesh.put(images, image_sharding),
-        _mesh.put(units, per_pair),
-        _mesh.put(positions, per_pair),
+        parallel.put(ruled, replicated),
+        parallel.put(images, image_sharding),
+        parallel.put(units, per_pair),
+        parallel.put(positions, per_pair),
     )
     return (
         np.asarray(projections)[:, :n_images],
@@ -326,7 +326,9 @@ def project_top(
     ruled = ruled_model(model, rule, pool)
     if params is not None:
         ruled = ruled.replace(params=params)
-    ruled = _mesh.put(ruled, _placements(_mesh.image_mesh())[0])  # replicate once, not per batch
+    ruled = parallel.put(
+        ruled, _placements(parallel.image_mesh())[0]
+    )  # replicate once, not per batch
     pair_units = np.repeat(units, k)
     pair_images = np.asarray(topk.image_index, np.int64).reshape(-1)
     pair_positions = np.asarray(topk.position, np.int32).reshape(-1, 2)
@@ -338,10 +340,10 @@ def project_top(
             range(0, pair_images.size, size), iterate_batches(source, size, pair_images)
         ):
             count = int(valid.sum())
-            chunk_units = _mesh.pad_axis(pair_units[start : start + count], size)[None]
+            chunk_units = parallel.pad_axis(pair_units[start : start + count], size)[None]
             chunk_positions = None
             if given is not None:
-                chunk_positions = _mesh.pad_axis(given[start : start + count], size)[None]
+                chunk_positions = parallel.pad_axis(given[start : start + count], size)[None]
             out = _run(ruled, batch["image"], chunk_units, chunk_positions, info.name)
             parts.append(tuple(a[0, :count] for a in out))
             bar.update(count)

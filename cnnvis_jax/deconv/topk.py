@@ -30,7 +30,7 @@ import numpy as np
 from jax import lax
 from jax.sharding import PartitionSpec as P
 
-from cnnvis_jax.deconv import _mesh
+from cnnvis_jax import parallel
 from cnnvis_jax.deconv.projection import check_units, projectable_layer
 from cnnvis_jax.errors import InputError
 from cnnvis_jax.features import iterate_batches, load_batch, to_model_input
@@ -106,10 +106,10 @@ def _step(model: Model, state, images, indices, valid, units, *, layer: str, k: 
 @functools.lru_cache(maxsize=32)
 def _compiled_step(layer: str, k: int, devices: int):
     fn = functools.partial(_step, layer=layer, k=k)
-    mesh = _mesh.image_mesh() if devices > 1 else None
+    mesh = parallel.image_mesh() if devices > 1 else None
     if mesh is None:
         return jax.jit(fn)
-    replicated, split = _mesh.shardings(mesh, None, P(_mesh.AXIS))
+    replicated, split = parallel.shardings(mesh, None, P(parallel.AXIS))
     return jax.jit(
         fn,
         in_shardings=(replicated, replicated, split, split, split, replicated),
@@ -169,13 +169,13 @@ def top_activations(
     largest = count - 1 if indices is None else int(np.max(np.asarray(indices)))
     if largest >= _NO_IMAGE:
         raise InputError(f"image indices must be below {_NO_IMAGE}; split the source.")
-    size = _mesh.devices_multiple(batch_size)
-    mesh = _mesh.image_mesh()
-    replicated, split = _mesh.shardings(mesh, None, P(_mesh.AXIS))
+    size = parallel.devices_multiple(batch_size)
+    mesh = parallel.image_mesh()
+    replicated, split = parallel.shardings(mesh, None, P(parallel.AXIS))
     step = _compiled_step(info.name, k, jax.device_count())
-    placed = _mesh.put(model, replicated)
+    placed = parallel.put(model, replicated)
     n_units = unit_array.size
-    state = _mesh.put(
+    state = parallel.put(
         (
             jnp.full((n_units, k), -jnp.inf, jnp.float32),
             jnp.full((n_units, k), _NO_IMAGE, jnp.int32),
@@ -183,15 +183,15 @@ def top_activations(
         ),
         replicated,
     )
-    device_units = _mesh.put(jnp.asarray(unit_array), replicated)
+    device_units = parallel.put(jnp.asarray(unit_array), replicated)
     with progress_bar(count, f"top-{k} {info.name}", enabled=progress) as bar:
         for batch_indices, valid, batch in iterate_batches(source, size, indices):
             state = step(
                 placed,
                 state,
-                _mesh.put(batch["image"], split),
-                _mesh.put(batch_indices.astype(np.int32), split),
-                _mesh.put(valid, split),
+                parallel.put(batch["image"], split),
+                parallel.put(batch_indices.astype(np.int32), split),
+                parallel.put(valid, split),
                 device_units,
             )
             bar.update(int(valid.sum()))

@@ -16,6 +16,7 @@ last checkpoint ends with the same weights and metrics as an uninterrupted one.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import time
@@ -34,6 +35,9 @@ from cnnvis_jax.features import iterate_batches, prefetched
 from cnnvis_jax.progress import progress_bar
 from cnnvis_jax.train.config import TrainConfig
 from cnnvis_jax.zoo import conceptnet
+
+CALIBRATION_IMAGES = 256
+"""Training images (the first ones of the set) of the data-dependent initialization."""
 
 
 def _concept_sets(config: TrainConfig):
@@ -71,6 +75,10 @@ def _schedule(config: TrainConfig):
     )
 
 
+def _optimizer(config: TrainConfig) -> optax.GradientTransformation:
+    return optax.adamw(_schedule(config), weight_decay=config.weight_decay)
+
+
 def _augment(images: jax.Array, key: jax.Array) -> jax.Array:
     """Random horizontal flips (the classes are left/right symmetric in meaning)."""
     flip = jax.random.bernoulli(key, 0.5, (images.shape[0], 1, 1, 1))
@@ -84,19 +92,53 @@ class Trainer:
         self.config = config
         module = conceptnet.init_fn(num_classes, seed=config.seed, **config.variant)
         module.train()
+        module.sliced_pool = True
         self.train_graph, self.params, self.rest = nnx.split(module, nnx.Param, ...)
         module.eval()
+        module.sliced_pool = False
         self.eval_graph = nnx.graphdef(module)
-        self.tx = optax.adamw(_schedule(config), weight_decay=config.weight_decay)
+        self.tx = _optimizer(config)
         self.opt_state = self.tx.init(self.params)
         self.step = 0
         self._train_step = jax.jit(self._make_train_step(), donate_argnums=(0, 1, 2))
         self._eval_step = jax.jit(self._make_eval_step())
 
+    def calibrate(self, images_u8: np.ndarray) -> None:
+        """Data-dependent initialization on a batch of training images.
+
+        Layer by layer, from conv1 to fc7, rescales each unit's weights and sets its
+        bias so that its pre-activation has zero mean and unit variance over the
+        batch (convolutions only without BatchNorm, which normalizes them itself).
+        Without it a plain ReLU network starts with per-unit offsets that grow with
+        depth, so that its deep features barely differ between images and learning
+        stalls for hundreds of steps.
+        """
+        module = nnx.merge(self.train_graph, self.params, self.rest)  # BatchNorm: batch stats
+        x = conceptnet.INPUT.normalize(jnp.asarray(images_u8, jnp.float32) / 255.0)
+
+        def taps(name):
+            # dropout off (scale 0); BatchNorm statistics updated here are discarded
+            return module(x, (name,), rngs=nnx.Rngs(dropout=0), dropout_scale=0.0)[name]
+
+        def rescale(layer, pre):
+            axes = tuple(range(pre.ndim - 1))
+            mean, std = jnp.mean(pre, axes), jnp.std(pre, axes)
+            std = jnp.where(std > 1e-3, std, 1.0)  # leave (nearly) constant units alone
+            layer.kernel[...] = layer.kernel[...] / std
+            layer.bias[...] = (layer.bias[...] - mean) / std
+
+        if not self.config.batchnorm:
+            for i in range(1, 6):
+                rescale(getattr(module, f"conv{i}"), taps(f"conv{i}_pre"))
+        rescale(module.fc6, module.fc6(taps("pool5").reshape(x.shape[0], -1)))
+        rescale(module.fc7, module.fc7(taps("fc6")))
+        _, self.params, _ = nnx.split(module, nnx.Param, ...)
+        self.opt_state = self.tx.init(self.params)
+
     def _make_train_step(self):
         graph, tx = self.train_graph, self.tx
 
-        def train_step(params, rest, opt_state, images_u8, targets, key):
+        def train_step(params, rest, opt_state, images_u8, targets, key, dropout_scale):
             aug_key, drop_key = jax.random.split(key)
             x = conceptnet.INPUT.normalize(images_u8.astype(jnp.float32) / 255.0)
             x = _augment(x, aug_key)
@@ -105,7 +147,9 @@ class Trainer:
                 # Rebuild the batch-stat variables in this trace so BatchNorm may update them.
                 rest = jax.tree_util.tree_map(lambda v: v, rest)
                 module = nnx.merge(graph, params, rest)
-                logits = module(x, ("fc8",), rngs=nnx.Rngs(dropout=drop_key))["fc8"]
+                logits = module(
+                    x, ("fc8",), rngs=nnx.Rngs(dropout=drop_key), dropout_scale=dropout_scale
+                )["fc8"]
                 loss = optax.softmax_cross_entropy_with_integer_labels(logits, targets).mean()
                 return loss, (logits, nnx.state(module, nnx.Not(nnx.Param)))
 
@@ -131,10 +175,16 @@ class Trainer:
 
         return eval_step
 
+    def dropout_scale(self) -> np.float32:
+        """Dropout rate multiplier of the current step: linear from 0 to 1 over the
+        first ``dropout_warmup`` of the steps (curriculum dropout)."""
+        ramp = self.config.dropout_warmup * self.config.total_steps
+        return np.float32(1.0 if ramp < 1 else min(1.0, self.step / ramp))
+
     def train_batch(self, images_u8: np.ndarray, targets: np.ndarray) -> tuple[float, int]:
         key = jax.random.fold_in(jax.random.key(self.config.seed), self.step)
         self.params, self.rest, self.opt_state, loss, correct = self._train_step(
-            self.params, self.rest, self.opt_state, images_u8, targets, key
+            self.params, self.rest, self.opt_state, images_u8, targets, key, self.dropout_scale()
         )
         self.step += 1
         return loss, correct
@@ -156,8 +206,8 @@ class Trainer:
     # --- checkpoint state ------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         return {
-            "params": nnx.to_pure_dict(self.params),
-            "rest": nnx.to_pure_dict(self.rest),
+            "params": self.params.to_pure_dict(),
+            "rest": self.rest.to_pure_dict(),
             "opt_state": self.opt_state,
         }
 
@@ -226,73 +276,82 @@ def train(
         partial = restored.meta["partial"]
         seconds_before = restored.meta["seconds"]
     start = time.perf_counter()
+    if latest is None:
+        trainer.calibrate(
+            train_set.batch(np.arange(min(CALIBRATION_IMAGES, len(train_set))))["image"]
+        )
     steps_done_now = 0
     per_epoch = config.steps_per_epoch
 
-    def save_checkpoint():
+    def save_checkpoint(wait: bool = False):
+        # Host copies (the next step donates the device buffers) written in the
+        # background while training goes on; a save waits for the previous one.
+        state = jax.tree_util.tree_map(np.array, trainer.state_dict())
+        meta = {
+            "history": copy.deepcopy(history),
+            "partial": dict(partial),
+            "seconds": seconds_before + time.perf_counter() - start,
+        }
         manager.save(
             trainer.step,
             args=ocp.args.Composite(
-                state=ocp.args.StandardSave(trainer.state_dict()),
-                meta=ocp.args.JsonSave(
-                    {
-                        "history": history,
-                        "partial": partial,
-                        "seconds": seconds_before + time.perf_counter() - start,
-                    }
-                ),
+                state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)
             ),
         )
-        manager.wait_until_finished()
+        if wait:
+            manager.wait_until_finished()
 
     first_epoch = trainer.step // per_epoch + 1
-    with progress_bar(
-        total=config.total_steps, desc="train conceptnet", enabled=progress, unit="step"
-    ) as bar:
-        bar.update(trainer.step)
-        for epoch in range(first_epoch, config.epochs + 1):
-            order = epoch_order(config, epoch)
-            skip = trainer.step - (epoch - 1) * per_epoch
-            if skip == 0:
-                partial = {"loss_sum": 0.0, "correct_sum": 0, "seen": 0}
-            B = config.batch_size
-            for batch in prefetched(
-                lambda k, order=order, B=B: train_set.batch(order[k * B : (k + 1) * B]),
-                list(range(skip, per_epoch)),
-            ):
-                loss, correct = trainer.train_batch(batch["image"], batch["target"])
-                partial["loss_sum"] += float(loss) * B
-                partial["correct_sum"] += int(correct)
-                partial["seen"] += B
-                steps_done_now += 1
-                bar.update(1)
-                if config.checkpoint_every and trainer.step % config.checkpoint_every == 0:
-                    save_checkpoint()
-                if stop_after_steps is not None and steps_done_now >= stop_after_steps:
-                    save_checkpoint()
-                    return {"interrupted": True, "step": trainer.step}
-            val = trainer.evaluate(val_set, config.batch_size)
-            history.append(
-                {
-                    "epoch": epoch,
-                    "step": trainer.step,
-                    "train_loss": partial["loss_sum"] / partial["seen"],
-                    "train_accuracy": partial["correct_sum"] / partial["seen"],
-                    "val_loss": val["loss"],
-                    "val_accuracy": val["accuracy"],
-                    "seconds": seconds_before + time.perf_counter() - start,
-                }
-            )
-            bar.set_postfix(epoch=epoch, val_acc=f"{val['accuracy']:.3f}")
-            if epoch in config.kept_epochs:
-                save_weights(
-                    trainer.module(),
-                    run_dir / "snapshots" / f"epoch_{epoch:03d}.safetensors",
-                    config=config,
-                    class_names=train_set.class_names,
-                    epoch=epoch,
+    B = config.batch_size
+    try:
+        with progress_bar(
+            total=config.total_steps, desc="train conceptnet", enabled=progress, unit="step"
+        ) as bar:
+            bar.update(trainer.step)
+            for epoch in range(first_epoch, config.epochs + 1):
+                order = epoch_order(config, epoch)
+                skip = trainer.step - (epoch - 1) * per_epoch
+                if skip == 0:
+                    partial = {"loss_sum": 0.0, "correct_sum": 0, "seen": 0}
+                for batch in prefetched(
+                    lambda k, order=order: train_set.batch(order[k * B : (k + 1) * B]),
+                    list(range(skip, per_epoch)),
+                ):
+                    loss, correct = trainer.train_batch(batch["image"], batch["target"])
+                    partial["loss_sum"] += float(loss) * B
+                    partial["correct_sum"] += int(correct)
+                    partial["seen"] += B
+                    steps_done_now += 1
+                    bar.update(1)
+                    if config.checkpoint_every and trainer.step % config.checkpoint_every == 0:
+                        save_checkpoint()
+                    if stop_after_steps is not None and steps_done_now >= stop_after_steps:
+                        save_checkpoint(wait=True)
+                        return {"interrupted": True, "step": trainer.step}
+                val = trainer.evaluate(val_set, config.batch_size)
+                history.append(
+                    {
+                        "epoch": epoch,
+                        "step": trainer.step,
+                        "train_loss": partial["loss_sum"] / partial["seen"],
+                        "train_accuracy": partial["correct_sum"] / partial["seen"],
+                        "val_loss": val["loss"],
+                        "val_accuracy": val["accuracy"],
+                        "seconds": seconds_before + time.perf_counter() - start,
+                    }
                 )
-            save_checkpoint()
+                bar.set_postfix(epoch=epoch, val_acc=f"{val['accuracy']:.3f}")
+                if epoch in config.kept_epochs:
+                    save_weights(
+                        trainer.module(),
+                        run_dir / "snapshots" / f"epoch_{epoch:03d}.safetensors",
+                        config=config,
+                        class_names=train_set.class_names,
+                        epoch=epoch,
+                    )
+                save_checkpoint()
+    finally:
+        manager.wait_until_finished()  # the last checkpoint is complete on disk
     module = trainer.module()
     save_weights(
         module,

@@ -1,8 +1,12 @@
-"""Images over devices: a 1-D mesh named ``images`` when there is more than one device.
+"""Work over devices through JAX's own sharding: a 1-D mesh over all devices.
 
-Every function here is a no-op on one device, so callers write the same code for
-one CPU and a pod slice. Per-image work is independent, so sharding the image axis
-and replicating everything else gives the single-device results.
+The mesh axis is named for what is split (``images`` for streaming over a data
+set, ``units`` for rendering many units at once). Every function here is a no-op
+on one device, so callers write the same code for one CPU and a pod slice. Per-image
+(per-unit) work is independent, so sharding that axis and replicating everything
+else gives the single-device results; counts are ``psum``-ed where they meet.
+
+Test multi-device code on CPU with ``JAX_NUM_CPU_DEVICES=8`` in a subprocess.
 """
 
 from __future__ import annotations
@@ -15,20 +19,27 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 AXIS = "images"
+"""The mesh axis of streaming over images."""
 
 
-@functools.lru_cache(maxsize=4)
-def _mesh(count: int) -> jax.sharding.Mesh:
+@functools.lru_cache(maxsize=8)
+def _mesh(count: int, axis: str) -> jax.sharding.Mesh:
     axis_type = getattr(getattr(jax.sharding, "AxisType", None), "Auto", None)
     if axis_type is None:  # pragma: no cover - jax without axis types
-        return jax.make_mesh((count,), (AXIS,))
-    return jax.make_mesh((count,), (AXIS,), axis_types=(axis_type,))
+        return jax.make_mesh((count,), (axis,))
+    return jax.make_mesh((count,), (axis,), axis_types=(axis_type,))
+
+
+def device_mesh(axis: str) -> jax.sharding.Mesh | None:
+    """A 1-D mesh over all devices with the one axis ``axis``, or ``None`` on a
+    single device."""
+    count = jax.device_count()
+    return _mesh(count, axis) if count > 1 else None
 
 
 def image_mesh() -> jax.sharding.Mesh | None:
     """The 1-D ``images`` mesh over all devices, or ``None`` on a single device."""
-    count = jax.device_count()
-    return _mesh(count) if count > 1 else None
+    return device_mesh(AXIS)
 
 
 def shardings(mesh: jax.sharding.Mesh | None, *specs: P | None):
@@ -44,7 +55,7 @@ def put(tree, sharding):
 
 
 def devices_multiple(n: int) -> int:
-    """``n`` rounded up to a multiple of the device count (the image axis splits evenly)."""
+    """``n`` rounded up to a multiple of the device count (the axis splits evenly)."""
     count = jax.device_count()
     return -(-int(n) // count) * count
 

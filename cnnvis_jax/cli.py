@@ -265,6 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_models(sub)
     add_data(sub)
     add_deconv(sub)
+    __import__("cnnvis_jax.deconv.commands_monitor").deconv.commands_monitor.add_commands(sub)
     return parser
 
 

@@ -10,11 +10,28 @@
 * :func:`deconv_layer`, :func:`layer_figure`, :func:`save_outputs`: the per-layer
   figure (projections next to patches) and ``results.json``.
 * :func:`parse_units`: ``3``, ``0:16``, ``1,5,9`` unit selections.
+* :func:`monitor_run`, :func:`save_monitoring`: training monitoring, the same
+  units' projections at every saved epoch and when each layer stops changing.
+* :func:`diagnose` (:func:`dead_units`, :func:`filter_spectrum`, :func:`aliasing`),
+  :func:`save_diagnosis`: design diagnosis as in Zeiler & Fergus's ZFNet study.
 
 With more than one device, images are sharded over a 1-D ``images`` mesh; results
 equal the single-device ones.
 """
 
+from cnnvis_jax.deconv.diagnosis import (
+    Aliasing,
+    DeadUnits,
+    Diagnosis,
+    FilterSpectrum,
+    aliasing,
+    dead_units,
+    diagnose,
+    diagnosis_record,
+    filter_spectrum,
+    first_layer_filters,
+    save_diagnosis,
+)
 from cnnvis_jax.deconv.figures import (
     DeconvResult,
     deconv_layer,
@@ -22,6 +39,14 @@ from cnnvis_jax.deconv.figures import (
     results_record,
     save_outputs,
     write_results,
+)
+from cnnvis_jax.deconv.monitor import (
+    LayerMonitor,
+    Monitoring,
+    monitor_figure,
+    monitor_record,
+    monitor_run,
+    save_monitoring,
 )
 from cnnvis_jax.deconv.projection import Projection, project, project_top
 from cnnvis_jax.deconv.topk import (
@@ -35,19 +60,36 @@ from cnnvis_jax.deconv.topk import (
 from cnnvis_jax.deconv.units import parse_units
 
 __all__ = [
+    "Aliasing",
+    "DeadUnits",
     "DeconvResult",
+    "Diagnosis",
+    "FilterSpectrum",
+    "LayerMonitor",
+    "Monitoring",
     "Patches",
     "Projection",
     "TopK",
+    "aliasing",
     "crop_patches",
     "cut_windows",
+    "dead_units",
     "deconv_layer",
+    "diagnose",
+    "diagnosis_record",
     "field_boxes",
+    "filter_spectrum",
+    "first_layer_filters",
     "layer_figure",
+    "monitor_figure",
+    "monitor_record",
+    "monitor_run",
     "parse_units",
     "project",
     "project_top",
     "results_record",
+    "save_diagnosis",
+    "save_monitoring",
     "save_outputs",
     "top_activations",
     "write_results",

@@ -151,3 +151,25 @@ def test_dropout_ramps_up_over_the_warmup():
         trainer.step = step
         scales.append(float(trainer.dropout_scale()))
     assert scales == [0.0, 0.5, 1.0, 1.0]  # 8 steps, ramp over the first 4
+
+
+def test_first_layer_kernels_get_the_extra_decay():
+    import optax
+
+    from cnnvis_jax.train.loop import Trainer, _optimizer
+
+    config = TrainConfig(
+        epochs=1, train_size=64, val_size=32, batch_size=16, weight_decay=0.5,
+        conv1_weight_decay=4.0,
+    )  # fmt: skip
+    params = Trainer(config, num_classes=12).params
+    tx = _optimizer(config)
+    state = tx.init(params)
+    for _ in range(3):  # past the first warm-up step, whose learning rate is 0
+        zeros = jax.tree_util.tree_map(np.zeros_like, params)
+        updates, state = tx.update(zeros, state, params)
+    lr = float(optax.warmup_cosine_decay_schedule(0.0, 1e-3, 1, 4)(2))
+    for layer, decay in (("conv1", 4.5), ("conv2", 0.5), ("fc6", 0.5)):
+        kernel = np.asarray(params[layer]["kernel"][...])
+        step = np.asarray(updates[layer]["kernel"][...])
+        np.testing.assert_allclose(step, -lr * decay * kernel, rtol=1e-5, err_msg=layer)

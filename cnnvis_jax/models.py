@@ -8,9 +8,11 @@ from cnnvis_jax.model import Model
 
 
 def load(name: str, *, weights: str | None = None, seed: int = 0) -> Model:
-    """``"default"`` -> the trained default ConceptNet; a zoo name -> that network
-    with ``weights`` (a file written by ``cnnvis train`` is recognized by its
-    metadata), or random weights with a warning when ``weights`` is None."""
+    """``"default"`` -> the trained default ConceptNet; ``"vgg16-hed"`` -> VGG16's
+    conv layers with HED's weights (``cnnvis weights get vgg16-hed`` first; see
+    :mod:`cnnvis_jax.hub`); a zoo name -> that network with ``weights`` (a file
+    written by ``cnnvis train`` is recognized by its metadata), or random weights
+    with a warning when ``weights`` is None."""
     if name == "default":
         if weights is not None:
             from cnnvis_jax.errors import InputError
@@ -22,6 +24,10 @@ def load(name: str, *, weights: str | None = None, seed: int = 0) -> Model:
         from cnnvis_jax.default import default_model
 
         return default_model()
+    if name == "vgg16-hed":  # VGG16 conv layers with HED's weights; no classifier
+        from cnnvis_jax.hub import load_vgg16_hed
+
+        return load_vgg16_hed(weights)
     from cnnvis_jax import zoo
     from cnnvis_jax.weights import load_model
 

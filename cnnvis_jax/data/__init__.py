@@ -1,8 +1,10 @@
-"""Data sources: the embedded concept set, Broden directories, image folders.
+"""Data sources: the embedded concept set, Broden directories, image folders,
+scikit-image's bundled natural images.
 
 Every source is random access (``len``, ``source[i]``) and returns the in-memory
 form documented in :mod:`cnnvis_jax.data.types`. ``open_dataset`` parses the CLI's
-``--dataset`` values (``concepts``, ``broden:DIR``, ``folder:DIR``).
+``--dataset`` values (``concepts``, ``broden:DIR``, ``folder:DIR``, ``skimage``,
+``skimage:NAME,NAME``).
 
 TensorFlow Datasets support (:func:`build_tfds`, :func:`tfds_source`) is imported
 on first use only.
@@ -31,6 +33,9 @@ _LAZY = {
     "generate_batch": "cnnvis_jax.data.concepts",
     "BrodenSource": "cnnvis_jax.data.broden",
     "FolderSource": "cnnvis_jax.data.folder",
+    "SkimageSource": "cnnvis_jax.data.skimage_source",
+    "SKIMAGE_NAMES": "cnnvis_jax.data.skimage_source",
+    "skimage_image": "cnnvis_jax.data.skimage_source",
     "load_images": "cnnvis_jax.data.imageio",
     "resize_to_contract": "cnnvis_jax.data.imageio",
     "export_broden": "cnnvis_jax.data.broden_export",
@@ -48,13 +53,19 @@ def __getattr__(name: str) -> Any:
 
 
 def parse_dataset(spec: str) -> tuple[str, str | None]:
-    """Split ``concepts`` / ``broden:DIR`` / ``folder:DIR`` into (kind, path)."""
+    """Split ``concepts`` / ``broden:DIR`` / ``folder:DIR`` / ``skimage[:NAMES]`` into
+    (kind, path); for ``skimage`` the "path" is the comma-separated image names or None."""
     kind, _, path = spec.partition(":")
     if kind == "concepts" and not path:
         return kind, None
     if kind in ("broden", "folder") and path:
         return kind, path
-    raise InputError(f"unknown dataset {spec!r}; use 'concepts', 'broden:DIR' or 'folder:DIR'.")
+    if kind == "skimage":
+        return kind, path or None
+    raise InputError(
+        f"unknown dataset {spec!r}; use 'concepts', 'broden:DIR', 'folder:DIR' or 'skimage' "
+        "(scikit-image's bundled images; 'skimage:astronaut,coffee' for some of them)."
+    )
 
 
 def open_dataset(
@@ -69,10 +80,11 @@ def open_dataset(
     """The source named by a ``--dataset`` value.
 
     Args:
-      spec: ``concepts``, ``broden:DIR`` or ``folder:DIR``.
+      spec: ``concepts``, ``broden:DIR``, ``folder:DIR``, ``skimage`` or
+        ``skimage:NAME,NAME`` (see :mod:`cnnvis_jax.data.skimage_source`).
       split: concept set split (default ``val``) or Broden split (default all).
-      size: (H, W) images of an image folder are resized/cropped to (default:
-        each keeps its own size).
+      size: (H, W) images of an image folder or of scikit-image are resized/cropped
+        to (default: each keeps its own size).
       count: number of concept images (default per split, see
         ``DEFAULT_CONCEPT_COUNT``).
       seed, image_size: the concept set's seed and image size.
@@ -93,6 +105,11 @@ def open_dataset(
         from cnnvis_jax.data.broden import BrodenSource
 
         return BrodenSource(path, split=split)
+    if kind == "skimage":
+        from cnnvis_jax.data.skimage_source import SKIMAGE_NAMES, SkimageSource
+
+        names = [n.strip() for n in path.split(",") if n.strip()] if path else SKIMAGE_NAMES
+        return SkimageSource(names, size=size)
     from cnnvis_jax.data.folder import FolderSource
 
     return FolderSource(path, size=size)
@@ -110,6 +127,16 @@ def inspect_dataset(spec: str, *, progress: bool = True) -> str:
         from cnnvis_jax.data.folder import FolderSource
 
         return format_summary(FolderSource(path).validate(progress=progress))
+    if kind == "skimage":
+        from cnnvis_jax.data.skimage_source import SKIMAGE_NAMES, SkimageSource
+
+        names = [n.strip() for n in path.split(",") if n.strip()] if path else SKIMAGE_NAMES
+        source = SkimageSource(names)
+        sizes = [source.read(i).shape for i in range(len(source))]
+        return "\n".join(
+            [f"scikit-image bundled images ({len(source)}, no classes, no concept labels):"]
+            + [f"  {n}: {h}x{w}" for n, (h, w, _) in zip(source.names, sizes)]
+        )
     from cnnvis_jax.data.concepts import PIXEL_CATEGORIES, ConceptSet
 
     source = ConceptSet(DEFAULT_CONCEPT_COUNT["val"], split="val")

@@ -1,0 +1,63 @@
+"""Network Dissection (Bau et al. 2017, NetDissect-Lite conventions) and Net2Vec
+(Fong & Vedaldi 2018) as streaming, jit-compiled passes over a concept data set.
+
+* :func:`dissect`: pass 1 (exact top-quantile thresholds per unit), pass 2 (the fused
+  tally of every unit x label), scoring in ``lite`` or ``original`` mode; several
+  layers share one forward per batch; resumable with ``checkpoint=DIR``.
+* :func:`write_outputs`: per-layer ``tally.csv`` (NetDissect-Lite's columns),
+  ``summary.json``, HTML reports and the detectors-per-category plot.
+* :func:`net2vec`: concept embeddings (segmentation and classification) compared
+  with the best single unit.
+"""
+
+from cnnvis_jax.dissection.dissect import (
+    Dissection,
+    LayerResult,
+    compute_tally,
+    compute_thresholds,
+    dissect,
+    spatial_layers,
+    with_lite_preprocessing,
+)
+from cnnvis_jax.dissection.labels import (
+    ArrayConceptSource,
+    LabelLayout,
+    label_layout,
+    load_labelled,
+)
+from cnnvis_jax.dissection.scoring import (
+    Counts,
+    Scores,
+    iou_matrix,
+    score,
+    tally_fields,
+    tally_rows,
+)
+from cnnvis_jax.dissection.thresholds import Thresholds, lite_quantile, readout
+from cnnvis_jax.dissection.upsample import layer_matrices, pil_taps, upsample
+
+__all__ = [
+    "ArrayConceptSource",
+    "Counts",
+    "Dissection",
+    "LabelLayout",
+    "LayerResult",
+    "Scores",
+    "Thresholds",
+    "compute_tally",
+    "compute_thresholds",
+    "dissect",
+    "iou_matrix",
+    "label_layout",
+    "layer_matrices",
+    "lite_quantile",
+    "load_labelled",
+    "pil_taps",
+    "readout",
+    "score",
+    "spatial_layers",
+    "tally_fields",
+    "tally_rows",
+    "upsample",
+    "with_lite_preprocessing",
+]

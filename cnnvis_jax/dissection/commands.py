@@ -1,0 +1,178 @@
+"""``cnnvis dissect`` and ``cnnvis net2vec``.
+
+``cnnvis dissect --model M [--weights W] --dataset concepts|broden:DIR --layers
+conv1,conv5 [--mode lite|original] [--quantile 0.005] [--iou 0.04] --out DIR`` writes
+the files of :mod:`~cnnvis_jax.dissection.outputs`; pass-1 results and partial tallies
+are checkpointed under ``DIR/checkpoint`` so a rerun of the same command resumes
+(or reuses a finished run).
+
+``cnnvis net2vec --model M --dataset ... --layer L --out DIR`` trains the Net2Vec
+embeddings on the training split and compares them with the best single unit on the
+validation split (``net2vec.csv``, ``net2vec.json``, ``net2vec.png``, ``index.html``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from cnnvis_jax.errors import InputError
+
+
+def _positive(name: str, value: int | None) -> None:
+    if value is not None and value < 1:
+        raise InputError(f"--{name} must be at least 1, got {value}.")
+
+
+def open_labelled(spec: str, split: str | None, count: int | None, skip_bad_masks: bool = False):
+    """The labelled source of ``--dataset``: the concept set (``split`` default val)
+    or a Broden directory (``split`` default all rows)."""
+    from cnnvis_jax.data import open_dataset, parse_dataset
+
+    kind, path = parse_dataset(spec)
+    if kind == "broden":
+        from cnnvis_jax.data.broden import BrodenSource
+
+        return BrodenSource(path, split=split, on_error="skip" if skip_bad_masks else "raise")
+    if kind != "concepts":
+        raise InputError(
+            f"dataset {spec!r} has no concept labels; dissection needs --dataset concepts "
+            "or broden:DIR."
+        )
+    return open_dataset(spec, split=split, count=count)
+
+
+def cmd_dissect(args) -> int:
+    import numpy as np
+
+    from cnnvis_jax.cli import load_model_arg
+    from cnnvis_jax.dissection.dissect import dissect, spatial_layers
+    from cnnvis_jax.dissection.outputs import write_outputs
+
+    _positive("count", args.count)
+    _positive("batch-size", args.batch_size)
+    _positive("top", args.top)
+    _positive("checkpoint-every", args.checkpoint_every)
+    model = load_model_arg(args)
+    layers = spatial_layers(model, args.layers)
+    source = open_labelled(args.dataset, args.split, args.count, args.skip_bad_masks)
+    indices = None
+    if args.count is not None and args.count < len(source):
+        indices = np.arange(args.count)
+    categories = [c.strip() for c in args.categories.split(",")] if args.categories else None
+    out = Path(args.out)
+    result = dissect(
+        model,
+        source,
+        layers,
+        mode=args.mode,
+        quantile=args.quantile,
+        iou_threshold=args.iou,
+        batch_size=args.batch_size,
+        indices=indices,
+        categories=categories,
+        zero_scalar=args.zero_scalar,
+        top_images=args.top,
+        contraction=args.contraction,
+        preprocess=args.preprocess,
+        checkpoint=out / "checkpoint",
+        checkpoint_every=args.checkpoint_every,
+        progress=not args.quiet,
+    )
+    extra = {"model": model.name, "weights": args.weights, "dataset": args.dataset}
+    write_outputs(
+        out, result, model=model if not args.no_pictures else None, source=source, extra=extra
+    )
+    for name, s in result.summary().items():
+        unique = ", ".join(f"{c} {n}" for c, n in s["unique"].items())
+        print(f"{name}: {s['detectors']}/{s['units']} units covering {s['concepts']} concepts "
+              f"with IoU >= {result.iou_threshold:g} ({unique})")  # fmt: skip
+    if result.skipped:
+        print(f"skipped {len(result.skipped)} bad mask file(s); see {out / 'run.json'}")
+    print(f"wrote {out / 'summary.json'} and per-layer tally.csv / index.html")
+    return 0
+
+
+def cmd_net2vec(args) -> int:
+    from cnnvis_jax.cli import load_model_arg
+    from cnnvis_jax.dissection.net2vec import net2vec, write_net2vec
+
+    for name in ("epochs", "batch_size", "train_count", "val_count"):
+        _positive(name.replace("_", "-"), getattr(args, name))
+    model = load_model_arg(args)
+    from cnnvis_jax.data import parse_dataset
+
+    concepts = parse_dataset(args.dataset)[0] == "concepts"
+    if not concepts and (args.train_count or args.val_count):
+        raise InputError("--train-count/--val-count apply to the concept set only.")
+    train = open_labelled(args.dataset, "train", (args.train_count or 2000) if concepts else None)
+    val = open_labelled(args.dataset, "val", (args.val_count or 1000) if concepts else None)
+    result = net2vec(
+        model,
+        train,
+        val,
+        args.layer,
+        quantile=args.quantile,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        learning_rate=args.lr,
+        momentum=args.momentum,
+        seed=args.seed,
+        progress=not args.quiet,
+    )
+    record = write_net2vec(args.out, result)
+    s = record["summary"]
+    print(f"{result.layer}: Net2Vec set IoU {s['mean_net2vec_iou']:.4f} vs best single unit "
+          f"{s['mean_single_iou']:.4f} over {s['concepts']} concepts (better for "
+          f"{s['net2vec_better']}); wrote {Path(args.out) / 'net2vec.csv'}")  # fmt: skip
+    return 0
+
+
+def add_commands(sub) -> None:
+    """Add ``dissect`` and ``net2vec`` to the ``cnnvis`` sub-command parser."""
+    from cnnvis_jax.cli import add_dataset_arg, add_model_args
+
+    p = sub.add_parser("dissect", help="Network Dissection: label units with concepts (IoU)")
+    add_model_args(p)
+    add_dataset_arg(p)
+    p.add_argument("--layers", required=True, help="comma-separated layers, e.g. conv1,conv5")
+    p.add_argument("--mode", choices=("lite", "original"), default="lite",
+                   help="IoU denominator and threshold read-out (default: %(default)s)")  # fmt: skip
+    p.add_argument("--quantile", type=float, default=0.005, help="top activation fraction")
+    p.add_argument("--iou", type=float, default=0.04, help="detector IoU threshold")
+    p.add_argument("--split", help="data set split (concepts: default val; Broden: all)")
+    p.add_argument("--count", type=int, help="use the first N images")
+    p.add_argument("--categories", help="comma-separated categories to score (default all)")
+    p.add_argument("--zero-scalar", action="store_true",
+                   help="score image-level label 0 as a texture (NetDissect-Lite's quirk)")  # fmt: skip
+    p.add_argument("--skip-bad-masks", action="store_true",
+                   help="skip missing/corrupt Broden mask files (listed in run.json)")  # fmt: skip
+    p.add_argument("--top", type=int, default=8, help="top images per unit in the report")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--contraction", choices=("auto", "segment", "einsum"), default="auto")
+    p.add_argument(
+        "--preprocess",
+        choices=("model", "lite"),
+        default="model",
+        help="input normalization: the model's own, or NetDissect-Lite's (x-mean)/57.12",
+    )
+    p.add_argument("--checkpoint-every", type=int, default=25, help="batches between checkpoints")
+    p.add_argument("--no-pictures", action="store_true", help="reports without top images")
+    p.add_argument("--out", required=True, help="output folder (a rerun resumes)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_dissect)
+
+    q = sub.add_parser("net2vec", help="Net2Vec: concepts as combinations of units")
+    add_model_args(q)
+    add_dataset_arg(q)
+    q.add_argument("--layer", required=True)
+    q.add_argument("--quantile", type=float, default=0.005)
+    q.add_argument("--epochs", type=int, default=30)
+    q.add_argument("--batch-size", type=int, default=16)
+    q.add_argument("--lr", type=float, default=1e-4)
+    q.add_argument("--momentum", type=float, default=0.9)
+    q.add_argument("--train-count", type=int, help="concept set training images (default 2000)")
+    q.add_argument("--val-count", type=int, help="concept set validation images (default 1000)")
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--out", required=True)
+    q.add_argument("--quiet", action="store_true")
+    q.set_defaults(func=cmd_net2vec)

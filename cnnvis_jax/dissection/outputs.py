@@ -1,0 +1,336 @@
+"""Files of a dissection: per-layer ``tally.csv`` and HTML report, ``summary.json``,
+``run.json`` and the detectors-per-category plot across layers.
+
+Layout of ``out``::
+
+    summary.json                {layer: {units, detectors, unique: {category: n}, ...}}
+    run.json                    settings, data set, layout, images, skipped files
+    detectors.png / .csv        detectors (and unique detectors) per category per layer
+    <layer>/tally.csv           NetDissect-Lite's columns, units by decreasing score
+    <layer>/index.html          "k/U units covering m concepts", bar graph, unit list
+    <layer>/bargraph.png        detector units per label, grouped by category
+    <layer>/units/unitNNNN.png  the unit's top images with its mask overlaid
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import json
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from cnnvis_jax.dissection.dissect import Dissection
+from cnnvis_jax.dissection.labels import LabelLayout
+from cnnvis_jax.dissection.scoring import tally_fields, tally_rows
+from cnnvis_jax.dissection.thresholds import NO_IMAGE
+from cnnvis_jax.dissection.upsample import layer_matrices, upsample
+from cnnvis_jax.features import load_batch, to_model_input
+from cnnvis_jax.model import Model
+from cnnvis_jax.report.grid import image_grid, save_png
+from cnnvis_jax.report.html import esc, page
+
+CATEGORY_COLORS = {
+    "object": "#1f77b4",
+    "scene": "#2ca02c",
+    "part": "#ff7f0e",
+    "material": "#8c564b",
+    "texture": "#9467bd",
+    "color": "#d62728",
+}
+
+
+def _color(category: str) -> str:
+    return CATEGORY_COLORS.get(category, "#7f7f7f")
+
+
+# --- files -----------------------------------------------------------------------------
+
+
+def write_tally_csv(path: Path, result, layout: LabelLayout, mode: str) -> Path:
+    """NetDissect-Lite's tally.csv for one layer."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rows = tally_rows(result.counts, layout, result.scores, mode)
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, tally_fields(layout))
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def run_record(d: Dissection, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {
+        "mode": d.mode,
+        "quantile": d.quantile,
+        "iou_threshold": d.iou_threshold,
+        "images": d.images,
+        "layout": d.layout.describe(),
+        "layers": list(d.layers),
+        "thresholds": {
+            n: {
+                "readout": r.thresholds.readout,
+                "constant_units": [int(u) for u in np.nonzero(r.thresholds.constant)[0]],
+            }
+            for n, r in d.layers.items()
+        },
+        "skipped": list(d.skipped),
+        **(extra or {}),
+    }
+
+
+# --- top images with masks ---------------------------------------------------------------
+
+
+@functools.partial(jax.jit, static_argnames=("layer",))
+def _layer_acts(model: Model, images, *, layer: str):
+    return model.apply(model.params, to_model_input(model, images), (layer,))[layer]
+
+
+@jax.jit
+def _unit_masks(maps, rows, cols, thresholds):
+    up = upsample(maps[..., None], rows, cols)[..., 0]
+    peak = jnp.max(maps, axis=(1, 2))
+    return (up > thresholds[:, None, None]) & (peak > thresholds)[:, None, None]
+
+
+def top_image_masks(
+    model: Model, source: Any, result, seg_size: tuple[int, int], chunk: int = 64
+) -> tuple[np.ndarray, np.ndarray]:
+    """Images and masks of each unit's top images.
+
+    Returns ``(images uint8 (U, k, H, W, 3), masks bool (U, k, sh, sw))``; slots
+    without an image (fewer images than k) are black with empty masks.
+    """
+    th = result.thresholds
+    index = th.top_images
+    n_units, k = index.shape
+    real = index != NO_IMAGE
+    unique = np.unique(index[real])
+    h, w, _ = model.layer(result.layer).shape
+    rows, cols = layer_matrices((h, w), seg_size)
+    pics, acts = [], []
+    for start in range(0, len(unique), chunk):
+        part = unique[start : start + chunk]
+        padded = np.concatenate([part, np.full(chunk - len(part), part[-1])])
+        batch = load_batch(source, padded)["image"]
+        pics.append(np.asarray(batch[: len(part)]))
+        acts.append(np.asarray(_layer_acts(model, batch, layer=result.layer))[: len(part)])
+    pics = np.concatenate(pics) if pics else np.zeros((0, 1, 1, 3), np.uint8)
+    acts = np.concatenate(acts) if acts else np.zeros((0, h, w, n_units), np.float32)
+    pos = np.searchsorted(unique, np.where(real, index, unique[0] if len(unique) else 0))
+    maps = acts[pos, :, :, np.arange(n_units)[:, None]]  # (U, k, h, w)
+    thr = np.repeat(np.where(np.isfinite(th.values), th.values, np.float32(3e38)), k)
+    masks = np.asarray(_unit_masks(maps.reshape(n_units * k, h, w), rows, cols, thr))
+    masks = masks.reshape(n_units, k, *seg_size) & real[..., None, None]
+    images = pics[pos] * real[..., None, None, None]
+    return images.astype(np.uint8), masks
+
+
+def overlay(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """uint8 (H, W, 3): the image dimmed outside ``mask`` (sh, sw; nearest-resized)."""
+    hh, ww = image.shape[:2]
+    rr = (np.arange(hh) * mask.shape[0]) // hh
+    cc = (np.arange(ww) * mask.shape[1]) // ww
+    m = mask[rr[:, None], cc[None, :]]
+    edge = m & ~(
+        np.pad(m, 1, constant_values=False)[:-2, 1:-1]
+        & np.pad(m, 1, constant_values=False)[2:, 1:-1]
+        & np.pad(m, 1, constant_values=False)[1:-1, :-2]
+        & np.pad(m, 1, constant_values=False)[1:-1, 2:]
+    )
+    out = image.astype(np.float32) * np.where(m, 1.0, 0.3)[..., None]
+    out[edge] = (255, 230, 0)
+    return out.astype(np.uint8)
+
+
+# --- figures -----------------------------------------------------------------------------
+
+
+def bargraph(path: Path, result, layout: LabelLayout) -> Path:
+    """Detector units per label, grouped by category (NetDissect's bar graph)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    s = result.scores
+    bars = []
+    for ci, c in enumerate(layout.categories):
+        labels = s.label[s.detector & (s.category == ci)]
+        counts = np.bincount(labels, minlength=layout.num_labels)
+        for lab in np.argsort(-counts, kind="stable"):
+            if counts[lab] == 0:
+                break
+            bars.append((c, layout.names[lab], int(counts[lab])))
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.28 * len(bars) + 1.5), 3.2))
+    if bars:
+        ax.bar(range(len(bars)), [b[2] for b in bars], color=[_color(b[0]) for b in bars])
+        ax.set_xticks(range(len(bars)), [b[1] for b in bars], rotation=90, fontsize=7)
+        for c in dict.fromkeys(b[0] for b in bars):  # legend entries, one per category
+            ax.bar([0], [0], color=_color(c), label=c)
+        ax.legend(fontsize=7)
+    else:
+        ax.text(0.5, 0.5, "no detectors", ha="center", va="center", transform=ax.transAxes)
+    ax.set(ylabel="units", title=f"{result.layer}: detector units per label")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def detectors_plot(path: Path, d: Dissection) -> Path:
+    """Unique detectors per category across layers (the survey's figure), plus
+    detector units per category."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    layers = list(d.layers)
+    summary = d.summary()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    for ax, key, title in (
+        (axes[0], "unique", "unique detectors"),
+        (axes[1], "detectors_per_category", "detector units"),
+    ):
+        for c in d.layout.categories:
+            ax.plot(layers, [summary[n][key][c] for n in layers], "o-", color=_color(c), label=c)
+        ax.set(
+            xlabel="layer",
+            ylabel="count",
+            title=f"{title} per category (IoU >= {d.iou_threshold:g})",
+        )
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+# --- HTML ----------------------------------------------------------------------------------
+
+_SORT_SCRIPT = """<script>
+document.querySelectorAll('table.sortable th').forEach(function (th, col) {
+  th.addEventListener('click', function () {
+    var body = th.closest('table').tBodies[0];
+    var rows = Array.prototype.slice.call(body.rows);
+    var asc = th.dataset.asc !== '1'; th.dataset.asc = asc ? '1' : '0';
+    rows.sort(function (a, b) {
+      var x = a.cells[col].dataset.v || a.cells[col].textContent;
+      var y = b.cells[col].dataset.v || b.cells[col].textContent;
+      var nx = parseFloat(x), ny = parseFloat(y);
+      var r = (!isNaN(nx) && !isNaN(ny)) ? nx - ny : x.localeCompare(y);
+      return asc ? r : -r;
+    });
+    rows.forEach(function (r) { body.appendChild(r); });
+  });
+});
+</script>"""
+
+
+def layer_html(result, layout: LabelLayout, d: Dissection, unit_pictures: bool) -> str:
+    s, th = result.scores, result.thresholds
+    summary = result.summary(layout)
+    n_units = len(s.score)
+    header = (
+        f"{summary['detectors']}/{n_units} units covering {summary['concepts']} concepts "
+        f"with IoU \u2265 {d.iou_threshold:g}"
+    )
+    unique = ", ".join(f"{c} {n}" for c, n in summary["unique"].items())
+    parts = [
+        f"<h2>{esc(header)}</h2>",
+        f"<p>{esc(f'mode {d.mode}, quantile {d.quantile:g}, {d.images} images; unique detectors: {unique}')}</p>",
+        '<figure><img src="bargraph.png" alt="detector units per label"></figure>',
+    ]
+    if summary["constant_units"]:
+        shown = ", ".join(str(u + 1) for u in summary["constant_units"])
+        parts.append(f"<p>{esc(f'constant units (no threshold, never detectors): {shown}')}</p>")
+    head = ["unit", "label", "category", "IoU", "detector", "threshold"]
+    if unit_pictures:
+        head.append("top images (mask overlaid)")
+    rows = []
+    for u in s.order.tolist():
+        cat = layout.categories[s.category[u]]
+        cells = [
+            f'<td data-v="{u + 1}">{u + 1}</td>',
+            f"<td>{esc(layout.names[s.label[u]])}</td>",
+            f'<td><span style="color:{_color(cat)}">{esc(cat)}</span></td>',
+            f'<td data-v="{s.score[u]:.6f}">{esc(f"{s.score[u]:.4f}")}</td>',
+            f"<td>{'yes' if s.detector[u] else 'no'}</td>",
+            f"<td>{esc('constant' if th.constant[u] else f'{th.values[u]:.4g}')}</td>",
+        ]
+        if unit_pictures:
+            src = f"units/unit{u + 1:04d}.png"
+            cells.append(f'<td><img src="{esc(src)}" alt="{esc(f"unit {u + 1}")}"></td>')
+        rows.append("<tr>" + "".join(cells) + "</tr>")
+    head_html = "".join(f"<th>{esc(h)}</th>" for h in head)
+    parts.append(
+        '<p>Click a column header to sort.</p><table class="sortable"><thead><tr>'
+        f"{head_html}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+    )
+    parts.append(_SORT_SCRIPT)
+    return page(f"Network Dissection: {result.layer}", "".join(parts))
+
+
+def write_outputs(
+    out: str | Path,
+    d: Dissection,
+    *,
+    model: Model | None = None,
+    source: Any = None,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Path]:
+    """Write every file of ``d`` under ``out`` (see the module docstring).
+
+    ``model`` and ``source`` (those dissected) are needed for the top-image pictures;
+    without them the reports list the units without pictures.
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    paths["summary"] = out / "summary.json"
+    paths["summary"].write_text(json.dumps(d.summary(), indent=2))
+    paths["run"] = out / "run.json"
+    paths["run"].write_text(json.dumps(run_record(d, extra), indent=2))
+    pictures = model is not None and source is not None
+    for name, result in d.layers.items():
+        folder = out / name
+        paths[f"{name}/tally"] = write_tally_csv(folder / "tally.csv", result, d.layout, d.mode)
+        bargraph(folder / "bargraph.png", result, d.layout)
+        if pictures:
+            images, masks = top_image_masks(model, source, result, d.layout.seg_size)
+            for u in range(images.shape[0]):
+                tiles = np.stack(
+                    [overlay(images[u, j], masks[u, j]) for j in range(images.shape[1])]
+                )
+                save_png(
+                    image_grid(tiles, ncols=len(tiles), pad=1),
+                    folder / "units" / f"unit{u + 1:04d}.png",
+                )
+        paths[f"{name}/html"] = folder / "index.html"
+        paths[f"{name}/html"].write_text(layer_html(result, d.layout, d, pictures))
+    paths["plot"] = detectors_plot(out / "detectors.png", d)
+    summary = d.summary()
+    with open(out / "detectors.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(
+            ["layer", "units", "detectors", "concepts"]
+            + [f"unique-{c}" for c in d.layout.categories]
+            + [f"detectors-{c}" for c in d.layout.categories]
+        )
+        for name in d.layers:
+            s = summary[name]
+            writer.writerow(
+                [name, s["units"], s["detectors"], s["concepts"]]
+                + [s["unique"][c] for c in d.layout.categories]
+                + [s["detectors_per_category"][c] for c in d.layout.categories]
+            )
+    paths["detectors_csv"] = out / "detectors.csv"
+    return paths

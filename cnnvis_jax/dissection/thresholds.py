@@ -1,0 +1,295 @@
+"""Pass 1: exact per-unit top-quantile thresholds, streamed over a data set.
+
+For every unit ``u`` of every requested layer the threshold is an order statistic of
+all ``M = N * h * w`` activations at feature-map resolution:
+
+* ``exact`` read-out: ``T_u`` = the ``K``-th largest value, ``K = ceil(q * M)``
+  (so fewer than ``q * M`` values exceed it; numpy's ``quantile(a, 1 - q)`` lies
+  within one order statistic of it);
+* ``lite`` read-out: NetDissect-Lite's ``readout(1000)[:, int(1000 * (1 - q) - 1)]``,
+  i.e. the quantile ``q' = int(1000 * (1 - q) - 1) / 999`` (0.994995 for q = 0.005)
+  with linear interpolation between order statistics, computed exactly instead of
+  from Lite's KLL sketch.
+
+Streaming with fixed shapes: each device keeps, per unit, the sorted top ``K`` seen
+so far (``top``) and a candidate buffer (``buf``). Only values above the current
+``K``-th value can enter the final top ``K``, so a batch appends just those to the
+buffer (a masked cumulative-sum compaction); when the buffer would overflow, top and
+buffer are merged with ``lax.top_k`` (inside ``lax.cond``, so only when needed). The
+buffer holds at least one local batch, so the merged state is always exact. At the
+end the devices' states are merged on the host. Memory: ``K + buffer`` floats per unit
+(``K`` grows as ``q * M``; nothing else depends on the data set's size).
+
+The same pass keeps each unit's running minimum and maximum (constant units are
+reported, not thresholded) and, optionally, the top images by per-image maximum.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from cnnvis_jax.dissection import _mesh
+from cnnvis_jax.errors import InputError
+from cnnvis_jax.features import to_model_input
+from cnnvis_jax.model import Model
+
+NO_IMAGE = np.iinfo(np.int32).max
+READOUTS = ("exact", "lite")
+
+
+def lite_quantile(quantile: float) -> float:
+    """The quantile NetDissect-Lite reads for ``quantile`` (0.005 -> 994/999)."""
+    return int(1000 * (1 - quantile) - 1) / 999
+
+
+def check_quantile(quantile: float) -> float:
+    q = float(quantile)
+    if not 0.0 < q < 0.5:
+        raise InputError(f"quantile must be in (0, 0.5) (the top fraction kept), got {quantile!r}.")
+    return q
+
+
+def kept_count(total: int, quantile: float) -> int:
+    """Values per unit the state must keep so that both read-outs are exact."""
+    exact = math.ceil(quantile * total)
+    p = lite_quantile(quantile) * (total - 1)
+    lite = total - math.floor(p)
+    return int(min(total, max(exact, lite, 1)))
+
+
+def readout(desc: np.ndarray, total: int, quantile: float, mode: str = "exact") -> np.ndarray:
+    """Thresholds from each unit's sorted (descending) top values.
+
+    Args:
+      desc: (U, K) the K largest activations per unit, descending (K from
+        :func:`kept_count`).
+      total: M, the number of activations per unit.
+      quantile: the top fraction q.
+      mode: "exact" (K-th largest, K = ceil(q M)) or "lite" (interpolated at
+        :func:`lite_quantile`, as numpy's linear method).
+
+    Returns:
+      float32 (U,) thresholds.
+    """
+    desc = np.asarray(desc, np.float64)
+    if mode == "exact":
+        k = math.ceil(quantile * total)
+        return desc[:, k - 1].astype(np.float32)
+    if mode != "lite":
+        raise InputError(f"readout must be one of {READOUTS}, got {mode!r}.")
+    p = lite_quantile(quantile) * (total - 1)
+    i0 = math.floor(p)
+    frac = p - i0
+    v0 = desc[:, total - 1 - i0]
+    v1 = desc[:, max(total - 2 - i0, 0)] if i0 + 1 <= total - 1 else v0
+    out = np.where(frac >= 0.5, v1 - (v1 - v0) * (1 - frac), v0 + (v1 - v0) * frac)
+    return out.astype(np.float32)
+
+
+@dataclasses.dataclass(frozen=True)
+class PassOneSpec:
+    """Static sizes of pass 1 for one layer: U units, K kept, Kb buffer, k top images."""
+
+    units: int
+    kept: int
+    buffer: int
+    top_images: int
+
+
+def init_state(spec: PassOneSpec, devices: int) -> dict[str, np.ndarray]:
+    """Empty pass-1 state of one layer, leading axis = devices (numpy)."""
+    d, u = devices, spec.units
+    return {
+        "top": np.full((d, u, spec.kept), -np.inf, np.float32),
+        "buf": np.full((d, u, spec.buffer), -np.inf, np.float32),
+        "fill": np.zeros((d, u), np.int32),
+        "lo": np.full((d, u), np.inf, np.float32),
+        "hi": np.full((d, u), -np.inf, np.float32),
+        "img_v": np.full((d, u, spec.top_images), -np.inf, np.float32),
+        "img_i": np.full((d, u, spec.top_images), NO_IMAGE, np.int32),
+    }
+
+
+def _absorb(top, buf, fill, flat):
+    """Add ``flat`` (U, n) to the per-unit top-K state (see the module docstring)."""
+    k, kb = top.shape[1], buf.shape[1]
+    count = jnp.sum(flat > top[:, k - 1 : k], axis=1, dtype=jnp.int32)
+
+    def merge(top, buf, fill):
+        merged = lax.top_k(jnp.concatenate([top, buf], axis=1), k)[0]
+        return merged, jnp.full_like(buf, -jnp.inf), jnp.zeros_like(fill)
+
+    top, buf, fill = lax.cond(jnp.any(fill + count > kb), merge, lambda *a: a, top, buf, fill)
+    take = flat > top[:, k - 1 : k]
+    pos = fill[:, None] + jnp.cumsum(take, axis=1, dtype=jnp.int32) - 1
+    pos = jnp.where(take, pos, kb)
+    rows = jnp.broadcast_to(jnp.arange(top.shape[0])[:, None], pos.shape)
+    buf = buf.at[rows, pos].set(flat, mode="drop")
+    return top, buf, fill + jnp.sum(take, axis=1, dtype=jnp.int32)
+
+
+def _top_images(img_v, img_i, peak, indices):
+    """Merge per-image maxima ``peak`` (U, b) into the top-k (value desc, index asc)."""
+    k = img_v.shape[1]
+    idx = jnp.broadcast_to(indices[None, :], peak.shape)
+    neg, image = lax.sort(
+        (jnp.concatenate([-img_v, -peak], 1), jnp.concatenate([img_i, idx], 1)),
+        dimension=1,
+        num_keys=2,
+    )
+    return -neg[:, :k], image[:, :k]
+
+
+def _local_step(model: Model, images, indices, valid, states, *, layers: tuple[str, ...]):
+    acts = model.apply(model.params, to_model_input(model, images), layers)
+    out = {}
+    for name in layers:
+        st = {k: v[0] for k, v in states[name].items()}
+        a = acts[name].astype(jnp.float32)
+        b, h, w, u = a.shape
+        vals = a.reshape(b, h * w, u)
+        vals = jnp.where(jnp.isnan(vals), -jnp.inf, vals)
+        lo = jnp.min(jnp.where(valid[:, None, None], vals, jnp.inf), axis=(0, 1))
+        hi = jnp.max(jnp.where(valid[:, None, None], vals, -jnp.inf), axis=(0, 1))
+        vals = jnp.where(valid[:, None, None], vals, -jnp.inf)
+        flat = vals.transpose(2, 0, 1).reshape(u, b * h * w)
+        top, buf, fill = _absorb(st["top"], st["buf"], st["fill"], flat)
+        peak = jnp.max(vals, axis=1).T
+        peak = jnp.where(peak == 0, 0.0, peak)
+        index = jnp.where(valid, indices, NO_IMAGE)
+        img_v, img_i = _top_images(st["img_v"], st["img_i"], peak, index)
+        new = {
+            "top": top,
+            "buf": buf,
+            "fill": fill,
+            "lo": jnp.minimum(st["lo"], lo),
+            "hi": jnp.maximum(st["hi"], hi),
+            "img_v": img_v,
+            "img_i": img_i,
+        }
+        out[name] = {k: v[None] for k, v in new.items()}
+    return out
+
+
+@functools.lru_cache(maxsize=16)
+def compiled_step(layers: tuple[str, ...], devices: int):
+    """jit(step)(model, images, indices, valid, states) -> states (sharded over images)."""
+    fn = functools.partial(_local_step, layers=layers)
+    mesh = _mesh.mesh() if devices > 1 else None
+    split, rep = _mesh.SPLIT, _mesh.REPLICATED
+    fn = _mesh.shard(fn, mesh, (rep, split, split, split, split), split)
+    return jax.jit(fn, donate_argnums=(4,))
+
+
+def merge_devices(state: dict[str, np.ndarray], spec: PassOneSpec) -> dict[str, np.ndarray]:
+    """One device's worth of state holding the exact merge of all devices' states."""
+    d, u = state["top"].shape[:2]
+    values = np.concatenate(
+        [
+            state["top"].transpose(1, 0, 2).reshape(u, -1),
+            state["buf"].transpose(1, 0, 2).reshape(u, -1),
+        ],
+        axis=1,
+    )
+    k = spec.kept
+    part = -np.partition(-values, k - 1, axis=1)[:, :k] if values.shape[1] > k else values
+    top = -np.sort(-part, axis=1)
+    img_v = state["img_v"].transpose(1, 0, 2).reshape(u, -1)
+    img_i = state["img_i"].transpose(1, 0, 2).reshape(u, -1)
+    order = np.lexsort((img_i, -img_v), axis=1)[:, : spec.top_images]
+    merged = init_state(spec, 1)
+    merged["top"][0] = top
+    merged["lo"][0] = state["lo"].min(axis=0)
+    merged["hi"][0] = state["hi"].max(axis=0)
+    merged["img_v"][0] = np.take_along_axis(img_v, order, 1)
+    merged["img_i"][0] = np.take_along_axis(img_i, order, 1)
+    return merged
+
+
+def spread(merged: dict[str, np.ndarray], spec: PassOneSpec, devices: int) -> dict[str, np.ndarray]:
+    """A merged single-device state laid out over ``devices`` (device 0 holds it)."""
+    out = init_state(spec, devices)
+    for key in ("top", "img_v", "img_i"):
+        out[key][0] = merged[key][0]
+    out["lo"][:] = merged["lo"][0]
+    out["hi"][:] = merged["hi"][0]
+    return out
+
+
+@dataclasses.dataclass
+class Thresholds:
+    """Result of pass 1 for one layer (numpy).
+
+    Attributes:
+      layer: canonical layer name.
+      values: float32 (U,) thresholds (``+inf`` for constant units).
+      constant: bool (U,) units whose activations never vary.
+      minimum, maximum: float32 (U,) over the data set.
+      top_values: float32 (U, k) largest per-image maxima, descending.
+      top_images: int64 (U, k) their image indices (into the source).
+      total: M, activations per unit.
+      quantile, readout: how the thresholds were read.
+    """
+
+    layer: str
+    values: np.ndarray
+    constant: np.ndarray
+    minimum: np.ndarray
+    maximum: np.ndarray
+    top_values: np.ndarray
+    top_images: np.ndarray
+    total: int
+    quantile: float
+    readout: str
+
+
+def finish(
+    layer: str, merged: dict[str, np.ndarray], total: int, quantile: float, mode: str
+) -> Thresholds:
+    """Thresholds of a merged pass-1 state."""
+    lo, hi = merged["lo"][0], merged["hi"][0]
+    constant = ~(hi > lo)
+    values = readout(merged["top"][0], total, quantile, mode)
+    values = np.where(constant, np.inf, values).astype(np.float32)
+    return Thresholds(
+        layer=layer,
+        values=values,
+        constant=constant,
+        minimum=lo.astype(np.float32),
+        maximum=hi.astype(np.float32),
+        top_values=merged["img_v"][0],
+        top_images=merged["img_i"][0].astype(np.int64),
+        total=total,
+        quantile=quantile,
+        readout=mode,
+    )
+
+
+def layer_specs(
+    model: Model,
+    layers: Sequence[str],
+    count: int,
+    quantile: float,
+    local_batch: int,
+    top_images: int,
+) -> dict[str, PassOneSpec]:
+    specs = {}
+    for name in layers:
+        h, w, u = model.layer(name).shape
+        total = count * h * w
+        kept = kept_count(total, quantile)
+        specs[name] = PassOneSpec(
+            units=u,
+            kept=kept,
+            buffer=max(local_batch * h * w, -(-kept // 2)),
+            top_images=max(1, min(top_images, count)),
+        )
+    return specs

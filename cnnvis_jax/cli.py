@@ -265,6 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_models(sub)
     add_data(sub)
     add_deconv(sub)
+    __import__("cnnvis_jax.inversion.commands").inversion.commands.add_commands(sub)
     __import__("cnnvis_jax.deconv.commands_monitor").deconv.commands_monitor.add_commands(sub)
     __import__("cnnvis_jax.hub.commands").hub.commands.add_commands(sub)  # weights, gallery
     __import__("cnnvis_jax.dissection.commands").dissection.commands.add_commands(sub)

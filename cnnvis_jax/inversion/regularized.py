@@ -1,0 +1,504 @@
+"""Regularized inversion (Mahendran & Vedaldi): find an image whose features match.
+
+For target features Φ0 of one layer, minimize over the canvas ``u``::
+
+    E(u) = Σ mask·(Φ(image(crop(u))) − Φ0)² / ‖mask·Φ0‖² + λ_TV·TV^β(u) + λ_α·N_α(u)
+
+``u`` is in the papers' units, the mean-subtracted image on the 0-255 scale:
+``image01 = mean + u / 255`` with ``mean`` the model's input mean in [0, 1] units
+(what the network subtracts), so the published B, B+ and λ's apply unchanged. The
+canvas is ``J − 1`` pixels larger than the image when the plan jitters (J > 1);
+each step differentiates a random ``H × W`` crop of it; the result is the central
+crop. The priors and the optimizers follow the :class:`~.presets.Plan`'s convention
+(:mod:`.regularizers`, :mod:`.optim`).
+
+Structure of the computation: one jitted program per group of layers that share a
+canvas shape and a schedule, with the steps in a ``lax.scan``. A *lane* is one
+image × one restart × one layer; lanes are the batch axis of one forward/backward
+per step (the step differentiates the sum of the lanes' independent energies), and
+the per-lane pieces (initialization, random crops, keys) are ``vmap``-ed, so the
+result equals a loop over lanes (tested). Layers are data in a lane (per-layer
+one-hot loss weights and per-lane λ's); the forward runs up to the deepest layer of
+the group.
+
+Non-finite values: a lane whose objective or iterate becomes NaN/inf stops where it
+was (its last finite iterate is kept, its ``finite`` flag is cleared) and the
+other lanes go on; :func:`invert` warns naming the images.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import warnings
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from cnnvis_jax.errors import InputError
+from cnnvis_jax.inversion import optim
+from cnnvis_jax.inversion.presets import Plan, get_preset
+from cnnvis_jax.inversion.regularizers import (
+    alpha_norm_pixels,
+    alpha_norm_values,
+    project_pixel_norm,
+    tv_beta,
+)
+from cnnvis_jax.model import Model, check_images
+from cnnvis_jax.progress import progress_bar
+
+__all__ = [
+    "InversionResult",
+    "check_target",
+    "input_mean",
+    "invert",
+    "invert_images",
+    "invert_layers",
+    "resolve_plan",
+]
+
+
+class InversionResult(NamedTuple):
+    """Reconstructions of one layer (numpy arrays).
+
+    Attributes:
+      images: float32 (R, N, H, W, 3) in [0, 1] units, *not* clipped (CVPR'15 has
+        no box constraint); clip for display.
+      feature_error: float32 (R, N), ``Σ mask(Φ(x*) − Φ0)² / ‖mask Φ0‖²`` against
+        the target that was inverted.
+      energy: float32 (R, N, steps), the objective E at every step.
+      finite: bool (R, N), False where the lane hit non-finite values (it kept its
+        last finite iterate).
+      layer: canonical layer name.
+      plan: the :class:`Plan` that ran.
+    """
+
+    images: np.ndarray
+    feature_error: np.ndarray
+    energy: np.ndarray
+    finite: np.ndarray
+    layer: str
+    plan: Plan
+
+    def best(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(images (N, H, W, 3), feature_error (N,))`` of the best restart per image
+        (lowest feature error among finite restarts)."""
+        err = np.where(self.finite, self.feature_error, np.inf)
+        pick = np.argmin(err, axis=0)
+        n = np.arange(self.images.shape[1])
+        return self.images[pick, n], self.feature_error[pick, n]
+
+
+# --- helpers ----------------------------------------------------------------------------
+
+
+def input_mean(model: Model) -> np.ndarray:
+    """The model's input mean in [0, 1] RGB units, float32 (3,)."""
+    contract = model.input
+    return np.asarray(contract.mean, np.float32) / np.float32(contract.value_scale)
+
+
+def resolve_plan(
+    model: Model, layer: str, preset: Any = "mahendran2016", steps: int | None = None
+) -> Plan:
+    """A :class:`Plan` for ``layer`` from a preset name, a preset object or a plan."""
+    if isinstance(preset, str):
+        preset = get_preset(preset)
+    plan = preset if isinstance(preset, Plan) else preset.plan(model, layer)
+    return plan.with_steps(steps) if steps is not None else plan
+
+
+def check_target(
+    model: Model, layer: str, target: Any, mask: Any = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Validate target features of ``layer`` and their mask.
+
+    Returns ``(target float32 (N, *shape), mask float32 (N, *shape))``. A single
+    target without the batch axis is accepted.
+
+    Raises:
+      InputError: wrong shape, non-finite values, or features that are zero within
+        the mask (the normalized loss would divide by zero).
+    """
+    info = model.layer(layer)
+    shape = tuple(info.shape)
+    array = np.asarray(target, np.float32)
+    if array.shape == shape:
+        array = array[None]
+    if array.ndim != len(shape) + 1 or array.shape[1:] != shape:
+        raise InputError(
+            f"target features have shape {tuple(np.shape(target))}, but layer {info.name!r} of "
+            f"model {model.name!r} produces (N, {', '.join(map(str, shape))}); compute them "
+            f"with model.apply(params, images, {info.name!r})."
+        )
+    if not np.all(np.isfinite(array)):
+        bad = sorted({int(i) for i in np.argwhere(~np.isfinite(array))[:, 0]})
+        raise InputError(
+            f"target features of images {bad} contain NaN or inf; recompute them from finite images."
+        )
+    if mask is None:
+        m = np.ones_like(array)
+    else:
+        m = np.asarray(mask, np.float32)
+        if m.shape == shape:
+            m = np.broadcast_to(m, array.shape)
+        if m.shape != array.shape:
+            raise InputError(
+                f"mask has shape {tuple(np.shape(mask))}; it must be the layer's shape {shape} "
+                f"or the target's {array.shape}."
+            )
+    norms = np.sqrt(np.sum((array * m).reshape(len(array), -1).astype(np.float64) ** 2, axis=1))
+    zero = [int(i) for i in np.flatnonzero(norms == 0)]
+    if zero:
+        raise InputError(
+            f"target features of images {zero} at layer {info.name!r} are all zero (within the "
+            "mask), so the normalized loss ‖Φ−Φ0‖²/‖Φ0‖² would divide by zero; choose other "
+            "images, another layer, or a mask that covers non-zero features."
+        )
+    return array, np.ascontiguousarray(m, np.float32)
+
+
+def _structure(plan: Plan) -> Plan:
+    """The plan without its per-lane numbers (what must be equal to share a program)."""
+    return dataclasses.replace(plan, lambda_alpha=0.0, lambda_tv=0.0, name="")
+
+
+def _optimizer(plan: Plan, stage, size: tuple[int, int]):
+    if plan.optimizer == "momentum":
+        return optim.momentum_with_resets(stage.schedule, plan.momentum)
+    scale = float(size[0] * size[1]) if plan.rate_scale_pixels else 1.0
+    return optim.adagrad_momentum(stage.schedule, plan.momentum, scale)
+
+
+def _initial_canvas(plan: Plan, key, shape) -> jax.Array:
+    if plan.init == "gaussian":
+        n = jax.random.normal(key, shape, jnp.float32)
+        return plan.init_scale * n / jnp.linalg.norm(n)
+    x = jax.random.uniform(key, shape, jnp.float32, -1.0, 1.0)
+    m = jnp.quantile(x, 0.95)
+    return x / m * plan.init_scale / np.sqrt(3.0)
+
+
+def _place(u: jax.Array, canvas: tuple[int, int], jitter: int) -> jax.Array:
+    """An image-sized ``u`` (H, W, 3) in the centre of a zero canvas (the code's
+    ``initialImage`` placement: offset ``floor((J − 1)/2)``)."""
+    if jitter == 1:
+        return u
+    off = (jitter - 1) // 2
+    out = jnp.zeros((*canvas, 3), u.dtype)
+    return jax.lax.dynamic_update_slice(out, u, (off, off, 0))
+
+
+def _centre(u: jax.Array, size: tuple[int, int], jitter: int) -> jax.Array:
+    off = (jitter - 1) // 2
+    return jax.lax.dynamic_slice(u, (off, off, 0), (*size, 3))
+
+
+# --- the jitted core ---------------------------------------------------------------------
+
+
+def _lanes(
+    model: Model, keys, targets, masks, weights, lam_tv, lam_alpha, init, *, layers, plan, has_init
+):
+    """Run every lane; see the module docstring. Shapes: keys (L, 2); targets/masks
+    {layer: (L, *shape)}; weights {layer: (L,)}; lam_* (L,); init (L, H, W, 3) u-units.
+    Returns images01 (L, H, W, 3), error (L,), energy (L, steps), finite (L,).
+
+    Lanes are independent, so each step differentiates the *sum* of the lanes'
+    energies: one batched forward/backward gives every lane its own gradient. The
+    optimizers are elementwise and the random crops, priors and initializations are
+    vmapped per lane, so this equals a vmap of the single-lane loop.
+    """
+    size = tuple(model.input.size)
+    mean = jnp.asarray(input_mean(model))
+    params = model.params
+    per_pixel = plan.convention == "ijcv16"
+    n_lanes = keys.shape[0]
+
+    def to_image(crop):
+        return mean + crop / 255.0
+
+    def feature_loss(images01):  # (L, H, W, 3) -> (L,)
+        feats = model.apply(params, images01, layers)
+        total = jnp.zeros((n_lanes,), jnp.float32)
+        for name in layers:
+            d = feats[name] - targets[name]
+            axes = tuple(range(1, d.ndim))
+            total = total + weights[name] * jnp.sum(masks[name] * d * d, axis=axes)
+        return total
+
+    def priors(u):  # (L, Hc, Wc, 3) -> (L,)
+        if per_pixel:
+            return lam_tv * tv_beta(u, plan.beta, per_pixel=True) + lam_alpha * alpha_norm_pixels(
+                u, plan.alpha
+            )
+        return lam_tv * tv_beta(u, plan.beta) + lam_alpha * alpha_norm_values(u, plan.alpha)
+
+    def crop(u, offsets):
+        return jax.vmap(lambda v, o: jax.lax.dynamic_slice(v, (o[0], o[1], 0), (*size, 3)))(
+            u, offsets
+        )
+
+    k_init, k_run = jax.vmap(jax.random.split, out_axes=1)(keys)
+    finite = jnp.ones((n_lanes,), bool)
+    energies = []
+    u = None
+    prev_jitter = 1
+    for s, stage in enumerate(plan.stages):
+        J = int(stage.jitter)
+        canvas = (size[0] + J - 1, size[1] + J - 1)
+        if s == 0 and has_init:
+            u = jax.vmap(lambda v, J=J, c=canvas: _place(v, c, J))(init)
+        elif s == 0:
+            u = jax.vmap(lambda k, c=canvas: _initial_canvas(plan, k, (*c, 3)))(k_init)
+        else:
+            u = jax.vmap(
+                lambda v, J=J, c=canvas, pj=prev_jitter: _place(_centre(v, size, pj), c, J)
+            )(u)
+        prev_jitter = J
+        opt = _optimizer(plan, stage, size)
+
+        def energy(u, offsets):  # per-lane energies (L,) and their sum
+            e = feature_loss(to_image(crop(u, offsets))) + priors(u)
+            return jnp.sum(e), e
+
+        def step(carry, ks, opt=opt, energy=energy, J=J):
+            u, state, ok_so_far = carry
+            offsets = jax.vmap(lambda k: jax.random.randint(k, (2,), 0, J))(ks)
+            (_, e), g = jax.value_and_grad(energy, has_aux=True)(u, offsets)
+            updates, new_state = opt.update(plan.grad_scale * g, state)
+            new_u = u + updates
+            if plan.bound is not None:
+                new_u = project_pixel_norm(new_u, plan.bound)
+            ok = ok_so_far & jnp.isfinite(e) & jnp.all(jnp.isfinite(new_u), axis=(1, 2, 3))
+
+            def keep(a, b):
+                if a.ndim == 0:
+                    return a
+                return jnp.where(ok.reshape((-1,) + (1,) * (a.ndim - 1)), a, b)
+
+            u = keep(new_u, u)
+            state = jax.tree_util.tree_map(keep, new_state, state)
+            return (u, state, ok), e
+
+        step_keys = jax.vmap(
+            lambda k, s=s, n=stage.steps: jax.random.split(jax.random.fold_in(k, s), n)
+        )(k_run)  # (L, steps)
+        (u, _, finite), e = jax.lax.scan(
+            step, (u, opt.init(u), finite), jnp.swapaxes(step_keys, 0, 1)
+        )
+        energies.append(e.T)
+    centre = jax.vmap(lambda v: _centre(v, size, prev_jitter))(u)
+    images = to_image(centre)
+    return images, feature_loss(images), jnp.concatenate(energies, axis=1), finite
+
+
+@functools.lru_cache(maxsize=32)
+def _compiled(layers: tuple[str, ...], plan: Plan, has_init: bool):
+    return jax.jit(functools.partial(_lanes, layers=layers, plan=plan, has_init=has_init))
+
+
+# --- public API ---------------------------------------------------------------------------
+
+
+def _run_group(model, lanes: dict, layers: tuple[str, ...], plan: Plan, has_init: bool):
+    fn = _compiled(layers, _structure(plan), has_init)
+    out = fn(
+        model,
+        lanes["keys"],
+        lanes["targets"],
+        lanes["masks"],
+        lanes["weights"],
+        lanes["lam_tv"],
+        lanes["lam_alpha"],
+        lanes["init"],
+    )
+    return tuple(np.asarray(a) for a in out)
+
+
+def _init_u(model: Model, init: Any, n: int) -> np.ndarray:
+    images = np.asarray(init, np.float32)
+    if images.ndim == 3:
+        images = images[None]
+    check_images(images, model.input)
+    if images.shape[0] != n:
+        raise InputError(
+            f"init has {images.shape[0]} images but the target has {n}; give one per target."
+        )
+    return (images - input_mean(model)) * 255.0
+
+
+def invert_layers(
+    model: Model,
+    targets: dict[str, Any],
+    *,
+    preset: Any = "mahendran2016",
+    key: jax.Array,
+    restarts: int = 1,
+    masks: dict[str, Any] | None = None,
+    init: Any = None,
+    steps: int | None = None,
+    progress: bool = False,
+) -> dict[str, InversionResult]:
+    """Invert several layers' targets at once: ``{layer: (N, *shape)}`` -> results.
+
+    Every layer's targets must have the same N (the same images). Layers whose plans
+    share canvas and schedule run in one program, vmapped over layers × restarts ×
+    images. ``masks`` maps layers to masks (layer shape or target shape); ``init``
+    float (N, H, W, 3) images in [0, 1] start the optimization instead of noise;
+    ``steps`` rescales the schedules to that many steps (quick runs).
+    """
+    if not targets:
+        raise InputError("no target layers given.")
+    if restarts < 1:
+        raise InputError(f"restarts must be at least 1, got {restarts}.")
+    masks = masks or {}
+    checked: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for name, target in targets.items():
+        canonical = model.resolve(name)
+        if canonical in checked:
+            raise InputError(f"layer {canonical!r} is given twice.")
+        checked[canonical] = check_target(model, canonical, target, masks.get(name))
+    counts = {name: t.shape[0] for name, (t, _) in checked.items()}
+    if len(set(counts.values())) != 1:
+        raise InputError(f"every layer needs targets for the same images; got counts {counts}.")
+    n = next(iter(counts.values()))
+    init_u = None if init is None else _init_u(model, init, n)
+    plans = {name: resolve_plan(model, name, preset, steps) for name in checked}
+    groups: dict[Plan, list[str]] = {}
+    for name in checked:
+        groups.setdefault(_structure(plans[name]), []).append(name)
+    order = {name: i for i, name in enumerate(model.layer_names)}
+    results: dict[str, InversionResult] = {}
+    with progress_bar(len(checked), "invert", enabled=progress, unit="layer") as bar:
+        for structure, names in groups.items():
+            names = sorted(names, key=order.__getitem__)
+            group_layers = tuple(names)
+            lanes_per_layer = restarts * n
+            total = len(names) * lanes_per_layer
+            lane_targets = {m: np.zeros((total, *model.layer(m).shape), np.float32) for m in names}
+            lane_masks = {m: np.zeros_like(lane_targets[m]) for m in names}
+            lane_weights = {m: np.zeros(total, np.float32) for m in names}
+            lam_tv = np.zeros(total, np.float32)
+            lam_alpha = np.zeros(total, np.float32)
+            for i, name in enumerate(names):
+                t, m = checked[name]
+                sl = slice(i * lanes_per_layer, (i + 1) * lanes_per_layer)
+                lane_targets[name][sl] = np.tile(t, (restarts,) + (1,) * (t.ndim - 1))
+                lane_masks[name][sl] = np.tile(m, (restarts,) + (1,) * (m.ndim - 1))
+                norm2 = np.sum((t * m).reshape(n, -1).astype(np.float64) ** 2, axis=1)
+                lane_weights[name][sl] = np.tile(1.0 / norm2, restarts).astype(np.float32)
+                lam_tv[sl] = plans[name].lambda_tv
+                lam_alpha[sl] = plans[name].lambda_alpha
+            layer_ids = np.repeat(np.asarray([order[m] for m in names]), lanes_per_layer)
+            restart_ids = np.tile(np.repeat(np.arange(restarts), n), len(names))
+            image_ids = np.tile(np.arange(n), restarts * len(names))
+            keys = jax.vmap(
+                lambda li, ri, ii: jax.random.fold_in(
+                    jax.random.fold_in(jax.random.fold_in(key, li), ri), ii
+                )
+            )(jnp.asarray(layer_ids), jnp.asarray(restart_ids), jnp.asarray(image_ids))
+            h, w = model.input.size
+            lane_init = (
+                np.zeros((total, h, w, 3), np.float32)
+                if init_u is None
+                else np.tile(init_u, (restarts * len(names), 1, 1, 1))
+            )
+            lanes = dict(
+                keys=keys,
+                targets=lane_targets,
+                masks=lane_masks,
+                weights=lane_weights,
+                lam_tv=lam_tv,
+                lam_alpha=lam_alpha,
+                init=lane_init,
+            )
+            images, error, energy, finite = _run_group(
+                model, lanes, group_layers, structure, init_u is not None
+            )
+            for i, name in enumerate(names):
+                sl = slice(i * lanes_per_layer, (i + 1) * lanes_per_layer)
+                results[name] = InversionResult(
+                    images=images[sl].reshape(restarts, n, h, w, 3),
+                    feature_error=error[sl].reshape(restarts, n),
+                    energy=energy[sl].reshape(restarts, n, -1),
+                    finite=finite[sl].reshape(restarts, n),
+                    layer=name,
+                    plan=plans[name],
+                )
+                bad = np.argwhere(~results[name].finite)
+                if len(bad):
+                    where = ", ".join(f"image {i} (restart {r})" for r, i in bad[:10])
+                    warnings.warn(
+                        f"inversion of layer {name!r}: {where} hit non-finite values; their "
+                        "last finite iterate is kept and the other images are unaffected.",
+                        RuntimeWarning,
+                        stacklevel=2,
+                    )
+                bar.update(1)
+    return results
+
+
+def invert(
+    model: Model,
+    layer: str,
+    target: Any,
+    *,
+    preset: Any = "mahendran2016",
+    key: jax.Array,
+    restarts: int = 1,
+    mask: Any = None,
+    init: Any = None,
+    steps: int | None = None,
+) -> InversionResult:
+    """Invert target features (N, *shape) of one layer; see :func:`invert_layers`."""
+    masks = None if mask is None else {layer: mask}
+    out = invert_layers(
+        model, {layer: target}, preset=preset, key=key, restarts=restarts, masks=masks,
+        init=init, steps=steps,
+    )  # fmt: skip
+    return next(iter(out.values()))
+
+
+@functools.lru_cache(maxsize=16)
+def _feature_fn(layers: tuple[str, ...]):
+    return jax.jit(lambda model, images: model.apply(model.params, images, layers))
+
+
+def features_of(model: Model, images01: Any, layers: Sequence[str]) -> dict[str, np.ndarray]:
+    """``{layer: float32 (N, *shape)}`` for images float (N, H, W, 3) in [0, 1]."""
+    images = np.asarray(images01, np.float32)
+    check_images(images, model.input)
+    names = tuple(model.resolve(n) for n in layers)
+    out = _feature_fn(names)(model, images)
+    return {n: np.asarray(out[n]) for n in names}
+
+
+def invert_images(
+    model: Model,
+    images01: Any,
+    layers: Sequence[str] | str,
+    *,
+    preset: Any = "mahendran2016",
+    key: jax.Array,
+    restarts: int = 1,
+    transform: Callable[[str, np.ndarray], np.ndarray] | None = None,
+    steps: int | None = None,
+    progress: bool = False,
+) -> dict[str, InversionResult]:
+    """Reconstruct ``images01`` (N, H, W, 3) from their own features at ``layers``.
+
+    ``transform(layer, features) -> features`` (e.g. a perturbation) is applied to
+    the targets before inverting.
+    """
+    if isinstance(layers, str):
+        layers = (layers,)
+    feats = features_of(model, images01, layers)
+    if transform is not None:
+        feats = {n: np.asarray(transform(n, f), np.float32) for n, f in feats.items()}
+    return invert_layers(
+        model, feats, preset=preset, key=key, restarts=restarts, steps=steps, progress=progress
+    )

@@ -19,8 +19,8 @@ demo: $(STAMP)
 	$(BIN)/cnnvis train --out runs/default
 
 lint: $(STAMP)
-	$(BIN)/ruff check cnnvis_jax tests benchmarks
-	$(BIN)/ruff format --check cnnvis_jax tests benchmarks
+	$(BIN)/ruff check cnnvis_jax tests benchmarks experiments
+	$(BIN)/ruff format --check cnnvis_jax tests benchmarks experiments
 
 ## Lint, then the whole test suite (parity tests run when torch/torchvision are installed).
 test: lint

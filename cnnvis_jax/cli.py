@@ -98,6 +98,11 @@ def cmd_models(args) -> int:
 
     if not args.name:
         rows = [(name, zoo.entry(name).description) for name in zoo.names()]
+        rows += [
+            ("default", "conceptnet trained by the default recipe (cached; trained on first use)"),
+            ("vgg16-hed", "VGG16 conv1_1..conv5_3 with HED's ImageNet-initialized weights "
+             "(`cnnvis weights get vgg16-hed`; no classifier)"),
+        ]  # fmt: skip
         if args.json:
             print(json.dumps(dict(rows), indent=2))
         else:
@@ -265,10 +270,21 @@ def build_parser() -> argparse.ArgumentParser:
     add_models(sub)
     add_data(sub)
     add_deconv(sub)
-    __import__("cnnvis_jax.inversion.commands").inversion.commands.add_commands(sub)
-    __import__("cnnvis_jax.deconv.commands_monitor").deconv.commands_monitor.add_commands(sub)
-    __import__("cnnvis_jax.hub.commands").hub.commands.add_commands(sub)  # weights, gallery
-    __import__("cnnvis_jax.dissection.commands").dissection.commands.add_commands(sub)
+    # Each method family registers its own commands (small modules, one job each).
+    from cnnvis_jax.am import commands as am_commands
+    from cnnvis_jax.deconv import commands_monitor
+    from cnnvis_jax.dissection import commands as dissection_commands
+    from cnnvis_jax.hub import commands as hub_commands
+    from cnnvis_jax.inversion import commands as inversion_commands
+
+    for family in (
+        am_commands,  # am, mfv
+        inversion_commands,  # invert, train-decoder
+        commands_monitor,  # monitor, diagnose
+        dissection_commands,  # dissect, net2vec
+        hub_commands,  # weights get, gallery
+    ):
+        family.add_commands(sub)
     return parser
 
 

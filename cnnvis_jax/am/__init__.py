@@ -1,0 +1,106 @@
+"""Activation maximization: images that drive units of a network as high as possible.
+
+* objectives (:mod:`~cnnvis_jax.am.objectives`): :func:`neuron`, :func:`channel`,
+  :func:`class_logit`, :func:`direction`, :func:`layer_norm`, :func:`diversity`;
+  immutable pytrees with ``+``, ``-`` and scalar ``*``;
+* parameterizations: :class:`Pixel`, :class:`Fourier` (Lucid), :class:`Generator`
+  (DGN-AM, any decoder ``G(params, h) -> images``);
+* transforms: :class:`Pad`, :class:`Jitter`, :class:`Scale`, :class:`Rotate`,
+  :class:`Crop`, :func:`lucid_transforms`, :func:`distill_transforms`;
+* regularizers: penalties (:class:`L2`, :class:`AlphaNorm`, :class:`TotalVariation`)
+  and post-update steps (:class:`Decay`, :class:`Blur`, :class:`SmallNorm`,
+  :class:`SmallContribution`, :class:`ClipParams`), MFV center bias
+  (:class:`CenterBias`);
+* update rules: :class:`Adam`, :class:`Ascent` (constant / "progress"),
+  :class:`NormalizedAscent`;
+* :class:`Recipe`, :func:`preset` (``yosinski1``..``4``, ``simonyan``, ``lucid``,
+  ``distill``, ``dgn``, ``mfv-center``, ``mfv-mean``) and :func:`render`, vmapped
+  over units, seeds and sweeps, sharded over a ``units`` device mesh;
+* Multifaceted Feature Visualization: :func:`facets`, :func:`render_facets`,
+  :func:`facet_diversity`.
+"""
+
+from cnnvis_jax.am.mfv import Facets, facet_diversity, facets, render_facets
+from cnnvis_jax.am.objectives import (
+    Objective,
+    bind,
+    channel,
+    class_logit,
+    direction,
+    diversity,
+    layer_norm,
+    neuron,
+    stack,
+)
+from cnnvis_jax.am.optimizers import Adam, Ascent, NormalizedAscent
+from cnnvis_jax.am.params import Fourier, Generator, Pixel, code_bounds
+from cnnvis_jax.am.presets import PRESETS, preset
+from cnnvis_jax.am.recipe import CenterBias, Octave, Recipe
+from cnnvis_jax.am.regularizers import (
+    L2,
+    AlphaNorm,
+    Blur,
+    ClipParams,
+    Decay,
+    SmallContribution,
+    SmallNorm,
+    TotalVariation,
+)
+from cnnvis_jax.am.render import RenderResult, objectives_for_units, render
+from cnnvis_jax.am.transforms import (
+    Crop,
+    Jitter,
+    Pad,
+    Rotate,
+    Scale,
+    chain,
+    distill_transforms,
+    lucid_transforms,
+)
+
+__all__ = [
+    "L2",
+    "PRESETS",
+    "Adam",
+    "AlphaNorm",
+    "Ascent",
+    "Blur",
+    "CenterBias",
+    "ClipParams",
+    "Crop",
+    "Decay",
+    "Facets",
+    "Fourier",
+    "Generator",
+    "Jitter",
+    "NormalizedAscent",
+    "Objective",
+    "Octave",
+    "Pad",
+    "Pixel",
+    "Recipe",
+    "RenderResult",
+    "Rotate",
+    "Scale",
+    "SmallContribution",
+    "SmallNorm",
+    "TotalVariation",
+    "bind",
+    "chain",
+    "channel",
+    "class_logit",
+    "code_bounds",
+    "direction",
+    "distill_transforms",
+    "diversity",
+    "facet_diversity",
+    "facets",
+    "layer_norm",
+    "lucid_transforms",
+    "neuron",
+    "objectives_for_units",
+    "preset",
+    "render",
+    "render_facets",
+    "stack",
+]

@@ -1,0 +1,310 @@
+"""``cnnvis am`` and ``cnnvis mfv``: activation maximization from the command line.
+
+``cnnvis am --model M [--weights W] --layer L --units 0:16 --preset P [--steps N]
+[--seed S] --out DIR`` writes ``DIR/grid.png`` (the units in a labelled grid),
+``DIR/unit_XXXX.png`` per unit, ``DIR/results.json`` (a list of ``{unit,
+start_activation, best_activation, final_activation, stopped_at_step}``) and
+``DIR/run.json`` (the arguments). A rerun with the same arguments reuses the files.
+
+``cnnvis mfv --model M --class C --facets K --out DIR`` writes ``DIR/facets.png``
+(top row: each facet's mean image; bottom row: its visualization), one
+``DIR/facet_XX.json`` per facet and ``DIR/diversity.json`` (facet diversity of the
+class per layer).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from cnnvis_jax.errors import InputError
+
+__all__ = ["add_commands", "cmd_am", "cmd_mfv", "load_generator"]
+
+
+class _Decoder:
+    """A decoder's apply function on flat codes (B, D), hashed by identity (a static
+    field of a pytree); codes are reshaped to the decoder's feature shape."""
+
+    def __init__(self, apply, feature_shape):
+        self.apply, self.feature_shape = apply, tuple(feature_shape)
+
+    def __call__(self, params, h):
+        return self.apply(params, h.reshape(h.shape[0], *self.feature_shape))
+
+
+def load_generator(path: str, model, *, dataset: str = "concepts", count: int = 512):
+    """An :class:`~cnnvis_jax.am.params.Generator` from a decoder saved by
+    :mod:`cnnvis_jax.inversion` (``load_decoder(path)``), with DGN-AM's code bounds
+    computed from the decoder layer's features of ``count`` training images."""
+    try:
+        from cnnvis_jax.inversion import load_decoder
+    except ImportError as e:
+        raise InputError(
+            "--generator needs cnnvis_jax.inversion.load_decoder (UpconvNet decoders), "
+            f"which is not available in this installation ({e})."
+        ) from None
+    from cnnvis_jax.am.params import Generator, code_bounds
+    from cnnvis_jax.data import open_dataset
+    from cnnvis_jax.features import extract_features
+
+    if not Path(path).exists():
+        raise InputError(f"generator file {path} does not exist; train one with cnnvis invert.")
+    decoder = load_decoder(path)
+    layer = model.layer(decoder.layer).name
+    if getattr(decoder, "model_name", model.name) != model.name:
+        raise InputError(
+            f"generator {path} was trained on model {decoder.model_name!r}, not {model.name!r}."
+        )
+    source = open_dataset(dataset, split="train", count=count, size=model.input.size)
+    feats = extract_features(model, source, [layer], indices=np.arange(min(count, len(source))),
+                             progress=False)[layer]  # fmt: skip
+    lower, upper = code_bounds(feats.reshape(len(feats), -1))
+    return Generator(
+        decoder=_Decoder(decoder.apply, decoder.feature_shape),
+        decoder_params=decoder.params,
+        lower=lower,
+        upper=upper,
+        code_size=int(lower.size),
+    )
+
+
+def _position(text: str | None):
+    if text is None:
+        return None
+    parts = text.split(",")
+    try:
+        if len(parts) != 2:
+            raise ValueError
+        return tuple(int(p) for p in parts)
+    except ValueError:
+        raise InputError(f"--position {text!r} must be 'ROW,COL', e.g. '3,4'.") from None
+
+
+def _tile_scale(size: int) -> int:
+    return max(1, 128 // max(size, 1))
+
+
+def _unit_label(unit: int, value: float, names) -> str:
+    name = f" {names[unit]}" if names is not None and unit < len(names) else ""
+    return f"{unit}{name} {value:.3g}"
+
+
+def cmd_am(args) -> int:
+    from cnnvis_jax.am.presets import preset
+    from cnnvis_jax.am.render import objectives_for_units, render
+    from cnnvis_jax.cli import load_model_arg
+    from cnnvis_jax.deconv import parse_units
+    from cnnvis_jax.report.grid import image_grid, save_png
+
+    if args.steps is not None and args.steps < 1:
+        raise InputError(f"--steps must be at least 1, got {args.steps}.")
+    if args.preset == "dgn" and not args.generator:
+        raise InputError("--preset dgn needs --generator PATH (a decoder from cnnvis invert).")
+    if args.preset != "dgn":
+        preset(args.preset)  # an unknown preset fails before the model loads
+    model = load_model_arg(args)
+    info = model.layer(args.layer)
+    units = parse_units(args.units, info.channels)
+    position = _position(args.position)
+    out = Path(args.out)
+    run = {
+        "model": args.model,
+        "weights": args.weights,
+        "layer": info.name,
+        "units": list(units),
+        "preset": args.preset,
+        "steps": args.steps,
+        "seed": args.seed,
+        "objective": args.objective,
+        "position": list(position) if position else None,
+        "generator": args.generator,
+    }
+    if (
+        (out / "run.json").exists()
+        and (out / "results.json").exists()
+        and (out / "grid.png").exists()
+    ):
+        if json.loads((out / "run.json").read_text()) == run:
+            print(f"{out}: already rendered with these arguments; reusing {out / 'grid.png'}")
+            return 0
+    generator = load_generator(args.generator, model) if args.preset == "dgn" else None
+    recipe = preset(args.preset, generator=generator)
+    kind = args.objective or recipe.objective
+    objectives = objectives_for_units(model, info.name, units, kind, position)
+    result = render(
+        model,
+        objectives,
+        recipe,
+        args.seed,
+        steps=args.steps,
+        progress=not args.quiet,
+        desc=f"{args.preset} {info.name}",
+    )
+    names = model.class_names if info.name == model.logits_layer else None
+    records = []
+    for k, unit in enumerate(units):
+        stopped = int(result.stopped_at[k])
+        records.append(
+            {
+                "unit": int(unit),
+                "start_activation": float(result.start_activation[k, 0]),
+                "best_activation": float(result.best_activation[k, 0]),
+                "final_activation": float(result.final_activation[k, 0]),
+                "stopped_at_step": stopped if stopped >= 0 else None,
+            }
+        )
+        if stopped >= 0:
+            print(
+                f"cnnvis: warning: unit {unit}: the objective became non-finite at step "
+                f"{stopped}; that unit was stopped (its last finite image is kept), the "
+                "others ran on.",
+                file=sys.stderr,
+            )
+        save_png(result.images[k, 0], out / f"unit_{unit:04d}.png")
+    value = "best_activation" if recipe.output == "best" else "final_activation"
+    labels = [_unit_label(r["unit"], r[value], names) for r in records]
+    size = result.images.shape[2]
+    grid = image_grid(result.images[:, 0], labels=labels, scale=_tile_scale(size))
+    save_png(grid, out / "grid.png")
+    (out / "results.json").write_text(json.dumps(records, indent=2))
+    (out / "run.json").write_text(json.dumps(run, indent=2))
+    stopped = sum(r["stopped_at_step"] is not None for r in records)
+    print(
+        f"{info.name}: {len(units)} units with {args.preset} ({int(result.trajectory.shape[-2])} "
+        f"steps){f', {stopped} stopped on non-finite values' if stopped else ''}; wrote "
+        f"{out / 'grid.png'} and {out / 'results.json'}"
+    )
+    return 0
+
+
+def add_am(sub) -> None:
+    from cnnvis_jax.am.presets import PRESETS
+    from cnnvis_jax.cli import add_model_args
+
+    p = sub.add_parser("am", help="activation maximization: images that drive units high")
+    add_model_args(p)
+    p.add_argument("--layer", required=True, help="layer name (conv5, fc8) or alias")
+    p.add_argument("--units", required=True, help="units: '3', '0:16' (end exclusive), '1,5,9'")
+    p.add_argument("--preset", default="yosinski3", help=f"one of {', '.join(PRESETS)}")
+    p.add_argument("--steps", type=int, help="override the preset's step count")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--objective",
+        choices=("neuron", "channel"),
+        help="neuron (one position, default centre) or channel (mean over positions); "
+        "default from the preset",
+    )
+    p.add_argument("--position", help="ROW,COL of the neuron objective in the layer's map")
+    p.add_argument("--generator", help="decoder file for --preset dgn (from cnnvis invert)")
+    p.add_argument(
+        "--out", required=True, help="output folder (grid.png, unit_XXXX.png, results.json)"
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_am)
+
+
+def _class_index(model, text: str) -> int:
+    names = model.class_names
+    if names is None:
+        model.check_class(0)  # raises: no classifier
+    if text in names:
+        return names.index(text)
+    try:
+        index = int(text)
+    except ValueError:
+        from cnnvis_jax.errors import did_you_mean
+
+        raise InputError(f"unknown class {text!r}; " + did_you_mean(text, list(names))) from None
+    model.check_class(index)
+    return index
+
+
+def cmd_mfv(args) -> int:
+    from cnnvis_jax.am.mfv import facet_diversity, facets, render_facets
+    from cnnvis_jax.cli import load_model_arg
+    from cnnvis_jax.data import open_dataset
+    from cnnvis_jax.report.grid import image_grid, save_png
+
+    if args.facets < 1 or args.per_facet < 1 or args.images < 1:
+        raise InputError("--facets, --per-facet and --images must be at least 1.")
+    if args.preset not in ("mfv-mean", "mfv-center"):
+        raise InputError(f"--preset for mfv must be mfv-mean or mfv-center, got {args.preset!r}.")
+    model = load_model_arg(args)
+    index = _class_index(model, args.class_)
+    source = open_dataset(args.dataset, split="train", count=args.images, size=model.input.size)
+    found = facets(
+        model,
+        source,
+        index,
+        k=args.facets,
+        layer=args.layer,
+        per_facet=args.per_facet,
+        limit=args.images,
+        seed=args.seed,
+        progress=not args.quiet,
+    )
+    result = render_facets(
+        model, found, recipe=args.preset, key=args.seed, steps=args.steps, progress=not args.quiet
+    )
+    out = Path(args.out)
+    k = len(found.mean_images)
+    top = [f"f{f} n={int(found.sizes[f])}" for f in range(k)]
+    bottom = [f"f{f} {float(result.final_activation[f, 0]):.3g}" for f in range(k)]
+    tiles = np.concatenate([found.mean_images, result.images[:, 0]])
+    grid = image_grid(tiles, ncols=k, labels=top + bottom, scale=_tile_scale(tiles.shape[1]))
+    save_png(grid, out / "facets.png")
+    for f in range(k):
+        members = [int(m) for m in found.members[f] if m >= 0]
+        record = {
+            "class": index,
+            "class_name": model.class_names[index],
+            "facet": f,
+            "size": int(found.sizes[f]),
+            "members": members,
+            "start_activation": float(result.start_activation[f, 0]),
+            "best_activation": float(result.best_activation[f, 0]),
+            "final_activation": float(result.final_activation[f, 0]),
+            "stopped_at_step": int(result.stopped_at[f]) if result.stopped_at[f] >= 0 else None,
+        }
+        (out / f"facet_{f:02d}.json").write_text(json.dumps(record, indent=2))
+        save_png(result.images[f, 0], out / f"facet_{f:02d}.png")
+    layers = [layer.name for layer in model.layers if not layer.name.endswith("_pre")]
+    layers = [n for n in layers if n.startswith(("conv", "fc"))] or list(model.layer_names)
+    diversity = facet_diversity(model, source, found.indices, layers, k=args.facets, seed=args.seed)
+    (out / "diversity.json").write_text(
+        json.dumps({"class": index, "facets": k, "diversity": diversity}, indent=2)
+    )
+    print(
+        f"class {model.class_names[index]!r}: {k} facets from {found.indices.size} images; "
+        f"wrote {out / 'facets.png'}, facet_XX.json and diversity.json"
+    )
+    return 0
+
+
+def add_mfv(sub) -> None:
+    from cnnvis_jax.cli import add_dataset_arg, add_model_args
+
+    p = sub.add_parser("mfv", help="multifaceted feature visualization of a class")
+    add_model_args(p)
+    p.add_argument("--class", dest="class_", required=True, help="class name or index")
+    p.add_argument("--facets", type=int, default=10, help="number of facets K (default 10)")
+    p.add_argument("--per-facet", type=int, default=15, help="images averaged per facet")
+    p.add_argument("--layer", default="fc7", help="embedding layer (default fc7)")
+    p.add_argument("--images", type=int, default=2000, help="training images to scan")
+    p.add_argument("--preset", default="mfv-mean", help="mfv-mean (default) or mfv-center")
+    p.add_argument("--steps", type=int, help="override the preset's total step count")
+    p.add_argument("--seed", type=int, default=0)
+    add_dataset_arg(p)
+    p.add_argument("--out", required=True, help="output folder (facets.png, facet_XX.json)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_mfv)
+
+
+def add_commands(sub) -> None:
+    """Add ``am`` and ``mfv`` to the ``cnnvis`` subcommands."""
+    add_am(sub)
+    add_mfv(sub)

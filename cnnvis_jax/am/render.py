@@ -1,0 +1,531 @@
+"""The render loop: many activation-maximization runs as one vmapped, jitted program.
+
+A *job* is one (recipe, seed, objective) triple; each job optimizes ``batch``
+images. Jobs are vmapped (units, seeds and hyperparameter values of a sweep are
+all just jobs), steps are a :func:`jax.lax.scan`, and with more than one device
+the job axis is sharded over a 1-D ``units`` mesh; every job is independent, so
+results equal the single-device run.
+
+Per step and job: image from the parameters, random transforms (keys folded from
+the job's key and the step number), forward to the objective's layers, score =
+``objective - penalties``, gradient with respect to the parameters, update, post
+steps. The best-so-far image (by the step's objective value) is kept per image.
+A job whose score or gradient stops being finite is frozen at its last finite
+parameters and reported (``stopped_at``); the other jobs go on.
+
+After the loop the start, best and final images are evaluated once more without
+transforms (the ``*_activation`` values are these clean objective values; a final
+image better than the best-so-far becomes the best).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import numbers
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import PartitionSpec as P
+
+from cnnvis_jax import parallel
+from cnnvis_jax.am import objectives as obj_mod
+from cnnvis_jax.am.recipe import Recipe
+from cnnvis_jax.am.regularizers import ClipParams, StepContext
+from cnnvis_jax.am.transforms import apply_chain, fit
+from cnnvis_jax.errors import InputError
+from cnnvis_jax.model import Model, check_images
+from cnnvis_jax.progress import progress_bar
+
+__all__ = ["AXIS", "RenderResult", "render"]
+
+AXIS = "units"
+"""The mesh axis jobs are sharded over."""
+
+
+class RenderResult(NamedTuple):
+    """Rendered images and their activations (numpy arrays).
+
+    The leading axes ``lead`` are ``(U,)`` for one recipe and one seed, else
+    ``(R, S, U)`` (recipes of a sweep, seeds, objectives). ``B`` is the batch of
+    images each job optimizes.
+
+    Attributes:
+      images: float32 (*lead, B, H, W, 3) in [0, 1]: the recipe's output (best or last).
+      best_images, final_images, start_images: float32 (*lead, B, H, W, 3).
+      trajectory: float32 (*lead, steps, B), the objective at every step (on the
+        transformed images; NaN after a job stopped).
+      start_activation, best_activation, final_activation: float32 (*lead, B),
+        the objective on the untransformed start, best and final images.
+      stopped_at: int32 (*lead,), the step at which a non-finite score or gradient
+        stopped the job, -1 when it ran to the end.
+    """
+
+    images: np.ndarray
+    best_images: np.ndarray
+    final_images: np.ndarray
+    start_images: np.ndarray
+    trajectory: np.ndarray
+    start_activation: np.ndarray
+    best_activation: np.ndarray
+    final_activation: np.ndarray
+    stopped_at: np.ndarray
+
+
+class _State(NamedTuple):
+    params: Any
+    opt: Any
+    key: jax.Array
+    start: jax.Array  # (B, H, W, 3) start image
+    best: jax.Array  # (B, H, W, 3)
+    best_value: jax.Array  # (B,)
+    stopped_at: jax.Array  # () int32
+
+
+# --- one job ---------------------------------------------------------------------------------
+
+
+def _forward_score(model: Model, objective, images):
+    acts = model.apply(model.params, fit(images, model.input.size), objective.layers)
+    return objective(acts).astype(jnp.float32)
+
+
+def _init_job(model, recipe: Recipe, objective, key, init_images, init_params, batch):
+    contract = model.input
+    k_init, k_run = jax.random.split(key)
+    if init_params is not None:
+        params = init_params
+    else:
+        params = recipe.param.init(k_init, batch, contract, init_images)
+    if any(isinstance(op, ClipParams) for op in recipe.post):
+        params = recipe.param.clip(params, contract)
+    image = recipe.param.to_image(params, contract)
+    return _State(
+        params=params,
+        opt=recipe.optimizer.init(params),
+        key=k_run,
+        start=image,
+        best=image,
+        best_value=jnp.full((image.shape[0],), -jnp.inf, jnp.float32),
+        stopped_at=jnp.asarray(-1, jnp.int32),
+    )
+
+
+def _all_finite(tree) -> jax.Array:
+    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(tree)]
+    return functools.reduce(jnp.logical_and, leaves, jnp.asarray(True))
+
+
+def _select(flag, new, old):
+    return jax.tree_util.tree_map(lambda n, o: jnp.where(flag, n, o), new, old)
+
+
+def _steps_all(model, recipe: Recipe, axes, objectives, state: _State, start, *, length: int):
+    """``length`` steps of every job. Per-job pieces (image, transforms, objective,
+    update, post steps) are vmapped over jobs; the network runs once on the batch of
+    all jobs' images (J * B), so the forward and backward are those of one batch."""
+    contract = model.input
+
+    def per_job(fn, *args):
+        in_axes = tuple(axes if a is recipe else 0 for a in args)
+        return jax.vmap(fn, in_axes=in_axes)(*args)
+
+    def score(params, keys):
+        images = per_job(lambda r, p: r.param.to_image(p, contract), recipe, params)
+        x = per_job(
+            lambda k, im: fit(apply_chain(recipe.transforms, k, im), contract.size), keys, images
+        )
+        n_jobs, batch = x.shape[:2]
+        layers = objectives.layers
+        acts = model.apply(model.params, x.reshape(n_jobs * batch, *x.shape[2:]), layers)
+        acts = {k: v.reshape(n_jobs, batch, *v.shape[1:]) for k, v in acts.items()}
+        values = jax.vmap(lambda o, a: o(a).astype(jnp.float32))(objectives, acts)  # (J, B)
+        per_image = values
+        for i in range(len(recipe.penalties)):
+            per_image = per_image - per_job(
+                lambda r, im, i=i: r.penalties[i](im, contract), recipe, images
+            )
+        return jnp.sum(per_image), (jnp.sum(per_image, axis=1), values, images)
+
+    def update(r, st: _State, grad, values, image, job_total, i):
+        ctx = StepContext(r.param, contract)
+        finite = jnp.isfinite(job_total) & _all_finite(grad) & jnp.all(jnp.isfinite(values))
+        running = st.stopped_at < 0
+        active = finite & running
+        better = active & (values > st.best_value)
+        best = jnp.where(better[:, None, None, None], image, st.best)
+        best_value = jnp.where(better, values, st.best_value)
+        params, opt = r.optimizer.update(grad, st.opt, st.params, i, r.steps)
+        for op in r.post:
+            params = op(params, grad, i, ctx)
+        new = st._replace(
+            params=_select(active, params, st.params),
+            opt=_select(active, opt, st.opt),
+            best=best,
+            best_value=best_value,
+            stopped_at=jnp.where(running & ~finite, i.astype(jnp.int32), st.stopped_at),
+        )
+        return new, jnp.where(active, values, jnp.nan)
+
+    def body(state: _State, i):
+        keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(state.key, i)
+        (_, (job_totals, values, images)), grad = jax.value_and_grad(score, has_aux=True)(
+            state.params, keys
+        )
+        return jax.vmap(update, in_axes=(axes, 0, 0, 0, 0, 0, None))(
+            recipe, state, grad, values, images, job_totals, i
+        )
+
+    state, values = jax.lax.scan(body, state, start + jnp.arange(length))
+    return state, jnp.moveaxis(values, 0, 1)  # (J, length, B)
+
+
+def _finish_job(model, recipe: Recipe, objective, state: _State):
+    final = recipe.param.to_image(state.params, model.input)
+    b = final.shape[0]
+    images = jnp.concatenate([state.start, state.best, final])
+    values = _forward_score(model, objective, images)
+    start_v, best_v, final_v = values[:b], values[b : 2 * b], values[2 * b :]
+    take_final = ~(best_v >= final_v)  # also when best is NaN
+    best = jnp.where(take_final[:, None, None, None], final, state.best)
+    best_v = jnp.where(take_final, final_v, best_v)
+    return dict(
+        start_images=state.start,
+        best_images=best,
+        final_images=final,
+        start_activation=start_v,
+        best_activation=best_v,
+        final_activation=final_v,
+        stopped_at=state.stopped_at,
+    )
+
+
+# --- vmapped and jitted over jobs -------------------------------------------------------------
+
+
+def _axes_tree(recipe, recipe_axes):
+    return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(recipe), list(recipe_axes))
+
+
+@functools.partial(jax.jit, static_argnames=("batch", "recipe_axes"))
+def _init_all(model, recipe, objectives, keys, init_images, init_params, *, batch, recipe_axes):
+    axes = _axes_tree(recipe, recipe_axes)
+    images_axis = None if init_images is None else 0
+    params_axis = None if init_params is None else 0
+    return jax.vmap(
+        functools.partial(_init_job, batch=batch),
+        in_axes=(None, axes, 0, 0, images_axis, params_axis),
+    )(model, recipe, objectives, keys, init_images, init_params)
+
+
+@functools.partial(jax.jit, static_argnames=("plan", "recipe_axes"))
+def _advance_all(model, ruled, recipe, objectives, state, start, *, plan, recipe_axes):
+    """Run the segments of ``plan`` ((length, redirected), ...) from step ``start``."""
+    axes = _axes_tree(recipe, recipe_axes)
+    trajectories = []
+    for length, redirected in plan:
+        m = ruled if redirected else model
+        state, values = _steps_all(m, recipe, axes, objectives, state, start, length=length)
+        trajectories.append(values)
+        start = start + length
+    return state, jnp.concatenate(trajectories, axis=1)
+
+
+@functools.partial(jax.jit, static_argnames=("recipe_axes",))
+def _finish_all(model, recipe, objectives, state, *, recipe_axes):
+    axes = _axes_tree(recipe, recipe_axes)
+    return jax.vmap(_finish_job, in_axes=(None, axes, 0, 0))(model, recipe, objectives, state)
+
+
+def _plan(steps: int, redirect: int, chunk: int) -> list[tuple[tuple[int, bool], ...]]:
+    """Calls of ``_advance_all``: each a tuple of (length, redirected) segments."""
+    calls, start = [], 0
+    while start < steps:
+        stop = min(steps, start + chunk)
+        segments = []
+        if start < redirect:
+            cut = min(stop, redirect)
+            segments.append((cut - start, True))
+            if cut < stop:
+                segments.append((stop - cut, False))
+        else:
+            segments.append((stop - start, False))
+        calls.append(tuple(segments))
+        start = stop
+    return calls
+
+
+# --- inputs --------------------------------------------------------------------------------
+
+
+def _as_objectives(objectives, model: Model):
+    if isinstance(objectives, obj_mod.Objective):
+        objectives = [objectives]
+    objectives = [obj_mod.bind(o, model) for o in objectives]
+    return obj_mod.stack(objectives), len(objectives)
+
+
+def _as_recipes(recipe) -> tuple[Recipe, int, tuple, bool]:
+    """The recipes stacked where they differ: (recipe, R, axes per leaf, swept?)."""
+    from cnnvis_jax.am.presets import preset
+
+    swept = isinstance(recipe, list | tuple)
+    recipes = list(recipe) if swept else [recipe]
+    recipes = [preset(r) if isinstance(r, str) else r for r in recipes]
+    if not recipes:
+        raise InputError("no recipe given; pass a preset name or a Recipe.")
+    for r in recipes:
+        if not isinstance(r, Recipe):
+            raise InputError(f"not a recipe: {type(r).__name__}; use am.preset(name).")
+    structures = {jax.tree_util.tree_structure(r) for r in recipes}
+    if len(structures) != 1:
+        raise InputError(
+            "recipes of one sweep must differ only in numbers (same steps, transforms, "
+            "parameterization and post steps)."
+        )
+    leaves = [jax.tree_util.tree_leaves(r) for r in recipes]
+    stacked, axes = [], []
+    for values in zip(*leaves):
+        if all(v is values[0] for v in values) or all(
+            np.shape(v) == np.shape(values[0]) and np.array_equal(v, values[0]) for v in values
+        ):
+            stacked.append(values[0])
+            axes.append(None)
+        else:
+            stacked.append(np.stack([np.asarray(v) for v in values]))
+            axes.append(0)
+    treedef = jax.tree_util.tree_structure(recipes[0])
+    return jax.tree_util.tree_unflatten(treedef, stacked), len(recipes), tuple(axes), swept
+
+
+def _per_objective_images(images, n_objectives: int, batch: int) -> np.ndarray:
+    """Init images (B, H, W, 3) shared by every objective, or (U, B, H, W, 3) -> (U, B, H, W, 3)."""
+    images = np.asarray(images)
+    if images.ndim == 4:
+        images = np.broadcast_to(images, (n_objectives, *images.shape))
+    if images.ndim != 5 or images.shape[:2] != (n_objectives, batch) or images.shape[-1] != 3:
+        raise InputError(
+            f"init_images must have shape ({batch}, H, W, 3) (shared) or ({n_objectives}, "
+            f"{batch}, H, W, 3) (one set per objective), got {images.shape}."
+        )
+    return images
+
+
+def _per_objective_params(params, n_objectives: int, batch: int):
+    """Init params with leaves (U, B, ...): one start per objective."""
+    for leaf in jax.tree_util.tree_leaves(params):
+        if np.ndim(leaf) < 2 or np.shape(leaf)[:2] != (n_objectives, batch):
+            raise InputError(
+                f"init_params leaves must have leading axes ({n_objectives} objectives, "
+                f"{batch} images), got shape {np.shape(leaf)}."
+            )
+    return jax.tree_util.tree_map(lambda a: np.asarray(a, np.float32), params)
+
+
+# --- public -----------------------------------------------------------------------------------
+
+
+def render(
+    model: Model,
+    objectives,
+    recipe,
+    key: jax.Array | int = 0,
+    *,
+    seeds: int = 1,
+    batch: int = 1,
+    init_images: Any = None,
+    init_params: Any = None,
+    steps: int | None = None,
+    progress: bool = False,
+    desc: str = "render",
+) -> RenderResult:
+    """Render activation-maximizing images.
+
+    Args:
+      model: the network.
+      objectives: an :class:`~cnnvis_jax.am.objectives.Objective` or a list of
+        objectives of one structure (e.g. one per unit); U of them.
+      recipe: a :class:`~cnnvis_jax.am.recipe.Recipe` or preset name, or a list of
+        recipes differing only in numbers (a sweep, R of them).
+      key: PRNG key or int seed. Seed ``s`` of ``seeds`` uses ``split(key, seeds)[s]``;
+        every objective of a seed starts from the same image and sees the same
+        transforms (the same key gives the same images).
+      seeds: S independent starts per objective and recipe.
+      batch: images optimized together per job (B; e.g. for a diversity term).
+      init_images: start images in [0, 1], float (B, H, W, 3) shared or
+        (U, B, H, W, 3) per objective, at the model's input size.
+      init_params: start parameters per objective, leaves (U, B, ...) (e.g.
+        generator codes (U, B, D)); overrides ``init_images``.
+      steps: override the recipe's step count.
+      progress: show a progress bar (steps are then run in chunks).
+
+    Returns:
+      A :class:`RenderResult` with leading axes (U,) for one recipe and seed, else
+      (R, S, U).
+
+    Raises:
+      InputError: unknown layer or preset; a unit, class or position out of range;
+        init images of the wrong size or not finite; bad counts.
+    """
+    from cnnvis_jax.am.center import render_center
+
+    if not isinstance(model, Model):
+        raise InputError(f"render needs a cnnvis_jax Model, got {type(model).__name__}.")
+    for name, value in (("seeds", seeds), ("batch", batch)):
+        if int(value) < 1:
+            raise InputError(f"{name} must be at least 1, got {value}.")
+    stacked, n_obj = _as_objectives(objectives, model)
+    recipe_data, n_rec, recipe_axes, swept = _as_recipes(recipe)
+    if steps is not None:
+        recipe_data = recipe_data.with_steps(steps)
+    if isinstance(key, numbers.Integral):
+        key = jax.random.PRNGKey(int(key))
+    elif jnp.issubdtype(getattr(key, "dtype", np.float32), jax.dtypes.prng_key):
+        key = jax.random.key_data(key)  # typed keys travel as their raw data
+    seed_keys = jax.random.split(key, seeds)
+
+    if init_images is not None and init_params is None:
+        per = _per_objective_images(init_images, n_obj, batch)
+        check_images(per.reshape(-1, *per.shape[2:]), model.input)
+        init_images = per.astype(np.float32)
+    else:
+        init_images = None
+    if init_params is not None:
+        init_params = _per_objective_params(init_params, n_obj, batch)
+
+    # jobs in (recipe, seed, objective) order
+    n_jobs = n_rec * seeds * n_obj
+    r_idx, s_idx, u_idx = (a.reshape(-1) for a in np.indices((n_rec, seeds, n_obj)))
+    size = parallel.devices_multiple(n_jobs)
+    pick = np.concatenate([np.arange(n_jobs), np.full(size - n_jobs, n_jobs - 1)]).astype(int)
+    r_idx, s_idx, u_idx = r_idx[pick], s_idx[pick], u_idx[pick]
+
+    def take(tree, index):
+        return jax.tree_util.tree_map(lambda a: np.asarray(a)[index], tree)
+
+    job_objectives = take(stacked, u_idx)
+    job_keys = np.asarray(seed_keys)[s_idx]
+    job_images = None if init_images is None else np.asarray(init_images)[u_idx]
+    job_params = None if init_params is None else take(init_params, u_idx)
+    leaves = jax.tree_util.tree_leaves(recipe_data)
+    job_leaves = [np.asarray(v)[r_idx] if ax == 0 else v for v, ax in zip(leaves, recipe_axes)]
+    treedef = jax.tree_util.tree_structure(recipe_data)
+
+    mesh = parallel.device_mesh(AXIS)
+    per_job, replicated = parallel.shardings(mesh, P(AXIS), None)
+    put_jobs = functools.partial(parallel.put, sharding=per_job)
+    job_leaves = [
+        put_jobs(v) if ax == 0 else parallel.put(v, replicated)
+        for v, ax in zip(job_leaves, recipe_axes)
+    ]
+    job_recipe = jax.tree_util.tree_unflatten(treedef, job_leaves)
+    model_r = parallel.put(model, replicated)
+    job_objectives = put_jobs(job_objectives)
+    job_keys = put_jobs(job_keys)
+    job_images = None if job_images is None else put_jobs(job_images)
+    job_params = None if job_params is None else put_jobs(job_params)
+
+    if recipe_data.center is not None:
+        out, trajectory = render_center(
+            model_r,
+            job_recipe,
+            job_objectives,
+            job_keys,
+            job_images,
+            batch=batch,
+            recipe_axes=recipe_axes,
+            progress=progress,
+            desc=desc,
+        )
+    else:
+        state = _init_all(
+            model_r,
+            job_recipe,
+            job_objectives,
+            job_keys,
+            job_images,
+            job_params,
+            batch=batch,
+            recipe_axes=recipe_axes,
+        )
+        ruled = model_r
+        total = recipe_data.steps
+        if recipe_data.redirect_steps > 0:
+            from cnnvis_jax.rules import model_with_rules
+
+            ruled = model_with_rules(model_r, "redirected", require_relu=False)
+        chunk = max(1, math.ceil(total / 20)) if _progress_on(progress) else total
+        trajectories = []
+        start = 0
+        with progress_bar(total, desc, enabled=progress, unit="step") as bar:
+            for plan in _plan(total, recipe_data.redirect_steps, chunk):
+                state, values = _advance_all(
+                    model_r,
+                    ruled,
+                    job_recipe,
+                    job_objectives,
+                    state,
+                    jnp.asarray(start, jnp.int32),
+                    plan=plan,
+                    recipe_axes=recipe_axes,
+                )
+                trajectories.append(values)
+                length = sum(n for n, _ in plan)
+                start += length
+                bar.update(length)
+        trajectory = jnp.concatenate(trajectories, axis=1)
+        out = _finish_all(model_r, job_recipe, job_objectives, state, recipe_axes=recipe_axes)
+
+    out = {k: np.asarray(v)[:n_jobs] for k, v in out.items()}
+    trajectory = np.asarray(trajectory)[:n_jobs]
+    chosen = out["best_images"] if recipe_data.output == "best" else out["final_images"]
+    lead = (n_obj,) if (n_rec == 1 and seeds == 1 and not swept) else (n_rec, seeds, n_obj)
+
+    def shape(a):
+        return a.reshape(*lead, *a.shape[1:])
+
+    return RenderResult(
+        images=shape(np.clip(chosen, 0.0, 1.0)),
+        best_images=shape(out["best_images"]),
+        final_images=shape(out["final_images"]),
+        start_images=shape(out["start_images"]),
+        trajectory=shape(trajectory),
+        start_activation=shape(out["start_activation"]),
+        best_activation=shape(out["best_activation"]),
+        final_activation=shape(out["final_activation"]),
+        stopped_at=shape(out["stopped_at"]),
+    )
+
+
+def _progress_on(progress: bool) -> bool:
+    import os
+
+    return bool(progress) and os.environ.get("CNNVIS_PROGRESS", "1") != "0"
+
+
+def objectives_for_units(
+    model: Model,
+    layer: str,
+    units: Sequence[int],
+    kind: str = "neuron",
+    position: Sequence[int] | None = None,
+) -> list:
+    """One objective per unit of ``layer``: ``"neuron"`` (at ``position``, default the
+    centre) or ``"channel"``; for the logits layer either is the class score."""
+    info = model.layer(layer)
+    if kind not in ("neuron", "channel"):
+        raise InputError(f"objective kind must be 'neuron' or 'channel', got {kind!r}.")
+    if position is not None and not info.spatial:
+        raise InputError(
+            f"layer {info.name!r} is fully connected and has no positions; drop --position."
+        )
+    if kind == "channel" and position is not None:
+        raise InputError("a position applies to the 'neuron' objective, not to 'channel'.")
+    for unit in units:
+        model.check_unit(info.name, int(unit))
+    if kind == "channel":
+        return [obj_mod.channel(info.name, u) for u in units]
+    return [obj_mod.neuron(info.name, u, position) for u in units]

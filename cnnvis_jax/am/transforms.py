@@ -1,0 +1,187 @@
+"""Random, differentiable image transforms applied before every forward pass.
+
+Each transform is a frozen (hashable) dataclass called as ``t(key, images) ->
+images`` on float ``(B, H, W, 3)``; the randomness comes only from ``key`` and is
+drawn per image. Output shapes depend only on input shapes (static), so chains
+compile once. :func:`chain` composes transforms; :func:`fit` brings the result to
+the model's input size (centre crop when larger, bilinear resize when smaller).
+
+Lucid changes the image size in ``random_scale``; here :class:`Scale` and
+:class:`Rotate` resample about the centre at the same size (bilinear, edge values
+repeated outside), so that shapes stay fixed under ``jit``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+
+from cnnvis_jax.am._tree import randint
+from cnnvis_jax.errors import InputError
+
+__all__ = [
+    "Crop",
+    "Jitter",
+    "Pad",
+    "Rotate",
+    "Scale",
+    "apply_chain",
+    "chain",
+    "distill_transforms",
+    "fit",
+    "lucid_transforms",
+]
+
+
+@dataclasses.dataclass(frozen=True)
+class Pad:
+    """Pad ``width`` pixels on every side with ``value`` (``None``: reflect)."""
+
+    width: int
+    value: float | None = 0.5
+
+    def __call__(self, key, x):
+        del key
+        pad = ((0, 0), (self.width, self.width), (self.width, self.width), (0, 0))
+        if self.value is None:
+            return jnp.pad(x, pad, mode="reflect")
+        return jnp.pad(x, pad, constant_values=self.value)
+
+
+@dataclasses.dataclass(frozen=True)
+class Jitter:
+    """Random crop of size ``(H - d, W - d)`` at an offset in ``0..d`` (Lucid's jitter)."""
+
+    d: int
+
+    def __call__(self, key, x):
+        b, h, w, c = x.shape
+        if self.d <= 0:
+            return x
+        if self.d >= min(h, w):
+            raise InputError(f"jitter {self.d} is not smaller than the image ({h}x{w}).")
+        offsets = randint(key, (b, 2), 0, self.d + 1)
+
+        def crop(image, offset):
+            return jax.lax.dynamic_slice(
+                image, (offset[0], offset[1], 0), (h - self.d, w - self.d, c)
+            )
+
+        return jax.vmap(crop)(x, offsets)
+
+
+def _resample(x, matrices):
+    """Bilinear resampling of (B, H, W, C) about the centre: output pixel ``p``
+    reads input ``M (p - c) + c`` (M: (B, 2, 2)); edge values repeat outside."""
+    b, h, w, c = x.shape
+    cy, cx = (h - 1) / 2.0, (w - 1) / 2.0
+    yy, xx = jnp.meshgrid(jnp.arange(h, dtype=x.dtype), jnp.arange(w, dtype=x.dtype), indexing="ij")
+    grid = jnp.stack([yy.reshape(-1) - cy, xx.reshape(-1) - cx])  # (2, H*W)
+    coords = jnp.einsum("bij,jp->bip", matrices, grid)  # (B, 2, H*W)
+    y = jnp.clip(coords[:, 0] + cy, 0.0, h - 1.0)
+    x_ = jnp.clip(coords[:, 1] + cx, 0.0, w - 1.0)
+    y0 = jnp.clip(jnp.floor(y), 0, h - 2 if h > 1 else 0).astype(jnp.int32)
+    x0 = jnp.clip(jnp.floor(x_), 0, w - 2 if w > 1 else 0).astype(jnp.int32)
+    y1, x1 = jnp.minimum(y0 + 1, h - 1), jnp.minimum(x0 + 1, w - 1)
+    wy, wx = (y - y0)[..., None], (x_ - x0)[..., None]
+    flat = x.reshape(b, h * w, c)
+
+    def tap(yi, xi):
+        return jnp.take_along_axis(flat, (yi * w + xi)[..., None], axis=1)
+
+    top = tap(y0, x0) * (1 - wx) + tap(y0, x1) * wx
+    bottom = tap(y1, x0) * (1 - wx) + tap(y1, x1) * wx
+    return (top * (1 - wy) + bottom * wy).reshape(b, h, w, c)
+
+
+@dataclasses.dataclass(frozen=True)
+class Scale:
+    """Zoom about the centre by a factor drawn from ``factors`` (same output size)."""
+
+    factors: tuple[float, ...]
+
+    def __call__(self, key, x):
+        s = jax.random.choice(key, jnp.asarray(self.factors, x.dtype), (x.shape[0],))
+        eye = jnp.eye(2, dtype=x.dtype)
+        return _resample(x, eye[None] / s[:, None, None])
+
+
+@dataclasses.dataclass(frozen=True)
+class Rotate:
+    """Rotate about the centre by an angle (degrees) drawn from ``angles``."""
+
+    angles: tuple[float, ...]
+
+    def __call__(self, key, x):
+        a = jax.random.choice(key, jnp.asarray(self.angles, x.dtype), (x.shape[0],))
+        a = a * (math.pi / 180.0)
+        cos, sin = jnp.cos(a), jnp.sin(a)
+        m = jnp.stack([jnp.stack([cos, sin], -1), jnp.stack([-sin, cos], -1)], -2)
+        return _resample(x, m)
+
+
+@dataclasses.dataclass(frozen=True)
+class Crop:
+    """Centre crop to ``size`` (``None``: the model's input size, as :func:`fit`)."""
+
+    size: tuple[int, int] | None = None
+
+    def __call__(self, key, x):
+        del key
+        if self.size is None:
+            return x  # the render loop fits to the model size after the chain
+        return fit(x, self.size)
+
+
+def fit(x, size: tuple[int, int]):
+    """(B, H, W, 3) to (B, size[0], size[1], 3): centre crop when both sides are at
+    least as large, bilinear (antialiased) resize otherwise."""
+    b, h, w, c = x.shape
+    th, tw = size
+    if (h, w) == (th, tw):
+        return x
+    if h >= th and w >= tw:
+        top, left = (h - th) // 2, (w - tw) // 2
+        return x[:, top : top + th, left : left + tw]
+    return jax.image.resize(x, (b, th, tw, c), method="bilinear", antialias=True)
+
+
+def chain(*transforms) -> tuple:
+    """A chain of transforms (a tuple, hashable), applied left to right."""
+    for t in transforms:
+        if not callable(t):
+            raise InputError(f"not a transform: {t!r}.")
+    return tuple(transforms)
+
+
+def apply_chain(transforms: tuple, key, x):
+    """Apply ``transforms`` in order, each with its own key split from ``key``."""
+    if not transforms:
+        return x
+    keys = jax.random.split(key, len(transforms))
+    for k, t in zip(keys, transforms):
+        x = t(k, x)
+    return x
+
+
+LUCID_SCALES = tuple(1 + (i - 5) / 50.0 for i in range(11))
+"""0.90 .. 1.10 in steps of 0.02 (Lucid's standard_transforms)."""
+LUCID_ANGLES = tuple(float(a) for a in list(range(-10, 11)) + 5 * [0])
+"""-10 .. 10 degrees plus five extra zeros (Lucid's standard_transforms)."""
+DISTILL_SCALES = (1.0, 0.975, 1.025, 0.95, 1.05)
+DISTILL_ANGLES = tuple(float(a) for a in range(-5, 6))
+
+
+def lucid_transforms() -> tuple:
+    """Lucid's ``standard_transforms``: pad 12 (0.5), jitter 8, scale, rotate, jitter 4."""
+    return chain(Pad(12, 0.5), Jitter(8), Scale(LUCID_SCALES), Rotate(LUCID_ANGLES), Jitter(4))
+
+
+def distill_transforms() -> tuple:
+    """The Distill article's set: pad 16, jitter 16, scale, rotate -5..5, jitter 8, crop."""
+    return chain(
+        Pad(16, 0.5), Jitter(16), Scale(DISTILL_SCALES), Rotate(DISTILL_ANGLES), Jitter(8), Crop()
+    )

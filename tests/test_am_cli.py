@@ -1,0 +1,68 @@
+"""`cnnvis am` and `cnnvis mfv`: files written, bad input exits with status 2."""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cnnvis_jax.cli import main
+
+
+def test_am_command_writes_grid_units_and_results(trained_run, tmp_path, capsys):
+    weights = str(trained_run / "weights.safetensors")
+    out = tmp_path / "am"
+    args = ["am", "--model", "conceptnet", "--weights", weights, "--layer", "conv3",
+            "--units", "0:3", "--preset", "yosinski1", "--steps", "4", "--out", str(out),
+            "--quiet"]  # fmt: skip
+    assert main(args) == 0
+    records = json.loads((out / "results.json").read_text())
+    assert [r["unit"] for r in records] == [0, 1, 2]
+    for r in records:
+        assert set(r) >= {"unit", "start_activation", "best_activation", "final_activation"}
+        assert r["best_activation"] >= r["start_activation"]
+        assert Image.open(out / f"unit_{r['unit']:04d}.png").size == (64, 64)
+    grid = np.asarray(Image.open(out / "grid.png"))
+    assert grid.shape[0] > 2 * 128 and grid.shape[1] > 2 * 128  # 2 x 2 tiles of 128 px
+    assert main(args) == 0  # a rerun with the same arguments reuses the files
+    assert "reusing" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--layer", "conv9", "--units", "0"], "no layer 'conv9'"),
+        (["--layer", "conv1", "--units", "0:60"], r"0\.\.47"),
+        (["--layer", "fc8", "--units", "0", "--position", "1,1"], "fully connected"),
+        (["--layer", "conv5", "--units", "0", "--position", "9,0"], "outside layer 'conv5'"),
+        (["--layer", "conv1", "--units", "0", "--preset", "deepdream"], "unknown preset"),
+        (["--layer", "conv1", "--units", "0", "--preset", "dgn"], "needs --generator"),
+    ],
+)
+def test_am_bad_input_exits_2(trained_run, tmp_path, capsys, extra, message):
+    weights = str(trained_run / "weights.safetensors")
+    args = ["am", "--model", "conceptnet", "--weights", weights, "--steps", "2",
+            "--out", str(tmp_path / "x"), "--quiet", *extra]  # fmt: skip
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("cnnvis: error:") and len(err.strip().splitlines()) == 1
+    assert __import__("re").search(message, err), err
+
+
+def test_mfv_command_writes_facets(trained_run, tmp_path):
+    weights = str(trained_run / "weights.safetensors")
+    out = tmp_path / "mfv"
+    args = ["mfv", "--model", "conceptnet", "--weights", weights, "--class", "fish",
+            "--facets", "3", "--per-facet", "4", "--images", "240", "--steps", "5",
+            "--out", str(out), "--quiet"]  # fmt: skip
+    assert main(args) == 0
+    assert Image.open(out / "facets.png").size[0] > 3 * 64
+    facets = [json.loads((out / f"facet_{f:02d}.json").read_text()) for f in range(3)]
+    assert sum(f["size"] for f in facets) >= 6
+    assert all(f["class_name"] == "fish" and 1 <= len(f["members"]) <= 4 for f in facets)
+    diversity = json.loads((out / "diversity.json").read_text())["diversity"]
+    assert set(diversity) >= {"conv1", "conv5", "fc7"}
+    assert all(0.0 <= v <= 2.0 for v in diversity.values())
+    bad = ["mfv", "--model", "conceptnet", "--weights", weights, "--class", "unicorn",
+           "--out", str(out)]  # fmt: skip
+    assert main(bad) == 2

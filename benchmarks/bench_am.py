@@ -3,7 +3,9 @@
 1. Time per render step for the whole batch of 64 units (one image each), for a
    pixel recipe (``yosinski3``: ascent, decay, blur every 4, clip) and for
    ``lucid`` (Fourier + decorrelated colour, Adam, transforms), divided by the time
-   of a bare forward + input-gradient of the same 64 images to conv5 (the ceiling).
+   of a bare forward + input-gradient of the same 64 images to conv5 (the ceiling),
+   and by the same bare step with the explicit kernel transposes the render loop
+   uses (:func:`cnnvis_jax.rules.model_for_input_gradients`).
    A step's time is the difference between renders of ``2 N`` and ``N`` steps
    divided by ``N``, so compilation, start and final evaluation cancel out.
 2. Per-unit cost: the 64 units in one vmapped render vs a Python loop of one-unit
@@ -44,6 +46,7 @@ def _model():
 
 def main() -> dict:
     from cnnvis_jax import am
+    from cnnvis_jax.rules import model_for_input_gradients
 
     load_before = os.getloadavg()
     model, source = _model()
@@ -62,7 +65,20 @@ def main() -> dict:
     def run(recipe, steps, objs=objectives):
         return lambda: am.render(model, objs, recipe, 0, steps=steps).images
 
-    fns = {"bare": lambda: bare(model.params, images).block_until_ready()}
+    fast = model_for_input_gradients(model)
+
+    @jax.jit
+    def bare_explicit(params, x):
+        def score(x):
+            act = fast.apply(params, x, LAYER)[LAYER]
+            return jnp.sum(act.mean(axis=(1, 2)) * jax.nn.one_hot(jnp.arange(UNITS), act.shape[-1]))
+
+        return jax.grad(score)(x)
+
+    fns = {
+        "bare": lambda: bare(model.params, images).block_until_ready(),
+        "bare_explicit": lambda: bare_explicit(model.params, images).block_until_ready(),
+    }
     for name in ("yosinski3", "lucid"):
         fns[f"{name}_n"] = run(name, STEPS)
         fns[f"{name}_2n"] = run(name, 2 * STEPS)
@@ -75,11 +91,13 @@ def main() -> dict:
         "units": UNITS,
         "images_per_unit": 1,
         "bare_forward_backward_s": best["bare"],
+        "bare_with_explicit_conv_transpose_s": best["bare_explicit"],
     }
     for name in ("yosinski3", "lucid"):
         step = (best[f"{name}_2n"] - best[f"{name}_n"]) / STEPS
         record[f"{name}_step_s"] = step
         record[f"{name}_step_over_bare"] = step / best["bare"]
+        record[f"{name}_step_over_bare_explicit"] = step / best["bare_explicit"]
         record[f"{name}_unit_steps_per_second"] = UNITS / step
     per_unit_vmap = best["yosinski3_n"] / UNITS
     per_unit_loop = best["loop"] / LOOP_UNITS

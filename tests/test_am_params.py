@@ -139,3 +139,12 @@ def test_tv_denoise_smooths_more_with_smaller_weight():
     assert tv(strong[0]) < tv(weak[0]) < tv(np.asarray(x[0]))
     np.testing.assert_allclose(strong[0].mean(), float(x[0].mean()), rtol=1e-3)
     np.testing.assert_allclose(strong[1], 7.0, atol=1e-4)
+
+
+def test_zoom_by_axes_equals_the_two_dimensional_taps():
+    x = jnp.asarray(RNG.uniform(size=(4, 13, 10, 3)), jnp.float32)
+    inverse = jnp.asarray([0.9, 1.0, 1.1, 1.04], jnp.float32)
+    matrices = jnp.eye(2)[None] * inverse[:, None, None]
+    np.testing.assert_allclose(
+        am.transforms._zoom(x, inverse), am.transforms._resample(x, matrices), atol=1e-6
+    )

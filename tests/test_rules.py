@@ -508,3 +508,70 @@ def test_function_without_relu():
 def test_static_arguments_must_be_bound():
     with pytest.raises(InputError, match="functools.partial"):
         with_rules(lambda x, name: jax.nn.relu(x), "guided")(jnp.ones(2), "conv1")
+
+
+@pytest.mark.parametrize(
+    "stride, padding, rhs_dilation, numbers",
+    [
+        ((1, 1), ((1, 1), (1, 1)), (1, 1), ("NHWC", "HWIO", "NHWC")),
+        ((2, 2), ((2, 1), (0, 3)), (1, 1), ("NHWC", "HWIO", "NHWC")),
+        ((1, 2), "VALID", (2, 1), ("NCHW", "OIHW", "NCHW")),
+    ],
+)
+def test_explicit_conv_transpose_keeps_values_and_derivatives(
+    stride, padding, rhs_dilation, numbers
+):
+    rng = np.random.default_rng(7)
+    nhwc = numbers[0] == "NHWC"
+
+    def net(x, w):
+        y = lax.conv_general_dilated(
+            x, w, stride, padding, rhs_dilation=rhs_dilation, dimension_numbers=numbers
+        )
+        return jax.nn.relu(y)
+
+    fast = with_rules(net, "gradient", explicit_conv_transpose=True)
+    with jax.enable_x64(True):
+        x = jnp.asarray(rng.normal(size=(2, 9, 11, 3) if nhwc else (2, 3, 9, 11)), jnp.float64)
+        w = jnp.asarray(rng.normal(size=(3, 3, 3, 4) if nhwc else (4, 3, 3, 3)), jnp.float64)
+        cot = jnp.asarray(rng.normal(size=net(x, w).shape), jnp.float64)
+        out, pull = jax.vjp(net, x, w)
+        fast_out, fast_pull = jax.vjp(fast, x, w)
+        np.testing.assert_array_equal(fast_out, out)
+        for got, want in zip(fast_pull(cot), pull(cot)):
+            assert got.dtype == jnp.float64
+            np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+
+        def ascend(f, x):  # inside a scan, where the rewrite matters
+            def step(x, _):
+                return x + 0.1 * jax.grad(lambda x: f(x, w).sum())(x), None
+
+            return lax.scan(step, x, None, length=3)[0]
+
+        np.testing.assert_allclose(
+            jax.jit(functools.partial(ascend, fast))(x), ascend(net, x), rtol=1e-12, atol=1e-12
+        )
+        per_example = jax.vmap(jax.grad(lambda x: fast(x[None], w).sum()))(x)
+        np.testing.assert_allclose(
+            per_example, jax.grad(lambda x: net(x, w).sum())(x), rtol=1e-12, atol=1e-12
+        )
+
+
+def test_model_for_input_gradients_has_the_plain_gradient():
+    from cnnvis_jax.rules import model_for_input_gradients
+
+    model = from_nnx(_TinyNet(nnx.Rngs(0)), input=InputContract(size=(8, 8)), layers=("conv", "fc"))
+    fast = model_for_input_gradients(model)
+    assert fast.apply_fn.explicit_conv_transpose and fast.apply_fn.rule == "gradient"
+    assert model_for_input_gradients(fast) is fast
+    x = jax.random.uniform(jax.random.key(2), (2, 8, 8, 3))
+
+    def score(m, x):
+        return m.apply(m.params, x, "fc")["fc"][:, 1].sum()
+
+    np.testing.assert_allclose(
+        jax.jit(jax.grad(lambda x: score(fast, x)))(x),
+        jax.grad(lambda x: score(model, x))(x),
+        rtol=1e-5,
+        atol=1e-6,
+    )

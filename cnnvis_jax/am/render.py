@@ -39,6 +39,7 @@ from cnnvis_jax.am.transforms import apply_chain, fit
 from cnnvis_jax.errors import InputError
 from cnnvis_jax.model import Model, check_images
 from cnnvis_jax.progress import progress_bar
+from cnnvis_jax.rules import model_for_input_gradients, model_with_rules
 
 __all__ = ["AXIS", "RenderResult", "render"]
 
@@ -422,7 +423,8 @@ def render(
         for v, ax in zip(job_leaves, recipe_axes)
     ]
     job_recipe = jax.tree_util.tree_unflatten(treedef, job_leaves)
-    model_r = parallel.put(model, replicated)
+    # explicit kernel transposes: XLA:CPU's fast convolutions inside the step scan
+    model_r = model_for_input_gradients(parallel.put(model, replicated))
     job_objectives = put_jobs(job_objectives)
     job_keys = put_jobs(job_keys)
     job_images = None if job_images is None else put_jobs(job_images)
@@ -454,9 +456,9 @@ def render(
         ruled = model_r
         total = recipe_data.steps
         if recipe_data.redirect_steps > 0:
-            from cnnvis_jax.rules import model_with_rules
-
-            ruled = model_with_rules(model_r, "redirected", require_relu=False)
+            ruled = model_with_rules(
+                model_r, "redirected", require_relu=False, explicit_conv_transpose=True
+            )
         chunk = max(1, math.ceil(total / 20)) if _progress_on(progress) else total
         trajectories = []
         start = 0

@@ -49,6 +49,7 @@ from cnnvis_jax.inversion.regularizers import (
 )
 from cnnvis_jax.model import Model, check_images
 from cnnvis_jax.progress import progress_bar
+from cnnvis_jax.rules import model_for_input_gradients
 
 __all__ = [
     "InversionResult",
@@ -307,7 +308,7 @@ def _compiled(layers: tuple[str, ...], plan: Plan, has_init: bool):
 def _run_group(model, lanes: dict, layers: tuple[str, ...], plan: Plan, has_init: bool):
     fn = _compiled(layers, _structure(plan), has_init)
     out = fn(
-        model,
+        model_for_input_gradients(model),  # fast convolution gradients inside the scan
         lanes["keys"],
         lanes["targets"],
         lanes["masks"],

@@ -29,7 +29,7 @@ from benchmarks.common import save
 
 UNITS = 64
 LAYER = "conv5"
-STEPS = 10
+STEPS = 20
 LOOP_UNITS = 8
 
 
@@ -84,7 +84,7 @@ def main() -> dict:
         fns[f"{name}_2n"] = run(name, 2 * STEPS)
     loop_objs = [am.objectives_for_units(model, LAYER, [u], "channel") for u in range(LOOP_UNITS)]
     fns["loop"] = lambda: [run("yosinski3", STEPS, o)() for o in loop_objs]
-    best = interleaved_best(fns, rounds=2)
+    best = interleaved_best(fns, rounds=3)
     record = {
         "benchmark": "activation maximization, conv5 of the default model",
         "model": source,

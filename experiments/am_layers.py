@@ -34,10 +34,16 @@ def _reduce(_, a):
     return a.mean(axis=(1, 2)) if a.ndim == 4 else a
 
 
-def layer_record(model, layer: str, result, units, val_feats) -> dict:
-    """Ratios and margins of one layer's rendered units against validation statistics."""
+def _centre(_, a):
+    """The unit at the centre of the map (Yosinski et al.'s neuron), or the fc value."""
+    return a[:, a.shape[1] // 2, a.shape[2] // 2] if a.ndim == 4 else a
+
+
+def layer_record(model, layer: str, result, units, val_feats, reduce=_reduce) -> dict:
+    """Ratios and margins of one layer's rendered units against validation statistics
+    (``reduce``: channel mean or centre neuron, the same for both)."""
     images = jnp.asarray(result.images[:, 0])
-    acts = np.asarray(_reduce(None, model(images, [layer])[layer]))
+    acts = np.asarray(reduce(None, model(images, [layer])[layer]))
     final = acts[np.arange(len(units)), np.asarray(units)]
     mean = val_feats[:, units].mean(0)
     std = val_feats[:, units].std(0)
@@ -76,9 +82,10 @@ def main(argv=None) -> dict:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--objective",
-        choices=("pre", "prepost"),
+        choices=("pre", "prepost", "neuron"),
         default="pre",
-        help="conv units: channel mean before the ReLU, or before plus after it",
+        help="conv units: channel mean before the ReLU, or before plus after it; or the "
+        "neuron at the centre of the map before plus after the ReLU (statistics at the centre)",
     )
     p.add_argument("--out", default="experiments/results/am_layers")
     args = p.parse_args(argv)
@@ -86,20 +93,22 @@ def main(argv=None) -> dict:
     model = load_trained(args.weights)
     out = Path(args.out)
     val = ConceptSet(args.val, split="val")
-    feats = extract_features(model, val, LAYERS, batch_size=128, progress=False, reduce=_reduce)
+    reduce = _centre if args.objective == "neuron" else _reduce
+    feats = extract_features(model, val, LAYERS, batch_size=128, progress=False, reduce=reduce)
     records, rows = [], []
     for layer in LAYERS:
         start = time.perf_counter()
         info = model.layer(layer)
         units = list(range(min(args.units, info.channels)))
         target = f"{layer}_pre" if info.spatial else layer
-        objectives = am.objectives_for_units(model, target, units, "channel")
-        if args.objective == "prepost" and info.spatial:
-            post = am.objectives_for_units(model, layer, units, "channel")
+        kind = "neuron" if args.objective == "neuron" else "channel"
+        objectives = am.objectives_for_units(model, target, units, kind)
+        if args.objective in ("prepost", "neuron") and info.spatial:
+            post = am.objectives_for_units(model, layer, units, kind)
             objectives = [a + b for a, b in zip(objectives, post)]
         result = am.render(model, objectives, args.preset, args.seed, steps=args.steps,
                            progress=True, desc=layer)  # fmt: skip
-        record = layer_record(model, layer, result, units, feats[layer])
+        record = layer_record(model, layer, result, units, feats[layer], reduce)
         record["seconds"] = time.perf_counter() - start
         records.append(record)
         names = model.class_names if layer == model.logits_layer else None
@@ -122,8 +131,9 @@ def main(argv=None) -> dict:
         "model": args.weights,
         "preset": args.preset,
         "steps": args.steps,
-        "objective": f"{args.objective}: channel mean before the ReLU (prepost: plus after it) "
-        "for conv layers, logit for fc8; the reported activation is after the ReLU",
+        "objective": f"{args.objective}: channel mean before the ReLU (prepost: plus after it; "
+        "neuron: the centre neuron before plus after it) for conv layers, logit for fc8; the "
+        "reported activation is after the ReLU, compared with the same quantity on validation",
         "validation_images": args.val,
         "backend": jax.default_backend(),
         "layers": records,

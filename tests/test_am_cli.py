@@ -66,3 +66,24 @@ def test_mfv_command_writes_facets(trained_run, tmp_path):
     bad = ["mfv", "--model", "conceptnet", "--weights", weights, "--class", "unicorn",
            "--out", str(out)]  # fmt: skip
     assert main(bad) == 2
+
+
+def test_am_dgn_with_a_saved_decoder_end_to_end(trained_run, trained_conceptnet, tmp_path):
+    """A decoder saved by the inversion module is DGN-AM's generator from the CLI."""
+    from cnnvis_jax.inversion import DecoderConfig, train_decoder
+
+    decoder_dir = tmp_path / "decoder_fc6"
+    config = DecoderConfig(layer="fc6", steps=2, batch_size=8, checkpoint_every=0)
+    train_decoder(trained_conceptnet, config, decoder_dir, progress=False)
+    weights = str(trained_run / "weights.safetensors")
+    out = tmp_path / "dgn"
+    args = ["am", "--model", "conceptnet", "--weights", weights, "--layer", "fc8",
+            "--units", "0:2", "--preset", "dgn", "--generator", str(decoder_dir),
+            "--steps", "6", "--out", str(out), "--quiet"]  # fmt: skip
+    assert main(args) == 0
+    records = json.loads((out / "results.json").read_text())
+    assert [r["unit"] for r in records] == [0, 1]
+    for r in records:
+        assert np.isfinite(r["final_activation"])
+        assert r["best_activation"] >= r["start_activation"]
+        assert Image.open(out / f"unit_{r['unit']:04d}.png").size == (64, 64)

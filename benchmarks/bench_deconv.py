@@ -1,7 +1,7 @@
 """DeconvNet projections and dataset top-k, with Captum side by side.
 
 1. Projections of 16 conv5 units for 8 images of AlexNet (random weights, 224 px):
-   one shared forward with the vmapped pullback (one ``project`` call) vs 16
+   one shared forward with the pullbacks over units (one ``project`` call) vs 16
    separate forward+backward calls (one ``project`` call per unit, the same
    compiled program), and Captum's ``NeuronDeconvolution`` on the same weights and
    images, one call per unit as its users do. A parity figure checks that Captum
@@ -149,7 +149,7 @@ def projection_figures(module, alexnet, images01: np.ndarray) -> dict:
     best = interleaved_best(fns)
     record.update(
         {
-            "shared_forward_vmapped_pullback_s": best["shared"],
+            "shared_forward_pullbacks_s": best["shared"],
             "separate_calls_s": best["separate"],
             "separate_over_shared": best["separate"] / best["shared"],
             "unit_images_per_second_shared": UNITS * IMAGES / best["shared"],

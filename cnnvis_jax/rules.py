@@ -660,9 +660,9 @@ def with_rules(
         ``pool="center"`` its max-pools still route to the centre).
       explicit_conv_transpose: re-bind the convolutions met on the way so that
         their input gradient reads an explicitly transposed kernel (same values;
-        see the module docstring). Use it for gradients taken inside ``lax.scan``
-        loops on CPU; for one-off or ``vmap``-ed pullbacks JAX's own rule is as fast
-        or faster.
+        see the module docstring). Use it for gradients taken inside ``lax.scan``,
+        ``lax.map`` or ``while`` loops on CPU; in straight-line programs XLA copies
+        the kernel itself and both are about as fast.
 
     Returns:
       A function with ``fn``'s signature and output structure. It traces ``fn`` with

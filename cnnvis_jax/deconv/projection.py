@@ -8,8 +8,12 @@ backward rule (``deconvnet`` by default; see :mod:`cnnvis_jax.rules`). Max-pools
 keep Zeiler's switches unless ``pool="center"``.
 
 All units share one forward pass: inside one jitted function the forward runs up
-to the layer under :func:`jax.vjp`, and the pullback is vmapped over the one-hot
-cotangents of all units. Units are data (an int array), so one compiled program
+to the layer under :func:`jax.vjp`, and the pullback runs over the one-hot
+cotangents of all units with :func:`jax.lax.map` (one unit at a time, all images
+at once), its convolutions reading explicitly transposed kernels (see
+:func:`cnnvis_jax.rules.with_rules`). On CPU this is 1.5-1.7x faster than a
+``vmap`` over units, whose batched backward convolutions run less efficiently,
+and it keeps memory to one unit's backward pass. Units are data (an int array), so one compiled program
 serves every unit set of a given size. The result is the gradient with respect to
 the images in [0, 1], NHWC, at the model's input size.
 """
@@ -131,7 +135,9 @@ _RELU_COUNTS: dict[tuple, int] = {}
 def ruled_model(model: Model, rule: str, pool: str) -> Model:
     """``model`` with ``rule``/``pool`` backward rules (checks that non-gradient rules
     have a ReLU to act on; the check is done once per network)."""
-    ruled = model_with_rules(model, rule, pool=pool, require_relu=False)
+    ruled = model_with_rules(
+        model, rule, pool=pool, require_relu=False, explicit_conv_transpose=True
+    )
     if rule != "gradient":
         base = ruled.apply_fn.apply_fn
         key = (base, model.layer_names, model.input.size)
@@ -191,7 +197,7 @@ def _core(model: Model, images, units, positions, *, layer: str, given: bool):
         mask = jnp.arange(channels) == units[..., None]
         cotangent = jnp.where(mask, values[..., None], 0)
         where = jnp.full((n_units, n_images, 2), -1)
-    projections = jax.vmap(lambda c: pullback(c.astype(act.dtype))[0])(cotangent)
+    projections = jax.lax.map(lambda c: pullback(c.astype(act.dtype))[0], cotangent)
     return projections.astype(jnp.float32), where.astype(jnp.int32), values.astype(jnp.float32)
 
 

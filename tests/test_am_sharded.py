@@ -1,13 +1,11 @@
 """Units sharded over 8 CPU devices give the single-device images (subprocess)."""
 
-import os
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
 import jax
 import numpy as np
+from eight_devices import run_on_eight_devices
 
 from cnnvis_jax import am
 
@@ -45,17 +43,8 @@ def test_sharded_equals_unsharded(tmp_path):
     from test_am_helpers import tiny_model
 
     out = tmp_path / "sharded.npz"
-    env = dict(os.environ)
-    env.update(
-        JAX_NUM_CPU_DEVICES="8",
-        XLA_FLAGS="--xla_force_host_platform_device_count=8",
-        JAX_PLATFORMS="cpu",
-    )
     code = textwrap.dedent(CHILD).format(tests=str(Path(__file__).parent), out=str(out))
-    run = subprocess.run(
-        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600
-    )
-    assert run.returncode == 0, run.stderr[-3000:]
+    run_on_eight_devices(code, timeout=600)
     assert jax.device_count() == 1
     sharded = np.load(out)
     single = am.render(tiny_model(), [am.channel("conv2", u) for u in UNITS], recipe(), 3)

@@ -6,9 +6,6 @@ one pass equal separate passes, and 8 sharded devices equal one."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -16,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from eight_devices import run_on_eight_devices
 from jax import lax
 from PIL import Image
 
@@ -281,17 +279,8 @@ np.savez({out!r}, **arrays)
 
 def test_sharded_equals_single_device(tiny, source, tmp_path):
     out = tmp_path / "sharded.npz"
-    env = dict(os.environ)
-    env.update(
-        JAX_NUM_CPU_DEVICES="8",
-        XLA_FLAGS="--xla_force_host_platform_device_count=8",
-        JAX_PLATFORMS="cpu",
-    )
     code = textwrap.dedent(CHILD).format(tests=str(Path(__file__).parent), out=str(out))
-    run = subprocess.run(
-        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300
-    )
-    assert run.returncode == 0, run.stderr[-3000:]
+    run_on_eight_devices(code)
     sharded = np.load(out)
     assert jax.device_count() == 1
     d = dissect(tiny, source, "conv1,conv2", quantile=Q, batch_size=BATCH, progress=False)

@@ -4,14 +4,13 @@ lowers the loss, exact resumption, and sharded == unsharded training."""
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import textwrap
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from eight_devices import run_on_eight_devices
 from jax import lax
 
 from cnnvis_jax.errors import InputError, WeightsError
@@ -152,15 +151,11 @@ np.savez({npz!r}, **{{k: np.asarray(v) for k, v in d.params.items()}})
 def test_sharded_training_equals_single_device(tiny, source, tmp_path):
     import dataclasses
 
-    env = dict(os.environ, JAX_NUM_CPU_DEVICES="8", JAX_PLATFORMS="cpu",
-               XLA_FLAGS="--xla_force_host_platform_device_count=8")  # fmt: skip
     npz = tmp_path / "sharded.npz"
     code = textwrap.dedent(CHILD).format(
         tests=os.path.dirname(__file__), out=str(tmp_path / "sharded"), npz=str(npz)
     )
-    run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                         timeout=300)  # fmt: skip
-    assert run.returncode == 0, run.stderr[-3000:]
+    run_on_eight_devices(code)
     config = dataclasses.replace(CONFIG, steps=4, checkpoint_every=0)
     single = train_decoder(tiny, config, tmp_path / "single", source=source, progress=False)
     sharded = np.load(npz)

@@ -3,9 +3,6 @@ fully connected layers, receptive-field patches, errors, and sharded == unsharde
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -13,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from eight_devices import run_on_eight_devices
 from jax import lax
 
 from cnnvis_jax.deconv import crop_patches, field_boxes, project, project_top, top_activations
@@ -235,17 +233,8 @@ np.savez({out!r}, values=top.values, index=top.image_index, position=top.positio
 
 def test_sharded_equals_unsharded(tiny, source, tmp_path):
     out = tmp_path / "sharded.npz"
-    env = dict(os.environ)
-    env.update(
-        JAX_NUM_CPU_DEVICES="8",
-        XLA_FLAGS="--xla_force_host_platform_device_count=8",
-        JAX_PLATFORMS="cpu",
-    )
     code = textwrap.dedent(CHILD).format(tests=str(Path(__file__).parent), out=str(out))
-    run = subprocess.run(
-        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300
-    )
-    assert run.returncode == 0, run.stderr[-3000:]
+    run_on_eight_devices(code)
     sharded = np.load(out)
     assert jax.device_count() == 1
     top = top_activations(tiny, source, "conv2", k=5, batch_size=3, progress=False)

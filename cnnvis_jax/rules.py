@@ -809,9 +809,12 @@ def model_for_input_gradients(model: Model) -> Model:
     convolution's input gradient reads an explicitly transposed kernel (see
     :func:`with_rules`), which keeps XLA:CPU on its fast convolution path inside
     ``lax.scan`` loops (activation maximization, inversion). A model that already
-    carries a backward rule is returned unchanged (wrap such a model with
-    ``model_with_rules(..., explicit_conv_transpose=True)`` for the same effect).
+    carries a backward rule keeps its rule and pool.
     """
-    if isinstance(model.apply_fn, RuledApply):
+    ruled = model.apply_fn if isinstance(model.apply_fn, RuledApply) else None
+    if ruled is not None and ruled.explicit_conv_transpose:
         return model
-    return model_with_rules(model, "gradient", require_relu=False, explicit_conv_transpose=True)
+    rule, pool = (ruled.rule, ruled.pool) if ruled is not None else ("gradient", "switches")
+    return model_with_rules(
+        model, rule, pool=pool, require_relu=False, explicit_conv_transpose=True
+    )

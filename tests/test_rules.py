@@ -564,6 +564,8 @@ def test_model_for_input_gradients_has_the_plain_gradient():
     fast = model_for_input_gradients(model)
     assert fast.apply_fn.explicit_conv_transpose and fast.apply_fn.rule == "gradient"
     assert model_for_input_gradients(fast) is fast
+    guided = model_for_input_gradients(model_with_rules(model, "guided"))
+    assert guided.apply_fn.rule == "guided" and guided.apply_fn.explicit_conv_transpose
     x = jax.random.uniform(jax.random.key(2), (2, 8, 8, 3))
 
     def score(m, x):

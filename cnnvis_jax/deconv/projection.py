@@ -13,8 +13,8 @@ cotangents of all units with :func:`jax.lax.map` (one unit at a time, all images
 at once), its convolutions reading explicitly transposed kernels (see
 :func:`cnnvis_jax.rules.with_rules`). On CPU this is 1.5-1.7x faster than a
 ``vmap`` over units, whose batched backward convolutions run less efficiently,
-and it keeps memory to one unit's backward pass. Units are data (an int array), so one compiled program
-serves every unit set of a given size. The result is the gradient with respect to
+and it keeps memory to one unit's backward pass. Units are data (an int array),
+so one compiled program serves every unit set of a given size. The result is the gradient with respect to
 the images in [0, 1], NHWC, at the model's input size.
 """
 

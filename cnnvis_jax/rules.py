@@ -56,7 +56,11 @@ forward and the same derivative values, but with an input gradient that reads an
 explicitly transposed kernel. Inside ``lax.scan`` loops XLA:CPU otherwise runs
 JAX's transposed-kernel convolution on a slow generic path (an ascent step on
 ConceptNet: 1.6x one straight-line forward+backward; 0.65x with the explicit
-kernel). :func:`model_for_input_gradients` applies only this.
+kernel). Strided convolutions then take their input gradient by phases
+(:mod:`~cnnvis_jax.conv_grad`), and max-pools with switches route their cotangents
+with dense operations instead of XLA's select-and-scatter (bit-identical values;
+4x faster for AlexNet's first pool on CPU). :func:`model_for_input_gradients`
+applies only this.
 
 Max-pooling (``reduce_window_max``, which ``lax.reduce_window(x, -inf, lax.max,
 ...)`` and Flax's ``max_pool`` produce) keeps Zeiler's switches by default: JAX
@@ -81,6 +85,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import itertools
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
@@ -89,6 +94,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from cnnvis_jax.conv_grad import phase_kernel, phase_split_applies, strided_input_gradient
 from cnnvis_jax.errors import InputError
 from cnnvis_jax.model import ApplyFn, Model
 from cnnvis_jax.receptive_field import _CALL_PARAMS
@@ -196,6 +202,69 @@ def _center_max_pool(eqn) -> Callable[[jax.Array], jax.Array]:
     return pool
 
 
+# --- switch unpooling without select-and-scatter ------------------------------------
+
+
+def _switch_max_pool(eqn) -> Callable[[jax.Array], jax.Array] | None:
+    """The ``reduce_window_max`` of ``eqn`` with its own VJP, routing each window's
+    cotangent to the window's first maximum (row-major) exactly as JAX's rule does.
+
+    JAX differentiates a max-pool with XLA's select-and-scatter, which XLA:CPU runs
+    as a scalar loop (20x the forward pool for AlexNet's first pool). Here each
+    window tap is one dense comparison with the pooled output (in window order, so
+    ties go to the first maximum) and one strided placement of the selected
+    cotangents; the placements are added in the order select-and-scatter adds them
+    (windows in row-major order), so the values are bit-identical. Dilated pools
+    keep JAX's rule (returns None).
+    """
+    params = eqn.params
+    if any(d != 1 for d in (*params["base_dilation"], *params["window_dilation"])):
+        return None
+    window, strides = tuple(params["window_dimensions"]), tuple(params["window_strides"])
+    padding = tuple(tuple(p) for p in params["padding"])
+    taps = list(itertools.product(*[range(k) for k in window]))
+    x_shape = tuple(eqn.invars[0].aval.shape)
+    padded_shape = [n + lo + hi for n, (lo, hi) in zip(x_shape, padding)]
+
+    def forward(x):
+        return _bind(eqn, [x])[0]
+
+    def first_maxima(x, y):
+        """bool (taps, *y.shape): which tap holds each window's first maximum (the
+        switches; a residual, computed once per forward)."""
+        padded = lax.pad(x, jnp.array(-jnp.inf, x.dtype), [(lo, hi, 0) for lo, hi in padding])
+        taken = jnp.zeros(y.shape, bool)
+        hits = []
+        for tap in taps:  # in window order: ties go to the first maximum
+            limit = [t + (o - 1) * s + 1 for t, o, s in zip(tap, y.shape, strides)]
+            hits.append((lax.slice(padded, tap, limit, strides) == y) & ~taken)
+            taken = taken | hits[-1]
+        return jnp.stack(hits)
+
+    def backward(hits, g):
+        zero = jnp.zeros((), g.dtype)
+        total = jnp.zeros(padded_shape, g.dtype)
+        for i in reversed(range(len(taps))):  # later taps belong to earlier windows
+            place = [
+                (t, n - t - (o - 1) * s - 1, s - 1)
+                for t, o, s, n in zip(taps[i], g.shape, strides, padded_shape)
+            ]
+            total = total + lax.pad(jnp.where(hits[i], g, zero), zero, place)
+        start = [lo for lo, _ in padding]
+        return (lax.slice(total, start, [lo + n for lo, n in zip(start, x_shape)]),)
+
+    def forward_with_switches(x):
+        y = forward(x)
+        if 0 in y.shape:
+            return y, jnp.zeros((len(taps), *y.shape), bool)
+        return y, first_maxima(x, y)
+
+    forward.__name__ = forward.__qualname__ = "switch_max_pool"
+    pool = jax.custom_vjp(forward)
+    pool.defvjp(forward_with_switches, backward)
+    return pool
+
+
 # --- convolutions with an explicitly transposed kernel -------------------------------
 
 
@@ -209,9 +278,11 @@ def _explicit_conv(eqn) -> Callable[[jax.Array, jax.Array], jax.Array] | None:
     convolution then falls back to a generic loop nest several times slower. Here
     the swap is done on the kernel itself (kept apart from the convolution by an
     optimization barrier), so the gradient convolution reads its kernel in the
-    native layout everywhere. Values are the same convolution sums; the forward
-    pass and the kernel gradient are JAX's own. Grouped convolutions keep JAX's
-    rule (returns None).
+    native layout everywhere. A strided convolution's input gradient is computed
+    by phases instead (:mod:`~cnnvis_jax.conv_grad`), without the zeros of the
+    dilated cotangent. Values are the same convolution sums; the forward pass and
+    the kernel gradient are JAX's own. Grouped convolutions keep JAX's rule
+    (returns None).
     """
     params = dict(eqn.params)
     if params.get("feature_group_count", 1) != 1 or params.get("batch_group_count", 1) != 1:
@@ -223,6 +294,8 @@ def _explicit_conv(eqn) -> Callable[[jax.Array, jax.Array], jax.Array] | None:
     perm = list(range(len(numbers.rhs_spec)))
     perm[out_axis], perm[in_axis] = in_axis, out_axis
     swapped = numbers._replace(rhs_spec=(in_axis, out_axis, *numbers.rhs_spec[2:]))
+    strides = tuple(params["window_strides"])
+    phase_split = phase_split_applies(params)
 
     def conv_with(x, w, dimension_numbers):
         return _bind(eqn, [x, w], {**params, "dimension_numbers": dimension_numbers})[0]
@@ -230,16 +303,27 @@ def _explicit_conv(eqn) -> Callable[[jax.Array, jax.Array], jax.Array] | None:
     def conv(x, w):
         return conv_with(x, w, numbers)
 
+    def gradient_kernel(w):
+        """The kernel the input gradient reads; a residual, computed once per forward."""
+        kernel = phase_kernel(w, numbers.rhs_spec, strides) if phase_split else w.transpose(perm)
+        return lax.optimization_barrier(kernel)
+
+    def input_gradient(x, kernel, g):
+        if phase_split:
+            return strided_input_gradient(
+                g, kernel, numbers, strides, params["padding"], x.shape, params.get("precision")
+            ).astype(x.dtype)
+        _, pull_x = jax.vjp(lambda x: conv_with(x, kernel, swapped), x)
+        return pull_x(g)[0]
+
     def backward(residuals, g):
-        x, w = residuals
-        w_swapped = lax.optimization_barrier(jnp.transpose(w, perm))
-        _, pull_x = jax.vjp(lambda x: conv_with(x, w_swapped, swapped), x)
+        x, w, kernel = residuals
         _, pull_w = jax.vjp(lambda w: conv(x, w), w)
-        return pull_x(g)[0], pull_w(g)[0]
+        return input_gradient(x, kernel, g), pull_w(g)[0]
 
     conv.__name__ = conv.__qualname__ = "conv_explicit_transpose"
     explicit = jax.custom_vjp(conv)
-    explicit.defvjp(lambda x, w: (conv(x, w), (x, w)), backward)
+    explicit.defvjp(lambda x, w: (conv(x, w), (x, w, gradient_kernel(w))), backward)
     return explicit
 
 
@@ -517,8 +601,11 @@ class _Interpreter:
         if k is not None:
             return [_ruled_relu(self.rule, k == 0)(invals[k])]
         name = eqn.primitive.name
-        if name == "reduce_window_max" and self.pool == "center" and _inexact(eqn.outvars[0]):
-            return [_center_max_pool(eqn)(invals[0])]
+        if name == "reduce_window_max" and _inexact(eqn.outvars[0]):
+            if self.pool == "center":
+                return [_center_max_pool(eqn)(invals[0])]
+            if self.explicit_conv and (pool := _switch_max_pool(eqn)) is not None:
+                return [pool(invals[0])]
         if (
             self.explicit_conv
             and name == "conv_general_dilated"
@@ -659,10 +746,10 @@ def with_rules(
         a ReLU). When False such a function gives its plain gradients (with
         ``pool="center"`` its max-pools still route to the centre).
       explicit_conv_transpose: re-bind the convolutions met on the way so that
-        their input gradient reads an explicitly transposed kernel (same values;
-        see the module docstring). Use it for gradients taken inside ``lax.scan``,
-        ``lax.map`` or ``while`` loops on CPU; in straight-line programs XLA copies
-        the kernel itself and both are about as fast.
+        their input gradient reads an explicitly transposed kernel (by phases when
+        strided), and route max-pool switches without select-and-scatter (same
+        values; see the module docstring). Use it for input gradients on CPU,
+        above all inside ``lax.scan``, ``lax.map`` or ``while`` loops.
 
     Returns:
       A function with ``fn``'s signature and output structure. It traces ``fn`` with

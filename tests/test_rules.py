@@ -381,6 +381,34 @@ def test_switches_route_to_the_argmax():
     np.testing.assert_array_equal(grad, expected)
 
 
+@pytest.mark.parametrize(
+    "window, stride, padding",
+    [((3, 3), (2, 2), "VALID"), ((2, 3), (2, 1), "SAME"), ((3, 3), (3, 2), ((1, 2), (0, 1)))],
+)
+def test_dense_switch_routing_is_bit_identical_to_select_and_scatter(window, stride, padding):
+    """The explicit-transpose interpreter routes max-pool switches without
+    select-and-scatter; ties (ReLU zeros) go to the first maximum and overlapping
+    windows add up in the same order."""
+    rng = np.random.default_rng(11)
+    x = np.maximum(rng.normal(size=(2, 11, 12, 3)), 0).astype(np.float32)
+    x[0, :4, :4, 0] = 0.5  # plateaus: ties inside and across windows
+
+    def net(x):
+        y = lax.reduce_window(
+            jax.nn.relu(x), -jnp.inf, lax.max, (1, *window, 1), (1, *stride, 1),
+            padding if isinstance(padding, str) else ((0, 0), *padding, (0, 0)),
+        )  # fmt: skip
+        return y * jnp.arange(1.0, y.shape[-1] + 1)
+
+    fast = with_rules(net, "gradient", explicit_conv_transpose=True)
+    out, pull = jax.vjp(net, x)
+    fast_out, fast_pull = jax.vjp(jax.jit(fast), x)
+    np.testing.assert_array_equal(fast_out, out)
+    cot = rng.normal(size=out.shape).astype(np.float32)
+    np.testing.assert_array_equal(fast_pull(cot)[0], pull(cot)[0])
+    assert "select_and_scatter" not in str(jax.make_jaxpr(jax.grad(lambda x: fast(x).sum()))(x))
+
+
 def test_center_discards_switches():
     x = jnp.arange(1.0, 37.0).reshape(1, 6, 6, 1)  # every 2x2 argmax is bottom-right
     switches, center = _projection(x, "switches"), _projection(x, "center")
@@ -516,6 +544,7 @@ def test_static_arguments_must_be_bound():
         ((1, 1), ((1, 1), (1, 1)), (1, 1), ("NHWC", "HWIO", "NHWC")),
         ((2, 2), ((2, 1), (0, 3)), (1, 1), ("NHWC", "HWIO", "NHWC")),
         ((1, 2), "VALID", (2, 1), ("NCHW", "OIHW", "NCHW")),
+        ((3, 2), ((1, 2), (1, 0)), (1, 1), ("NCHW", "OIHW", "NCHW")),
     ],
 )
 def test_explicit_conv_transpose_keeps_values_and_derivatives(

@@ -9,13 +9,15 @@ keep Zeiler's switches unless ``pool="center"``.
 
 All units share one forward pass: inside one jitted function the forward runs up
 to the layer under :func:`jax.vjp`, and the pullback runs over the one-hot
-cotangents of all units with :func:`jax.lax.map` (one unit at a time, all images
-at once), its convolutions reading explicitly transposed kernels (see
-:func:`cnnvis_jax.rules.with_rules`). On CPU this is 1.5-1.7x faster than a
-``vmap`` over units, whose batched backward convolutions run less efficiently,
-and it keeps memory to one unit's backward pass. Units are data (an int array),
-so one compiled program serves every unit set of a given size. The result is the gradient with respect to
-the images in [0, 1], NHWC, at the model's input size.
+cotangents of all units in a loop (``lax.scan``, 8 units unrolled per iteration),
+all images at once. The backward pass reads explicitly transposed kernels, takes
+strided convolutions by phases and routes max-pool switches with dense operations
+(see :func:`cnnvis_jax.rules.with_rules`). On CPU this is 2.4x faster than one
+forward+backward per unit and faster than a ``vmap`` over units, whose batched
+backward convolutions run less efficiently; memory stays at 8 units' backward
+passes. Units are data (an int array), so one compiled program serves every unit
+set of a given size. The result is the gradient with respect to the images in
+[0, 1], NHWC, at the model's input size.
 """
 
 from __future__ import annotations
@@ -159,6 +161,11 @@ def ruled_model(model: Model, rule: str, pool: str) -> Model:
 # --- the jitted core ------------------------------------------------------------------
 
 
+PULLBACKS_UNROLLED = 8
+"""Pullbacks per iteration of the loop over units (XLA:CPU runs a loop body's
+backward pass ~1.3x slower than the same pass in straight-line code)."""
+
+
 def _core(model: Model, images, units, positions, *, layer: str, given: bool):
     """Projections of ``units`` (U, N) at ``positions`` (U, N, 2) or at their maxima.
 
@@ -197,7 +204,12 @@ def _core(model: Model, images, units, positions, *, layer: str, given: bool):
         mask = jnp.arange(channels) == units[..., None]
         cotangent = jnp.where(mask, values[..., None], 0)
         where = jnp.full((n_units, n_images, 2), -1)
-    projections = jax.lax.map(lambda c: pullback(c.astype(act.dtype))[0], cotangent)
+    projections = jax.lax.scan(
+        lambda carry, c: (carry, pullback(c.astype(act.dtype))[0]),
+        None,
+        cotangent,
+        unroll=min(PULLBACKS_UNROLLED, n_units),
+    )[1]
     return projections.astype(jnp.float32), where.astype(jnp.int32), values.astype(jnp.float32)
 
 

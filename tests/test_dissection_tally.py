@@ -174,16 +174,21 @@ def reference_tally(model, source, layer, thresholds, zero_scalar=False):
     return out
 
 
-@pytest.mark.parametrize("contraction", ["segment", "einsum"])
+@pytest.mark.parametrize(
+    "engine, contraction", [("sparse", "auto"), ("dense", "segment"), ("dense", "einsum")]
+)
 @pytest.mark.parametrize("zero_scalar", [False, True])
-def test_fused_tally_equals_per_image_reference(tiny, source, thresholds, contraction, zero_scalar):
+def test_fused_tally_equals_per_image_reference(
+    tiny, source, thresholds, engine, contraction, zero_scalar
+):
     layers = ("conv1", "conv2")
     thr = thresholds
     layout = label_layout(source, zero_scalar=zero_scalar)
     assert layout.seg_size == (12, 12) and layout.layers == 4 and layout.slots == 3
     counts = compute_tally(
-        tiny, source, layout, thr, batch_size=BATCH, contraction=contraction, progress=False
-    )
+        tiny, source, layout, thr, batch_size=BATCH, contraction=contraction, engine=engine,
+        progress=False,
+    )  # fmt: skip
     for layer in layers:
         ref = cached_reference(tiny, source, layer, thr[layer].values, zero_scalar)
         got = counts[layer]
@@ -193,10 +198,16 @@ def test_fused_tally_equals_per_image_reference(tiny, source, thresholds, contra
             np.testing.assert_array_equal(getattr(got, key), ref[key], err_msg=f"{layer} {key}")
 
 
-def test_thresholds_are_order_statistics(tiny, source, thresholds):
+@pytest.mark.parametrize("engine", ["sparse", "dense"])
+def test_thresholds_are_order_statistics(tiny, source, thresholds, engine):
     q = Q
     acts = extract_features(tiny, source, ["conv1", "conv2"], progress=False)
-    exact = thresholds
+    exact = compute_thresholds(
+        tiny, source, ["conv1", "conv2"], quantile=q, batch_size=BATCH, engine=engine,
+        progress=False,
+    )  # fmt: skip
+    for layer in ("conv1", "conv2"):
+        np.testing.assert_array_equal(exact[layer].values, thresholds[layer].values)
     lite = compute_thresholds(
         tiny,
         source,
@@ -204,6 +215,7 @@ def test_thresholds_are_order_statistics(tiny, source, thresholds):
         quantile=q,
         batch_size=BATCH,
         readout="lite",
+        engine=engine,
         progress=False,
     )
     for layer, a in acts.items():
@@ -265,14 +277,15 @@ import jax
 assert jax.device_count() == 8, jax.devices()
 from test_dissection_tally import make_source, tiny_model
 from cnnvis_jax.dissection import dissect
-d = dissect(tiny_model(), make_source(), "conv1,conv2", quantile=0.05, batch_size=8,
-            progress=False)
 arrays = {{}}
-for name, r in d.layers.items():
-    arrays[name + "/thr"] = r.thresholds.values
-    arrays[name + "/top"] = r.thresholds.top_images
-    for key in ("both", "units", "units_cat_lite", "units_cat_original", "labels"):
-        arrays[name + "/" + key] = getattr(r.counts, key)
+for engine in ("dense", "sparse"):
+    d = dissect(tiny_model(), make_source(), "conv1,conv2", quantile=0.05, batch_size=8,
+                engine=engine, progress=False)
+    for name, r in d.layers.items():
+        arrays[engine + name + "/thr"] = r.thresholds.values
+        arrays[engine + name + "/top"] = r.thresholds.top_images
+        for key in ("both", "units", "units_cat_lite", "units_cat_original", "labels"):
+            arrays[engine + name + "/" + key] = getattr(r.counts, key)
 np.savez({out!r}, **arrays)
 """
 
@@ -284,9 +297,12 @@ def test_sharded_equals_single_device(tiny, source, tmp_path):
     sharded = np.load(out)
     assert jax.device_count() == 1
     d = dissect(tiny, source, "conv1,conv2", quantile=Q, batch_size=BATCH, progress=False)
-    for name, r in d.layers.items():
-        np.testing.assert_array_equal(sharded[name + "/thr"], r.thresholds.values)
-        np.testing.assert_array_equal(sharded[name + "/top"], r.thresholds.top_images)
-        for key in ("both", "units", "units_cat_lite", "units_cat_original", "labels"):
-            np.testing.assert_array_equal(sharded[name + "/" + key], getattr(r.counts, key))
+    for engine in ("dense", "sparse"):  # counts psummed over the mesh / gathered to the host
+        for name, r in d.layers.items():
+            got = {k[len(engine + name) + 1 :]: v for k, v in sharded.items()
+                   if k.startswith(engine + name + "/")}  # fmt: skip
+            np.testing.assert_array_equal(got["thr"], r.thresholds.values)
+            np.testing.assert_array_equal(got["top"], r.thresholds.top_images)
+            for key in ("both", "units", "units_cat_lite", "units_cat_original", "labels"):
+                np.testing.assert_array_equal(got[key], getattr(r.counts, key))
     json.dumps(d.summary())

@@ -12,6 +12,7 @@ continues from there, a call with different arguments starts over.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -23,10 +24,12 @@ import jax
 import numpy as np
 
 from cnnvis_jax import parallel
-from cnnvis_jax.dissection import _mesh
+from cnnvis_jax.dissection import _mesh, sparse_tally
 from cnnvis_jax.dissection import thresholds as th
 from cnnvis_jax.dissection.labels import LabelLayout, label_layout, load_labelled
 from cnnvis_jax.dissection.scoring import MODES, Counts, Scores, score
+from cnnvis_jax.dissection.sparse_thresholds import HostTopK
+from cnnvis_jax.dissection.sparse_thresholds import compiled_step as sparse_step
 from cnnvis_jax.dissection.tally import CONTRACTIONS, compiled_tally, resolve_contraction
 from cnnvis_jax.dissection.upsample import layer_matrices
 from cnnvis_jax.errors import InputError
@@ -35,6 +38,7 @@ from cnnvis_jax.model import Model
 from cnnvis_jax.progress import progress_bar
 
 COUNT_KEYS = ("both", "units", "units_cat_lite", "units_cat_original")
+ENGINES = ("auto", "sparse", "dense")
 PREPROCESS = ("model", "lite")
 LITE_MEAN = (124.6901, 118.6897, 109.5388)
 """NetDissect-Lite's RGB mean on 0-255 values (it subtracts the BGR mean
@@ -146,6 +150,17 @@ def _describe_source(source: Any) -> str:
     return f"{type(source).__name__}:{root}:{getattr(source, 'split', '')}:{len(source)}"
 
 
+def resolve_engine(engine: str) -> str:
+    """``auto`` -> ``sparse`` on CPU (the device computes, the host keeps the few
+    values that matter), ``dense`` on accelerators (everything on device, counts
+    summed over the mesh)."""
+    if engine not in ENGINES:
+        raise InputError(f"engine must be one of {ENGINES}, got {engine!r}.")
+    if engine == "auto":
+        return "sparse" if jax.default_backend() == "cpu" else "dense"
+    return engine
+
+
 def _params_digest(model: Model) -> str:
     h = hashlib.sha256()
     for leaf in jax.tree_util.tree_leaves(model.params):
@@ -191,6 +206,7 @@ def compute_thresholds(
     batch_size: int = 64,
     indices: Sequence[int] | None = None,
     top_images: int = 8,
+    engine: str = "auto",
     checkpoint: str | os.PathLike | None = None,
     checkpoint_every: int = 25,
     fingerprint: str = "",
@@ -198,7 +214,8 @@ def compute_thresholds(
     progress: bool = True,
 ) -> dict[str, th.Thresholds]:
     """Pass 1 over ``source``: per-unit thresholds of every layer (see
-    :mod:`~cnnvis_jax.dissection.thresholds`).
+    :mod:`~cnnvis_jax.dissection.thresholds`; ``engine="sparse"`` keeps the state on
+    the host, :mod:`~cnnvis_jax.dissection.sparse_thresholds`; both are exact).
 
     Returns ``{layer: Thresholds}``.
     """
@@ -208,44 +225,42 @@ def compute_thresholds(
         raise InputError(f"readout must be one of {th.READOUTS}, got {readout!r}.")
     if batch_size < 1:
         raise InputError(f"batch_size must be >= 1, got {batch_size}.")
+    engine = resolve_engine(engine)
     order = _order(source, indices)
     n = len(order)
     devices = _mesh.devices()
     size = parallel.devices_multiple(batch_size)
-    specs = th.layer_specs(model, layers, n, quantile, size // devices, top_images)
+    local = size // devices if engine == "dense" else size
+    specs = th.layer_specs(model, layers, n, quantile, local, top_images)
     path = Path(checkpoint) / "pass1.npz" if checkpoint is not None else None
     saved = _load_npz(path, fingerprint) if path is not None else None
     done = 0
+    merged: dict[str, dict[str, np.ndarray]] | None = None
     if saved is not None:
         done = int(saved["done"])
         merged = {
             name: {k: saved[f"{name}/{k}"] for k in ("top", "lo", "hi", "img_v", "img_i")}
             for name in layers
         }
-        host = {name: th.spread(merged[name], specs[name], devices) for name in layers}
-    else:
-        host = {name: th.init_state(specs[name], devices) for name in layers}
     mesh = _mesh.mesh()
     split = parallel.shardings(mesh, _mesh.SPLIT)[0]
     replicated = parallel.shardings(mesh, None)[0]
-    state = jax.device_put(host, split) if split is not None else jax.device_put(host)
     placed = parallel.put(model, replicated)
-    step = th.compiled_step(layers, devices)
+    if engine == "dense":
+        runner = _DenseThresholds(layers, specs, merged, devices, split, placed)
+    else:
+        runner = _SparseThresholds(layers, specs, merged, split, replicated, placed)
 
     def save(done_now: int) -> None:
         if path is None:
             return
-        local = jax.device_get(state)
         arrays = {"fingerprint": np.array(fingerprint), "done": np.array(done_now)}
-        for name in layers:
-            merged_now = th.merge_devices(local[name], specs[name])
+        for name, state in runner.merged().items():
             for k in ("top", "lo", "hi", "img_v", "img_i"):
-                arrays[f"{name}/{k}"] = merged_now[k]
+                arrays[f"{name}/{k}"] = state[k]
         _save_npz(path, arrays)
         if on_checkpoint is not None:
             on_checkpoint("thresholds", done_now)
-
-    starts = list(range(done, n, size))
 
     def prepare(start):
         chunk = order[start : start + size]
@@ -256,26 +271,72 @@ def compute_thresholds(
 
     with progress_bar(n, f"thresholds {','.join(layers)}", enabled=progress) as bar:
         bar.update(done)
+        starts = list(range(done, n, size))
         for k, (start, chunk, valid, images) in enumerate(prefetched(prepare, starts)):
-            state = step(
-                placed,
-                parallel.put(images, split),
-                parallel.put(chunk.astype(np.int32), split),
-                parallel.put(valid, split),
-                state,
-            )
+            runner.step(images, np.where(valid, chunk, th.NO_IMAGE).astype(np.int32), valid)
             bar.update(int(valid.sum()))
             if (k + 1) % checkpoint_every == 0 and start + size < n:
                 save(start + size)
-    local = jax.device_get(state)
     out = {}
-    for name in layers:
-        merged = th.merge_devices(local[name], specs[name])
+    for name, state in runner.merged().items():
         h, w, _ = model.layer(name).shape
-        out[name] = th.finish(name, merged, n * h * w, quantile, readout)
+        out[name] = th.finish(name, state, n * h * w, quantile, readout)
     if path is not None:
         save(n)
     return out
+
+
+class _DenseThresholds:
+    """Pass-1 state on the device(s), updated by one jitted step per batch."""
+
+    def __init__(self, layers, specs, merged, devices, split, placed):
+        self.layers, self.specs, self.placed, self.split = layers, specs, placed, split
+        if merged is not None:
+            host = {name: th.spread(merged[name], specs[name], devices) for name in layers}
+        else:
+            host = {name: th.init_state(specs[name], devices) for name in layers}
+        self.state = jax.device_put(host, split) if split is not None else jax.device_put(host)
+        self.run = th.compiled_step(layers, devices)
+
+    def step(self, images, indices, valid) -> None:
+        put = functools.partial(parallel.put, sharding=self.split)
+        self.state = self.run(self.placed, put(images), put(indices), put(valid), self.state)
+
+    def merged(self) -> dict[str, dict[str, np.ndarray]]:
+        local = jax.device_get(self.state)
+        return {name: th.merge_devices(local[name], self.specs[name]) for name in self.layers}
+
+
+class _SparseThresholds:
+    """Pass-1 state on the host (:class:`~cnnvis_jax.dissection.sparse_thresholds.HostTopK`);
+    the host absorbs batch ``i`` while the device computes batch ``i + 1``."""
+
+    def __init__(self, layers, specs, merged, split, replicated, placed):
+        self.layers, self.placed, self.split, self.replicated = layers, placed, split, replicated
+        self.tops = {
+            name: HostTopK(specs[name], None if merged is None else merged[name]) for name in layers
+        }
+        self.run = sparse_step(layers)
+        self.pending = None
+
+    def _absorb_pending(self) -> None:
+        if self.pending is not None:
+            out, indices = self.pending
+            self.pending = None
+            out = jax.device_get(out)
+            for name in self.layers:
+                self.tops[name].absorb(out[name], indices)
+
+    def step(self, images, indices, valid) -> None:
+        kth = parallel.put({n: t.kth for n, t in self.tops.items()}, self.replicated)
+        put = functools.partial(parallel.put, sharding=self.split)
+        out = self.run(self.placed, put(images), put(valid), kth)
+        self._absorb_pending()
+        self.pending = (out, indices)
+
+    def merged(self) -> dict[str, dict[str, np.ndarray]]:
+        self._absorb_pending()
+        return {name: top.merged() for name, top in self.tops.items()}
 
 
 # --- pass 2 ----------------------------------------------------------------------------
@@ -326,6 +387,7 @@ def compute_tally(
     batch_size: int = 64,
     indices: Sequence[int] | None = None,
     contraction: str = "auto",
+    engine: str = "auto",
     checkpoint: str | os.PathLike | None = None,
     checkpoint_every: int = 25,
     fingerprint: str = "",
@@ -333,11 +395,17 @@ def compute_tally(
     progress: bool = True,
 ) -> dict[str, Counts]:
     """Pass 2 over ``source``: the fused tally of every layer of ``thresholds``
-    (see :mod:`~cnnvis_jax.dissection.tally`). Returns ``{layer: Counts}``."""
+    (see :mod:`~cnnvis_jax.dissection.tally`; ``engine="sparse"`` counts on the host
+    where a unit can exceed its threshold, :mod:`~cnnvis_jax.dissection.sparse_tally`,
+    for layers that upsample to the segmentation; the counts are the same integers).
+    Returns ``{layer: Counts}``."""
     layers = tuple(thresholds)
     if contraction not in CONTRACTIONS:
         raise InputError(f"contraction must be one of {CONTRACTIONS}, got {contraction!r}.")
     contraction = resolve_contraction(contraction)
+    engine = resolve_engine(engine)
+    if engine == "sparse" and not sparse_tally.sparse_applies(model, layers, layout.seg_size):
+        engine = "dense"  # maps larger than the segmentation: the dense tally resamples them
     order = _order(source, indices)
     n = len(order)
     devices = _mesh.devices()
@@ -355,20 +423,16 @@ def compute_tally(
     split = parallel.shardings(mesh, _mesh.SPLIT)[0]
     replicated = parallel.shardings(mesh, None)[0]
     placed = parallel.put(model, replicated)
-    thr = parallel.put(
-        {k: np.asarray(t.values, np.float32) for k, t in thresholds.items()}, replicated
-    )
-    taps = {}
-    for name in layers:
-        h, w, _ = model.layer(name).shape
-        taps[name] = layer_matrices((h, w), layout.seg_size)
-    taps = parallel.put(taps, replicated)
-    labelcat = parallel.put(layout.labelcat(), replicated)
-    step = compiled_tally(layers, contraction, devices)
+    thr = {k: np.asarray(t.values, np.float32) for k, t in thresholds.items()}
+    if engine == "dense":
+        runner = _DenseTally(layers, layout, thr, contraction, devices, split, replicated, placed)
+    else:
+        runner = _SparseTally(layers, layout, thr, split, replicated, placed)
 
     def save(done_now: int) -> None:
         if path is None:
             return
+        runner.flush(acc)
         arrays = {"fingerprint": np.array(fingerprint), "done": np.array(done_now)}
         arrays.update(_flatten(acc))
         _save_npz(path, arrays)
@@ -382,30 +446,14 @@ def compute_tally(
         chunk = parallel.pad_axis(chunk, size)
         return start, valid, load_labelled(source, chunk, layout)
 
-    pending = None
     with progress_bar(n, f"tally {','.join(layers)}", enabled=progress) as bar:
         bar.update(done)
         for k, (start, valid, batch) in enumerate(prefetched(prepare, list(range(done, n, size)))):
-            result = step(
-                placed,
-                parallel.put(batch["image"], split),
-                parallel.put(valid, split),
-                parallel.put(batch["pixel"], split),
-                parallel.put(batch["scalar"], split),
-                thr,
-                taps,
-                labelcat,
-            )
-            if pending is not None:  # add the previous batch while this one computes
-                _add(acc, jax.device_get(pending))
-            pending = result
+            runner.step(batch, valid, acc)
             bar.update(int(valid.sum()))
             if (k + 1) % checkpoint_every == 0 and start + size < n:
-                _add(acc, jax.device_get(pending))
-                pending = None
                 save(start + size)
-        if pending is not None:
-            _add(acc, jax.device_get(pending))
+        runner.flush(acc)
     if path is not None:
         save(n)
     return {
@@ -420,6 +468,82 @@ def compute_tally(
         )
         for name in layers
     }
+
+
+class _DenseTally:
+    """Pass 2 on the device(s): one jitted tally per batch, counts summed over the
+    mesh; the host adds batch ``i`` while the device computes batch ``i + 1``."""
+
+    def __init__(self, layers, layout, thr, contraction, devices, split, replicated, placed):
+        self.placed, self.split = placed, split
+        self.thr = parallel.put(thr, replicated)
+        taps = {}
+        for name in layers:
+            h, w, _ = placed.layer(name).shape
+            taps[name] = layer_matrices((h, w), layout.seg_size)
+        self.taps = parallel.put(taps, replicated)
+        self.labelcat = parallel.put(layout.labelcat(), replicated)
+        self.run = compiled_tally(layers, contraction, devices)
+        self.pending = None
+
+    def step(self, batch, valid, acc) -> None:
+        put = functools.partial(parallel.put, sharding=self.split)
+        result = self.run(
+            self.placed,
+            put(batch["image"]),
+            put(valid),
+            put(batch["pixel"]),
+            put(batch["scalar"]),
+            self.thr,
+            self.taps,
+            self.labelcat,
+        )
+        self.flush(acc)
+        self.pending = result
+
+    def flush(self, acc) -> None:
+        if self.pending is not None:
+            _add(acc, jax.device_get(self.pending))
+            self.pending = None
+
+
+class _SparseTally:
+    """Pass 2 with sparse bookkeeping (:mod:`~cnnvis_jax.dissection.sparse_tally`);
+    the host counts batch ``i`` while the device computes batch ``i + 1``."""
+
+    def __init__(self, layers, layout, thr, split, replicated, placed):
+        self.layers, self.layout, self.placed, self.split = layers, layout, placed, split
+        self.thr_host = thr
+        self.thr = parallel.put(thr, replicated)
+        sh, sw = layout.seg_size
+        self.cells = {}
+        for name in layers:
+            h, w, _ = placed.layer(name).shape
+            self.cells[name] = (sparse_tally.axis_cells(h, sh), sparse_tally.axis_cells(w, sw))
+        self.run = sparse_tally.compiled_cells(layers)
+        self.pending = None
+
+    def step(self, batch, valid, acc) -> None:
+        put = functools.partial(parallel.put, sharding=self.split)
+        out = self.run(self.placed, put(batch["image"]), put(valid), self.thr)
+        self.flush(acc)
+        self.pending = (out, batch, valid)
+
+    def flush(self, acc) -> None:
+        if self.pending is None:
+            return
+        out, batch, valid = self.pending
+        self.pending = None
+        out = jax.device_get(out)
+        labels = sparse_tally.batch_labels(batch["pixel"], batch["scalar"], valid, self.layout)
+        part: dict[str, Any] = sparse_tally.image_counts(labels, valid)
+        for name in self.layers:
+            acts, cells = out[name]
+            rows, cols = self.cells[name]
+            part[name] = sparse_tally.layer_counts(
+                acts, cells, self.thr_host[name], rows, cols, labels, self.layout
+            )
+        _add(acc, part)
 
 
 # --- both passes -----------------------------------------------------------------------
@@ -440,6 +564,7 @@ def dissect(
     zero_scalar: bool = False,
     top_images: int = 8,
     contraction: str = "auto",
+    engine: str = "auto",
     preprocess: str = "model",
     checkpoint: str | os.PathLike | None = None,
     checkpoint_every: int = 25,
@@ -464,7 +589,11 @@ def dissect(
       categories: categories to score (default all of the data set).
       zero_scalar: score image-level label 0 as NetDissect-Lite does (a texture).
       top_images: images kept per unit for the report (by per-image maximum).
-      contraction: ``"auto"``, ``"segment"`` or ``"einsum"`` (see tally).
+      contraction: ``"auto"``, ``"segment"`` or ``"einsum"`` (the dense tally's).
+      engine: ``"sparse"`` (the device marks where units can exceed their
+        thresholds, the host keeps and counts those; fastest on CPU), ``"dense"``
+        (both passes entirely on device, counts summed over the mesh; for
+        accelerators) or ``"auto"`` (sparse on CPU). The results are the same.
       preprocess: ``"model"`` (the model's own input normalization, right for the
         networks of this package) or ``"lite"`` (NetDissect-Lite's, for networks
         trained with it; see :func:`with_lite_preprocessing`).
@@ -515,6 +644,7 @@ def dissect(
         quantile=quantile,
         readout=readout,
         batch_size=batch_size,
+        engine=engine,
         indices=order,
         top_images=top_images,
         checkpoint=checkpoint,
@@ -532,6 +662,7 @@ def dissect(
         batch_size=batch_size,
         indices=order,
         contraction=contraction,
+        engine=engine,
         checkpoint=checkpoint,
         checkpoint_every=checkpoint_every,
         fingerprint=fp2,

@@ -32,7 +32,8 @@ class Taps(NamedTuple):
 
     Attributes:
       index: int32 (out, T) input positions (padded rows repeat position 0).
-      weight: float32 (out, T) weights (padded taps weigh 0); rows sum to 1.
+      weight: float64 (out, T) weights, as PIL computes them (padded taps weigh 0);
+        rows sum to 1.
     """
 
     index: np.ndarray
@@ -69,7 +70,7 @@ def pil_taps(size_in: int, size_out: int) -> Taps:
         for t, (i, w) in enumerate(row):
             index[x, t] = i
             weight[x, t] = w
-    return Taps(index, weight.astype(np.float32))
+    return Taps(index, weight)
 
 
 def layer_taps(feature_hw: tuple[int, int], seg_hw: tuple[int, int]) -> tuple[Taps, Taps]:
@@ -83,7 +84,7 @@ def dense(taps: Taps, size_in: int) -> np.ndarray:
     """float32 (out, in) resampling matrix of ``taps``."""
     out = np.zeros((taps.index.shape[0], int(size_in)), np.float64)
     rows = np.repeat(np.arange(taps.index.shape[0]), taps.index.shape[1])
-    np.add.at(out, (rows, taps.index.reshape(-1)), taps.weight.reshape(-1).astype(np.float64))
+    np.add.at(out, (rows, taps.index.reshape(-1)), taps.weight.reshape(-1))
     return out.astype(np.float32)
 
 

@@ -1,7 +1,8 @@
 """Network Dissection of conv1..conv5 of the default ConceptNet: speed and memory.
 
 1. Speed: end-to-end images/s of ``dissect`` (pass 1 thresholds + pass 2 fused tally,
-   all five layers in one forward per batch) vs bare feature extraction
+   all five layers in one forward per batch; the sparse engine, the CPU default, and
+   for comparison the dense engine) vs bare feature extraction
    (``extract_features`` of the same five layers) on the same in-memory concept images
    (generation stays out of the timings), batch 64. Best of interleaved rounds.
 2. Memory: peak resident memory of a whole ``dissect`` run (concept set generated on
@@ -36,7 +37,7 @@ def default_model():
     return load_trained(cache_dir() / "conceptnet-default" / "weights.safetensors")
 
 
-def speed(images: int, rounds: int) -> dict:
+def speed(images: int, rounds: int, dense: bool = True) -> dict:
     from cnnvis_jax.data import ConceptSet
     from cnnvis_jax.dissection import (
         ArrayConceptSource,
@@ -57,12 +58,13 @@ def speed(images: int, rounds: int) -> dict:
     def features():
         extract_features(model, source, LAYERS, batch_size=BATCH, progress=False)
 
-    def thresholds():
+    def thresholds(engine="sparse"):
         box["thr"] = compute_thresholds(model, source, LAYERS, batch_size=BATCH, readout="lite",
-                                        progress=False)  # fmt: skip
+                                        engine=engine, progress=False)  # fmt: skip
 
-    def tally():
-        compute_tally(model, source, layout, box["thr"], batch_size=BATCH, progress=False)
+    def tally(engine="sparse"):
+        compute_tally(model, source, layout, box["thr"], batch_size=BATCH, engine=engine,
+                      progress=False)  # fmt: skip
 
     from cnnvis_jax.features import to_model_input
 
@@ -73,6 +75,10 @@ def speed(images: int, rounds: int) -> dict:
             jax.block_until_ready(forward(model, b["image"][start : start + BATCH]))
 
     fns = {"features": features, "forward": forward_only, "thresholds": thresholds, "tally": tally}
+    if dense:
+        fns["thresholds_dense"] = lambda: thresholds("dense")
+        fns["tally_dense"] = lambda: tally("dense")
+        times.update(thresholds_dense=[], tally_dense=[])
     for fn in fns.values():  # compile
         fn()
     for _ in range(rounds):
@@ -95,6 +101,12 @@ def speed(images: int, rounds: int) -> dict:
             "dissect_end_to_end": images / dissect_s,
         },
         "ratio_dissect_vs_features": best["features"] / dissect_s,
+        **(
+            {"dense_engine_ratio_vs_features": best["features"]
+             / (best["thresholds_dense"] + best["tally_dense"])}  # fmt: skip
+            if dense
+            else {}
+        ),
         # two streaming passes each need the forward: the ratio cannot exceed this
         "ceiling_two_forwards_vs_features": best["features"] / (2 * best["forward"]),
         "target_ratio": 0.5,

@@ -3,7 +3,10 @@
 
 * :func:`dissect`: pass 1 (exact top-quantile thresholds per unit), pass 2 (the fused
   tally of every unit x label), scoring in ``lite`` or ``original`` mode; several
-  layers share one forward per batch; resumable with ``checkpoint=DIR``.
+  layers share one forward per batch; resumable with ``checkpoint=DIR``. Two engines
+  compute the same integers: ``sparse`` (CPU default; the device marks where units
+  can exceed their thresholds, the host keeps and counts only those) and ``dense``
+  (everything on device, counts summed over the mesh; accelerators).
 * :func:`write_outputs`: per-layer ``tally.csv`` (NetDissect-Lite's columns),
   ``summary.json``, HTML reports and the detectors-per-category plot.
 * :func:`net2vec`: concept embeddings (segmentation and classification) compared

@@ -73,6 +73,7 @@ def cmd_dissect(args) -> int:
         zero_scalar=args.zero_scalar,
         top_images=args.top,
         contraction=args.contraction,
+        engine=args.engine,
         preprocess=args.preprocess,
         checkpoint=out / "checkpoint",
         checkpoint_every=args.checkpoint_every,
@@ -148,7 +149,11 @@ def add_commands(sub) -> None:
                    help="skip missing/corrupt Broden mask files (listed in run.json)")  # fmt: skip
     p.add_argument("--top", type=int, default=8, help="top images per unit in the report")
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--contraction", choices=("auto", "segment", "einsum"), default="auto")
+    p.add_argument("--engine", choices=("auto", "sparse", "dense"), default="auto",
+                   help="sparse: host counts where units can fire (CPU default); dense: all "
+                   "on device (accelerators)")  # fmt: skip
+    p.add_argument("--contraction", choices=("auto", "segment", "einsum"), default="auto",
+                   help="the dense engine's label contraction")  # fmt: skip
     p.add_argument(
         "--preprocess",
         choices=("model", "lite"),

@@ -1,4 +1,6 @@
-"""Pass 2: the fused tally of every unit against every label, one batch at a time.
+"""Pass 2 (the dense engine): the fused tally of every unit against every label, one
+batch at a time, entirely on device (the engine for accelerators; on CPU the sparse
+engine, :mod:`~cnnvis_jax.dissection.sparse_tally`, computes the same counts).
 
 Per batch and layer, on device:
 

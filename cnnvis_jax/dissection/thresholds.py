@@ -11,6 +11,10 @@ all ``M = N * h * w`` activations at feature-map resolution:
   with linear interpolation between order statistics, computed exactly instead of
   from Lite's KLL sketch.
 
+The dense engine (below) streams on device; the sparse engine
+(:mod:`~cnnvis_jax.dissection.sparse_thresholds`, the CPU default) keeps the same
+state on the host and gives the same thresholds.
+
 Streaming with fixed shapes: each device keeps, per unit, the sorted top ``K`` seen
 so far (``top``) and a candidate buffer (``buf``). Only values above the current
 ``K``-th value can enter the final top ``K``, so a batch appends just those to the

@@ -102,8 +102,10 @@ def speed(images: int, rounds: int, dense: bool = True) -> dict:
         },
         "ratio_dissect_vs_features": best["features"] / dissect_s,
         **(
-            {"dense_engine_ratio_vs_features": best["features"]
-             / (best["thresholds_dense"] + best["tally_dense"])}  # fmt: skip
+            {
+                "dense_engine_ratio_vs_features": best["features"]
+                / (best["thresholds_dense"] + best["tally_dense"])
+            }  # fmt: skip
             if dense
             else {}
         ),

@@ -892,11 +892,12 @@ def model_with_rules(
 def model_for_input_gradients(model: Model) -> Model:
     """``model`` with plain gradients, set up for optimization loops over its input.
 
-    The same forward values and the same gradient values as ``model``; every
-    convolution's input gradient reads an explicitly transposed kernel (see
-    :func:`with_rules`), which keeps XLA:CPU on its fast convolution path inside
-    ``lax.scan`` loops (activation maximization, inversion). A model that already
-    carries a backward rule keeps its rule and pool.
+    The same forward values and the same gradient values as ``model``, computed with
+    ``explicit_conv_transpose`` (see :func:`with_rules`): explicitly transposed
+    kernels, which keep XLA:CPU on its fast convolution path inside ``lax.scan``
+    loops (activation maximization, inversion), strided convolutions' input
+    gradients by phases, and max-pool switches routed without select-and-scatter. A
+    model that already carries a backward rule keeps its rule and pool.
     """
     ruled = model.apply_fn if isinstance(model.apply_fn, RuledApply) else None
     if ruled is not None and ruled.explicit_conv_transpose:

@@ -83,9 +83,7 @@ class HostTopK:
         peak = np.asarray(out["peak"]).T  # (U, B)
         value = np.concatenate([self.img_v, peak], axis=1)
         image = np.concatenate([self.img_i, np.broadcast_to(indices, peak.shape)], axis=1)
-        order = np.lexsort((image, -value), axis=1)[:, : self.spec.top_images]
-        self.img_v = np.take_along_axis(value, order, 1)
-        self.img_i = np.take_along_axis(image, order, 1)
+        self.img_v, self.img_i = th.top_images(value, image, self.spec.top_images)
         if self._pending > self.budget:
             self.merge()
 

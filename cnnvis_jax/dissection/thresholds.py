@@ -206,16 +206,23 @@ def merge_devices(state: dict[str, np.ndarray], spec: PassOneSpec) -> dict[str, 
     k = spec.kept
     part = -np.partition(-values, k - 1, axis=1)[:, :k] if values.shape[1] > k else values
     top = -np.sort(-part, axis=1)
-    img_v = state["img_v"].transpose(1, 0, 2).reshape(u, -1)
-    img_i = state["img_i"].transpose(1, 0, 2).reshape(u, -1)
-    order = np.lexsort((img_i, -img_v), axis=1)[:, : spec.top_images]
     merged = init_state(spec, 1)
     merged["top"][0] = top
     merged["lo"][0] = state["lo"].min(axis=0)
     merged["hi"][0] = state["hi"].max(axis=0)
-    merged["img_v"][0] = np.take_along_axis(img_v, order, 1)
-    merged["img_i"][0] = np.take_along_axis(img_i, order, 1)
+    merged["img_v"][0], merged["img_i"][0] = top_images(
+        state["img_v"].transpose(1, 0, 2).reshape(u, -1),
+        state["img_i"].transpose(1, 0, 2).reshape(u, -1),
+        spec.top_images,
+    )
     return merged
+
+
+def top_images(values: np.ndarray, images: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` best per row of per-image maxima ``values`` (U, n) with image indices
+    ``images`` (U, n): value descending, ties by smaller index (as :func:`_top_images`)."""
+    order = np.lexsort((images, -values), axis=1)[:, :k]
+    return np.take_along_axis(values, order, 1), np.take_along_axis(images, order, 1)
 
 
 def spread(merged: dict[str, np.ndarray], spec: PassOneSpec, devices: int) -> dict[str, np.ndarray]:

@@ -466,8 +466,8 @@ class BrodenSource:
       primary: how a label's primary category is chosen among the categories it
         belongs to: ``"count"`` (largest count in label.csv's ``cat(count)``
         list) or ``"coverage"`` (largest coverage in the c_<cat>.csv files, the
-        rule NetDissect-Lite uses, the default); ties go to the earlier category of
-        category.csv.
+        rule NetDissect-Lite uses, the default); ties go to the later category of
+        category.csv, as in NetDissect-Lite.
 
     Raises:
       DataError: a missing file (named), a missing header column, a malformed
@@ -605,7 +605,7 @@ class BrodenSource:
 
             def key(c: str, row: _LabelRow = row) -> tuple[float, int]:
                 score = row.counts[c] if primary == "count" else coverage[c].get(row.number, 0.0)
-                return (-score, self._csv_order.index(c))
+                return (-score, -self._csv_order.index(c))
 
             labels.append(
                 Label(
@@ -633,6 +633,11 @@ class BrodenSource:
     def image_path(self, index: int) -> Path:
         """Path of the image file of ``source[index]`` (not resolved or opened)."""
         return self.root / "images" / self.row(index).image
+
+    @property
+    def category_order(self) -> tuple[str, ...]:
+        """The kept categories in category.csv's order (NetDissect-Lite's order)."""
+        return tuple(c for c in self._csv_order if c in self.categories)
 
     @property
     def rows(self) -> tuple[BrodenRow, ...]:
@@ -695,6 +700,19 @@ class BrodenSource:
 
     def __getitem__(self, index: int) -> Sample:
         i = self._position(index)
+        labels = self.labels(i)
+        row = self._rows[i]
+        return Sample(
+            image=self._load_image(row),
+            pixel=labels["pixel"],
+            scalar=labels["scalar"],
+            target=-1,
+            index=i,
+        )
+
+    def labels(self, index: int) -> dict[str, Any]:
+        """``{"pixel": ..., "scalar": ...}`` of ``source[index]`` without decoding the image."""
+        i = self._position(index)
         row = self._rows[i]
         pixel: dict[str, np.ndarray] = {}
         for cat in self.categories:
@@ -709,7 +727,7 @@ class BrodenSource:
             if layers:
                 pixel[cat] = np.stack(layers).astype(np.int32, copy=False)
         scalar = {c: row.scalar[c] for c in self.categories if c in row.scalar}
-        return Sample(image=self._load_image(row), pixel=pixel, scalar=scalar, target=-1, index=i)
+        return {"pixel": pixel, "scalar": scalar}
 
     # --- checks -----------------------------------------------------------------
     def _references(self, row: BrodenRow) -> Iterator[tuple[str, str]]:

@@ -41,6 +41,24 @@ def open_labelled(spec: str, split: str | None, count: int | None, skip_bad_mask
     return open_dataset(spec, split=split, count=count)
 
 
+def read_thresholds(path: str):
+    """float64 (U,) thresholds from a ``.npy`` file (no pickles)."""
+    import numpy as np
+
+    try:
+        values = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise InputError(
+            f"cannot read thresholds from {path!r} ({e}); give a .npy file of one float per unit."
+        ) from None
+    if values.dtype.kind not in "fiu" or values.ndim != 1:
+        raise InputError(
+            f"{path!r} holds a {values.dtype} array of shape {values.shape}; thresholds are one "
+            "number per unit (a 1-D float array)."
+        )
+    return values.astype(np.float64)
+
+
 def cmd_dissect(args) -> int:
     import numpy as np
 
@@ -52,8 +70,17 @@ def cmd_dissect(args) -> int:
     _positive("batch-size", args.batch_size)
     _positive("top", args.top)
     _positive("checkpoint-every", args.checkpoint_every)
+    if args.feature_memory is not None and args.feature_memory < 0:
+        raise InputError(f"--feature-memory must be >= 0 (MB), got {args.feature_memory}.")
     model = load_model_arg(args)
     layers = spatial_layers(model, args.layers)
+    given = None
+    if args.thresholds:
+        if len(layers) != 1:
+            raise InputError(
+                "--thresholds gives one layer's thresholds; dissect one layer with it."
+            )
+        given = {layers[0]: read_thresholds(args.thresholds)}
     source = open_labelled(args.dataset, args.split, args.count, args.skip_bad_masks)
     indices = None
     if args.count is not None and args.count < len(source):
@@ -75,11 +102,17 @@ def cmd_dissect(args) -> int:
         contraction=args.contraction,
         engine=args.engine,
         preprocess=args.preprocess,
+        thresholds=given,
+        feature_memory=None if args.feature_memory is None else args.feature_memory << 20,
         checkpoint=out / "checkpoint",
         checkpoint_every=args.checkpoint_every,
         progress=not args.quiet,
     )
     extra = {"model": model.name, "weights": args.weights, "dataset": args.dataset}
+    if args.preprocess == "lite":
+        from cnnvis_jax.dissection.dissect import with_lite_preprocessing
+
+        model = with_lite_preprocessing(model)
     write_outputs(
         out, result, model=model if not args.no_pictures else None, source=source, extra=extra
     )
@@ -160,6 +193,12 @@ def add_commands(sub) -> None:
         default="model",
         help="input normalization: the model's own, or NetDissect-Lite's (x-mean)/57.12",
     )
+    p.add_argument("--thresholds", metavar="FILE.npy",
+                   help="per-unit thresholds to use instead of pass 1's (one layer; e.g. "
+                   "NetDissect-Lite's quantile.npy)")  # fmt: skip
+    p.add_argument("--feature-memory", type=int, metavar="MB",
+                   help="host memory for keeping pass-1 activations so pass 2 needs no second "
+                   "forward (default 1024; 0: always two forwards)")  # fmt: skip
     p.add_argument("--checkpoint-every", type=int, default=25, help="batches between checkpoints")
     p.add_argument("--no-pictures", action="store_true", help="reports without top images")
     p.add_argument("--out", required=True, help="output folder (a rerun resumes)")

@@ -38,6 +38,8 @@ from cnnvis_jax.model import Model
 from cnnvis_jax.progress import progress_bar
 
 COUNT_KEYS = ("both", "units", "units_cat_lite", "units_cat_original")
+FEATURE_MEMORY = 1 << 30
+"""Default host memory (bytes) for keeping pass-1 activations for pass 2 (1 GiB)."""
 ENGINES = ("auto", "sparse", "dense")
 PREPROCESS = ("model", "lite")
 LITE_MEAN = (124.6901, 118.6897, 109.5388)
@@ -91,6 +93,11 @@ class Dissection:
     iou_threshold: float
     images: int
     skipped: tuple[str, ...] = ()
+    order: np.ndarray | None = dataclasses.field(default=None, repr=False)
+    """int64 (N,) the source indices dissected, in order."""
+    features: dict[str, np.ndarray] | None = dataclasses.field(default=None, repr=False)
+    """{layer: float32 (N, h, w, U)} activations kept from pass 1 (rows in ``order``),
+    or None when they were not kept (see ``feature_memory``)."""
 
     def summary(self) -> dict[str, dict[str, Any]]:
         """``{layer: {units, detectors, unique: {category: n}, ...}}``."""
@@ -106,6 +113,81 @@ class Dissection:
             for n, r in self.layers.items()
         }
         return dataclasses.replace(self, layers=layers, mode=mode, iou_threshold=t)
+
+
+class FeatureStore:
+    """The dissected layers' activations for every image, kept on the host from pass 1
+    so that pass 2 and the report need no second forward.
+
+    ``acts[layer]`` is float32 (N, h, w, U) in the order the images are dissected;
+    :attr:`complete` says whether pass 1 filled every row (a resumed pass 1 does not).
+    """
+
+    def __init__(self, model: Model, layers: Sequence[str], n: int):
+        self.acts = {}
+        for name in layers:
+            h, w, u = model.layer(name).shape
+            self.acts[name] = np.empty((n, h, w, u), np.float32)
+        self.filled = 0
+        self.n = n
+
+    @staticmethod
+    def size(model: Model, layers: Sequence[str], n: int) -> int:
+        """Bytes the store needs for ``n`` images."""
+        return n * sum(4 * int(np.prod(model.layer(name).shape)) for name in layers)
+
+    def put(self, start: int, acts: dict[str, np.ndarray], count: int) -> None:
+        """Rows ``start .. start + count - 1`` from a batch's activations (B, h, w, U)."""
+        for name, a in acts.items():
+            self.acts[name][start : start + count] = a[:count]
+        self.filled += count
+
+    @property
+    def complete(self) -> bool:
+        return self.filled == self.n
+
+    def batch(self, start: int, size: int) -> dict[str, np.ndarray]:
+        """Rows ``start ..`` as a fixed (size, h, w, U) batch (zero-padded at the end)."""
+        out = {}
+        for name, a in self.acts.items():
+            part = a[start : start + size]
+            if len(part) < size:
+                part = np.concatenate([part, np.zeros((size - len(part),) + a.shape[1:], a.dtype)])
+            out[name] = part
+        return out
+
+
+def at_image_size(model: Model, layers: Sequence[str], size: tuple[int, int] | int | None) -> Model:
+    """``model`` fed images at ``size`` as they are (no resize), as NetDissect-Lite feeds
+    Broden's 227 px images to AlexNet: the input size becomes ``size`` and the shapes of
+    ``layers`` (all convolutional) are traced again. Unchanged when ``size`` is None or
+    already the model's."""
+    if isinstance(size, int):
+        size = (size, size)
+    if size is None or tuple(size) == tuple(model.input.size):
+        return model
+    contract = dataclasses.replace(model.input, size=tuple(int(v) for v in size))
+    moved = model.replace(input=contract)
+    x = jax.ShapeDtypeStruct((1, *contract.size, 3), np.float32)
+    shapes = jax.eval_shape(lambda p, im: moved.apply(p, im, tuple(layers)), moved.params, x)
+    canonical = {moved.resolve(n): n for n in layers}
+    infos = tuple(
+        dataclasses.replace(info, shape=tuple(shapes[canonical[info.name]].shape[1:]))
+        if info.name in canonical
+        else info
+        for info in moved.layers
+    )
+    return moved.replace(layers=infos)
+
+
+def default_batch_size(model: Model) -> int:
+    """Images per step: on CPU about 32 images' worth of 224 x 224 pixels (large batches
+    of large images run slower there), at least 8 and at most 128; 64 elsewhere."""
+    if jax.default_backend() != "cpu":
+        return 64
+    h, w = model.input.size
+    fit = 32 * 224 * 224 // max(h * w, 1)
+    return int(min(128, max(8, 1 << max(fit, 1).bit_length() - 1)))
 
 
 # --- checks ----------------------------------------------------------------------------
@@ -170,6 +252,29 @@ def _params_digest(model: Model) -> str:
     return h.hexdigest()[:16]
 
 
+def _given_thresholds(model: Model, layers, given) -> dict[str, np.ndarray]:
+    """Checked float64 (U,) arrays of ``given`` ({layer: thresholds})."""
+    out = {}
+    for name, values in (given or {}).items():
+        layer = model.layer(name).name
+        if layer not in layers:
+            raise InputError(
+                f"thresholds were given for layer {name!r}, which is not dissected "
+                f"({', '.join(layers)}); give them for a dissected layer."
+            )
+        v = np.asarray(values, np.float64).reshape(-1)
+        units = model.layer(layer).channels
+        if v.shape != (units,):
+            raise InputError(
+                f"{v.size} thresholds given for layer {layer!r}, which has {units} units; "
+                "give one threshold per unit."
+            )
+        if np.isnan(v).any():
+            raise InputError(f"the thresholds given for layer {layer!r} contain NaN.")
+        out[layer] = v
+    return out
+
+
 # --- checkpoints -----------------------------------------------------------------------
 
 
@@ -212,10 +317,13 @@ def compute_thresholds(
     fingerprint: str = "",
     on_checkpoint: Callable[[str, int], None] | None = None,
     progress: bool = True,
+    store: FeatureStore | None = None,
 ) -> dict[str, th.Thresholds]:
     """Pass 1 over ``source``: per-unit thresholds of every layer (see
     :mod:`~cnnvis_jax.dissection.thresholds`; ``engine="sparse"`` keeps the state on
     the host, :mod:`~cnnvis_jax.dissection.sparse_thresholds`; both are exact).
+
+    With ``store`` (sparse engine), the activations of every batch are kept in it.
 
     Returns ``{layer: Thresholds}``.
     """
@@ -249,7 +357,7 @@ def compute_thresholds(
     if engine == "dense":
         runner = _DenseThresholds(layers, specs, merged, devices, split, placed)
     else:
-        runner = _SparseThresholds(layers, specs, merged, split, replicated, placed)
+        runner = _SparseThresholds(layers, specs, merged, split, replicated, placed, store)
 
     def save(done_now: int) -> None:
         if path is None:
@@ -273,7 +381,7 @@ def compute_thresholds(
         bar.update(done)
         starts = list(range(done, n, size))
         for k, (start, chunk, valid, images) in enumerate(prefetched(prepare, starts)):
-            runner.step(images, np.where(valid, chunk, th.NO_IMAGE).astype(np.int32), valid)
+            runner.step(images, np.where(valid, chunk, th.NO_IMAGE).astype(np.int32), valid, start)
             bar.update(int(valid.sum()))
             if (k + 1) % checkpoint_every == 0 and start + size < n:
                 save(start + size)
@@ -298,7 +406,7 @@ class _DenseThresholds:
         self.state = jax.device_put(host, split) if split is not None else jax.device_put(host)
         self.run = th.compiled_step(layers, devices)
 
-    def step(self, images, indices, valid) -> None:
+    def step(self, images, indices, valid, start) -> None:
         put = functools.partial(parallel.put, sharding=self.split)
         self.state = self.run(self.placed, put(images), put(indices), put(valid), self.state)
 
@@ -311,8 +419,9 @@ class _SparseThresholds:
     """Pass-1 state on the host (:class:`~cnnvis_jax.dissection.sparse_thresholds.HostTopK`);
     the host absorbs batch ``i`` while the device computes batch ``i + 1``."""
 
-    def __init__(self, layers, specs, merged, split, replicated, placed):
+    def __init__(self, layers, specs, merged, split, replicated, placed, store):
         self.layers, self.placed, self.split, self.replicated = layers, placed, split, replicated
+        self.store = store
         self.tops = {
             name: HostTopK(specs[name], None if merged is None else merged[name]) for name in layers
         }
@@ -321,18 +430,20 @@ class _SparseThresholds:
 
     def _absorb_pending(self) -> None:
         if self.pending is not None:
-            out, indices = self.pending
+            out, indices, start, count = self.pending
             self.pending = None
             out = jax.device_get(out)
             for name in self.layers:
                 self.tops[name].absorb(out[name], indices)
+            if self.store is not None:
+                self.store.put(start, {n: out[n]["acts"] for n in self.layers}, count)
 
-    def step(self, images, indices, valid) -> None:
+    def step(self, images, indices, valid, start) -> None:
         kth = parallel.put({n: t.kth for n, t in self.tops.items()}, self.replicated)
         put = functools.partial(parallel.put, sharding=self.split)
         out = self.run(self.placed, put(images), put(valid), kth)
         self._absorb_pending()
-        self.pending = (out, indices)
+        self.pending = (out, indices, start, int(valid.sum()))
 
     def merged(self) -> dict[str, dict[str, np.ndarray]]:
         self._absorb_pending()
@@ -393,12 +504,14 @@ def compute_tally(
     fingerprint: str = "",
     on_checkpoint: Callable[[str, int], None] | None = None,
     progress: bool = True,
+    store: FeatureStore | None = None,
 ) -> dict[str, Counts]:
     """Pass 2 over ``source``: the fused tally of every layer of ``thresholds``
     (see :mod:`~cnnvis_jax.dissection.tally`; ``engine="sparse"`` counts on the host
     where a unit can exceed its threshold, :mod:`~cnnvis_jax.dissection.sparse_tally`,
     for layers that upsample to the segmentation; the counts are the same integers).
-    Returns ``{layer: Counts}``."""
+    With a complete ``store`` of the layers' activations (sparse engine) no forward
+    runs and no image is decoded. Returns ``{layer: Counts}``."""
     layers = tuple(thresholds)
     if contraction not in CONTRACTIONS:
         raise InputError(f"contraction must be one of {CONTRACTIONS}, got {contraction!r}.")
@@ -423,11 +536,12 @@ def compute_tally(
     split = parallel.shardings(mesh, _mesh.SPLIT)[0]
     replicated = parallel.shardings(mesh, None)[0]
     placed = parallel.put(model, replicated)
-    thr = {k: np.asarray(t.values, np.float32) for k, t in thresholds.items()}
+    thr = {k: th.float32_below(t.values) for k, t in thresholds.items()}
     if engine == "dense":
         runner = _DenseTally(layers, layout, thr, contraction, devices, split, replicated, placed)
     else:
-        runner = _SparseTally(layers, layout, thr, split, replicated, placed)
+        cached = store if store is not None and store.complete else None
+        runner = _SparseTally(layers, layout, thr, split, replicated, placed, cached)
 
     def save(done_now: int) -> None:
         if path is None:
@@ -444,12 +558,13 @@ def compute_tally(
         valid = np.zeros(size, bool)
         valid[: len(chunk)] = True
         chunk = parallel.pad_axis(chunk, size)
-        return start, valid, load_labelled(source, chunk, layout)
+        images = getattr(runner, "store", None) is None
+        return start, valid, load_labelled(source, chunk, layout, images=images)
 
     with progress_bar(n, f"tally {','.join(layers)}", enabled=progress) as bar:
         bar.update(done)
         for k, (start, valid, batch) in enumerate(prefetched(prepare, list(range(done, n, size)))):
-            runner.step(batch, valid, acc)
+            runner.step(batch, valid, acc, start)
             bar.update(int(valid.sum()))
             if (k + 1) % checkpoint_every == 0 and start + size < n:
                 save(start + size)
@@ -486,7 +601,7 @@ class _DenseTally:
         self.run = compiled_tally(layers, contraction, devices)
         self.pending = None
 
-    def step(self, batch, valid, acc) -> None:
+    def step(self, batch, valid, acc, start) -> None:
         put = functools.partial(parallel.put, sharding=self.split)
         result = self.run(
             self.placed,
@@ -511,8 +626,9 @@ class _SparseTally:
     """Pass 2 with sparse bookkeeping (:mod:`~cnnvis_jax.dissection.sparse_tally`);
     the host counts batch ``i`` while the device computes batch ``i + 1``."""
 
-    def __init__(self, layers, layout, thr, split, replicated, placed):
+    def __init__(self, layers, layout, thr, split, replicated, placed, store=None):
         self.layers, self.layout, self.placed, self.split = layers, layout, placed, split
+        self.store = store
         self.thr_host = thr
         self.thr = parallel.put(thr, replicated)
         sh, sw = layout.seg_size
@@ -523,9 +639,13 @@ class _SparseTally:
         self.run = sparse_tally.compiled_cells(layers)
         self.pending = None
 
-    def step(self, batch, valid, acc) -> None:
-        put = functools.partial(parallel.put, sharding=self.split)
-        out = self.run(self.placed, put(batch["image"]), put(valid), self.thr)
+    def step(self, batch, valid, acc, start) -> None:
+        if self.store is not None:
+            acts = self.store.batch(start, len(valid))
+            out = {n: sparse_tally.host_cells(a, self.thr_host[n], valid) for n, a in acts.items()}
+        else:
+            put = functools.partial(parallel.put, sharding=self.split)
+            out = self.run(self.placed, put(batch["image"]), put(valid), self.thr)
         self.flush(acc)
         self.pending = (out, batch, valid)
 
@@ -558,7 +678,7 @@ def dissect(
     quantile: float = 0.005,
     iou_threshold: float = 0.04,
     readout: str | None = None,
-    batch_size: int = 64,
+    batch_size: int | None = None,
     indices: Sequence[int] | None = None,
     categories: Sequence[str] | None = None,
     zero_scalar: bool = False,
@@ -566,6 +686,8 @@ def dissect(
     contraction: str = "auto",
     engine: str = "auto",
     preprocess: str = "model",
+    thresholds: dict[str, Any] | None = None,
+    feature_memory: int | None = None,
     checkpoint: str | os.PathLike | None = None,
     checkpoint_every: int = 25,
     on_checkpoint: Callable[[str, int], None] | None = None,
@@ -584,7 +706,8 @@ def dissect(
       quantile: top fraction of activations above the threshold (0.005).
       iou_threshold: IoU at which a unit counts as a detector (0.04).
       readout: override the threshold read-out (``"exact"`` or ``"lite"``).
-      batch_size: images per step (rounded up to a multiple of the device count).
+      batch_size: images per step (rounded up to a multiple of the device count;
+        default :func:`default_batch_size`).
       indices: the images to use (default all).
       categories: categories to score (default all of the data set).
       zero_scalar: score image-level label 0 as NetDissect-Lite does (a texture).
@@ -597,6 +720,14 @@ def dissect(
       preprocess: ``"model"`` (the model's own input normalization, right for the
         networks of this package) or ``"lite"`` (NetDissect-Lite's, for networks
         trained with it; see :func:`with_lite_preprocessing`).
+      thresholds: ``{layer: (U,) array}`` per-unit thresholds to use instead of the
+        pass-1 read-out (e.g. NetDissect-Lite's ``quantile.npy``); pass 1 still runs
+        for the unit's top images and range.
+      feature_memory: bytes of host memory for keeping the layers' activations from
+        pass 1 so that pass 2 needs no second forward (default
+        :data:`FEATURE_MEMORY`; 0 always runs two forwards). When the activations of
+        the whole data set don't fit, pass 2 runs the forward again, so memory stays
+        flat in the data set's size.
       checkpoint: folder for resumable state (``pass1.npz``, ``tally.npz``).
       checkpoint_every: batches between checkpoints.
       on_checkpoint: called as ``(stage, images_done)`` after each checkpoint.
@@ -621,8 +752,18 @@ def dissect(
         raise InputError(f"preprocess must be one of {PREPROCESS}, got {preprocess!r}.")
     if preprocess == "lite":
         model = with_lite_preprocessing(model)
+    model = at_image_size(model, layers, getattr(source, "image_size", None))
     layout = label_layout(source, categories, zero_scalar=zero_scalar)
     order = _order(source, indices)
+    batch_size = default_batch_size(model) if batch_size is None else batch_size
+    budget = FEATURE_MEMORY if feature_memory is None else int(feature_memory)
+    store = None
+    if (
+        resolve_engine(engine) == "sparse"
+        and FeatureStore.size(model, layers, len(order)) <= budget
+        and sparse_tally.sparse_applies(model, layers, layout.seg_size)
+    ):
+        store = FeatureStore(model, layers, len(order))
     if checkpoint is not None:
         Path(checkpoint).mkdir(parents=True, exist_ok=True)
     base = {
@@ -636,6 +777,7 @@ def dissect(
         "top_images": int(top_images),
         "preprocess": preprocess,
     }
+    given = _given_thresholds(model, layers, thresholds)
     fp1 = json.dumps(base, sort_keys=True)
     thresholds = compute_thresholds(
         model,
@@ -652,8 +794,19 @@ def dissect(
         fingerprint=fp1,
         on_checkpoint=on_checkpoint,
         progress=progress,
+        store=store,
     )
-    fp2 = json.dumps({**base, "layout": layout.describe()}, sort_keys=True)
+    for name, values in given.items():
+        thresholds[name] = dataclasses.replace(
+            thresholds[name],
+            values=np.where(thresholds[name].constant, np.inf, values),
+            readout="given",
+        )
+    digest = hashlib.sha256(b"".join(t.values.tobytes() for t in thresholds.values()))
+    fp2 = json.dumps(
+        {**base, "layout": layout.describe(), "thresholds": digest.hexdigest()[:16]},
+        sort_keys=True,
+    )
     counts = compute_tally(
         model,
         source,
@@ -668,6 +821,7 @@ def dissect(
         fingerprint=fp2,
         on_checkpoint=on_checkpoint,
         progress=progress,
+        store=store,
     )
     results = {
         name: LayerResult(
@@ -683,4 +837,6 @@ def dissect(
         iou_threshold=float(iou_threshold),
         images=len(order),
         skipped=tuple(getattr(source, "skipped", ())),
+        order=order,
+        features=store.acts if store is not None and store.complete else None,
     )

@@ -11,8 +11,10 @@ layers (Broden's parts) keep all of them (a pixel carrying a label in two layers
 counts twice, as NetDissect-Lite's ``bincount`` does).
 
 ``labelcat`` (L, C) is the one-hot primary category of every label number. Label 0
-is "none" and never counted, except that with ``zero_scalar=True`` an image-level 0
-is scored as NetDissect-Lite does (as a label of the ``texture`` category).
+is "none": pixels of label 0 are never counted, and image-level 0s only with
+``zero_scalar=True`` (NetDissect-Lite counts them). As in NetDissect-Lite, label 0
+belongs to the *last* category of the data set's own order (Broden's category.csv:
+``texture``) and is the label a unit gets in a category where no label overlaps it.
 """
 
 from __future__ import annotations
@@ -25,8 +27,8 @@ import numpy as np
 from cnnvis_jax.data.types import Vocabulary
 from cnnvis_jax.errors import InputError, did_you_mean
 
-ZERO_NAME = "-"
-"""Name of label 0 when image-level zeros are scored (``zero_scalar=True``)."""
+ZERO_NAME = ""
+"""Name of label 0 (NetDissect-Lite's name of a number missing from label.csv)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,9 +41,13 @@ class LabelLayout:
       scalar_slots: ((category, slots), ...) image-level categories and label slots.
       seg_size: (sh, sw) of the pixel labels.
       num_labels: L (label numbers 0 .. L-1).
-      label_category: int32 (L,) primary category index per number, -1 = unused.
-      names: (L,) label names ("" for unused numbers).
-      zero_scalar: image-level 0 is scored (NetDissect-Lite's quirk).
+      label_category: int32 (L,) primary category index per number, -1 = unused
+        (label 0: the last category of ``source_order``).
+      names: (L,) label names ("" for unused numbers and label 0).
+      zero_scalar: image-level 0 is counted (NetDissect-Lite's quirk).
+      source_order: int (C,) rank of each category in the data set's own order
+        (Broden's category.csv), which breaks ties between categories as
+        NetDissect-Lite does (the later one wins).
     """
 
     categories: tuple[str, ...]
@@ -52,6 +58,7 @@ class LabelLayout:
     label_category: np.ndarray = dataclasses.field(compare=False)
     names: tuple[str, ...] = dataclasses.field(compare=False)
     zero_scalar: bool = False
+    source_order: tuple[int, ...] = ()
 
     @property
     def layers(self) -> int:
@@ -110,8 +117,7 @@ def label_layout(
 
     Raises:
       InputError: the source has no concept labels, is empty, a requested category
-        is missing, no pixel-level category is left, segmentation sizes differ, or
-        ``zero_scalar`` is asked of a data set without a ``texture`` category.
+        is missing, no pixel-level category is left, or segmentation sizes differ.
     """
     vocab: Vocabulary | None = getattr(source, "vocabulary", None)
     if vocab is None:
@@ -169,14 +175,10 @@ def label_layout(
         if primary is not None:
             label_category[lab.number] = used.index(primary)
             names[lab.number] = lab.name
-    if zero_scalar:
-        if "texture" not in used:
-            raise InputError(
-                "zero_scalar scores image-level label 0 as a texture (NetDissect-Lite's "
-                "quirk), but the data set has no texture category; drop the flag."
-            )
-        label_category[0] = used.index("texture")
-        names[0] = ZERO_NAME
+    own = [c for c in getattr(source, "category_order", ()) if c in used]
+    own += [c for c in used if c not in own]
+    label_category[0] = used.index(own[-1])
+    names[0] = ZERO_NAME
     return LabelLayout(
         categories=used,
         pixel_layers=pixel,
@@ -186,6 +188,7 @@ def label_layout(
         label_category=label_category,
         names=tuple(names),
         zero_scalar=zero_scalar,
+        source_order=tuple(own.index(c) for c in used),
     )
 
 
@@ -230,11 +233,23 @@ def _encode_one(layout: LabelLayout, pixel: dict, scalar: dict, where: str) -> t
     return pix, sca
 
 
-def load_labelled(source: Any, indices: np.ndarray, layout: LabelLayout) -> dict[str, np.ndarray]:
+def load_labelled(
+    source: Any, indices: np.ndarray, layout: LabelLayout, *, images: bool = True
+) -> dict[str, np.ndarray]:
     """``{"image": uint8 (B, H, W, 3), "pixel": int32 (B, Ly, P), "scalar": int32 (B, S)}``
     for ``indices`` of ``source`` (vectorized through ``source.batch`` when it returns
-    per-category masks, else sample by sample)."""
+    per-category masks, else sample by sample). With ``images=False`` a source that
+    can read labels alone (``source.labels(i)``, e.g. a Broden directory) decodes no
+    image and ``"image"`` is absent."""
     indices = np.asarray(indices, np.int64)
+    if not images and callable(getattr(source, "labels", None)):
+        pixels, scalars = [], []
+        for i in indices.tolist():
+            sample = source.labels(int(i))
+            p, s = _encode_one(layout, sample["pixel"], sample["scalar"], f"image {i}")
+            pixels.append(p)
+            scalars.append(s)
+        return {"pixel": np.stack(pixels), "scalar": np.stack(scalars)}
     batch = getattr(source, "batch", None)
     out = batch(indices) if callable(batch) else None
     if isinstance(out, dict) and "pixel" in out and "scalar" in out:

@@ -36,6 +36,7 @@ import optax
 
 from cnnvis_jax.dissection.dissect import compute_tally, compute_thresholds, spatial_layers
 from cnnvis_jax.dissection.labels import LabelLayout, label_layout, load_labelled
+from cnnvis_jax.dissection.thresholds import float32_below
 from cnnvis_jax.dissection.upsample import layer_matrices, upsample
 from cnnvis_jax.errors import InputError
 from cnnvis_jax.features import to_model_input
@@ -327,7 +328,7 @@ def net2vec(
             f"the training set has {n_train} images, fewer than one batch ({batch_size})."
         )
     thr = compute_thresholds(model, train_source, [layer], quantile=quantile, progress=progress)
-    thresholds = thr[layer].values
+    thresholds = float32_below(thr[layer].values)
     train = collect(model, train_source, layer, thresholds, layout, np.arange(n_train))
     val = collect(model, val_source, layer, thresholds, layout, np.arange(n_val))
     pixel_labels = np.unique(train["pixel"])

@@ -9,7 +9,7 @@ Layout of ``out``::
     <layer>/tally.csv           NetDissect-Lite's columns, units by decreasing score
     <layer>/index.html          "k/U units covering m concepts", bar graph, unit list
     <layer>/bargraph.png        detector units per label, grouped by category
-    <layer>/units/unitNNNN.png  the unit's top images with its mask overlaid
+    <layer>/units/unitNNNN.jpg  the unit's top images (segmentation size) with its mask
 """
 
 from __future__ import annotations
@@ -23,15 +23,15 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from PIL import Image
 
 from cnnvis_jax.dissection.dissect import Dissection
 from cnnvis_jax.dissection.labels import LabelLayout
 from cnnvis_jax.dissection.scoring import tally_fields, tally_rows
-from cnnvis_jax.dissection.thresholds import NO_IMAGE
+from cnnvis_jax.dissection.thresholds import NO_IMAGE, float32_below
 from cnnvis_jax.dissection.upsample import layer_matrices, upsample
 from cnnvis_jax.features import load_batch, to_model_input
 from cnnvis_jax.model import Model
-from cnnvis_jax.report.grid import image_grid, save_png
 from cnnvis_jax.report.html import esc, page
 
 CATEGORY_COLORS = {
@@ -98,12 +98,23 @@ def _unit_masks(maps, rows, cols, thresholds):
 
 
 def top_image_masks(
-    model: Model, source: Any, result, seg_size: tuple[int, int], chunk: int = 64
-) -> tuple[np.ndarray, np.ndarray]:
-    """Images and masks of each unit's top images.
+    model: Model,
+    source: Any,
+    result,
+    seg_size: tuple[int, int],
+    chunk: int = 64,
+    features: np.ndarray | None = None,
+    order: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each unit's top images and their masks.
 
-    Returns ``(images uint8 (U, k, H, W, 3), masks bool (U, k, sh, sw))``; slots
-    without an image (fewer images than k) are black with empty masks.
+    With ``features`` (float32 (N, h, w, U) kept from pass 1, rows in ``order``, the
+    dissected source indices) no forward runs; otherwise the top images are run
+    through the model again.
+
+    Returns ``(pictures uint8 (M, H, W, 3), slot int (U, k), masks bool (U, k, sh,
+    sw))``: the M distinct top images, which of them fills each unit's slot (-1:
+    no image, when there are fewer images than k; its mask is empty).
     """
     th = result.thresholds
     index = th.top_images
@@ -113,38 +124,61 @@ def top_image_masks(
     h, w, _ = model.layer(result.layer).shape
     rows, cols = layer_matrices((h, w), seg_size)
     pics, acts = [], []
-    for start in range(0, len(unique), chunk):
-        part = unique[start : start + chunk]
-        padded = np.concatenate([part, np.full(chunk - len(part), part[-1])])
-        batch = load_batch(source, padded)["image"]
-        pics.append(np.asarray(batch[: len(part)]))
-        acts.append(np.asarray(_layer_acts(model, batch, layer=result.layer))[: len(part)])
+    if features is not None:
+        row_of = np.full(int(np.max(order)) + 1, -1, np.int64)
+        row_of[np.asarray(order, np.int64)] = np.arange(len(order))
+        acts = [features[row_of[unique]]]
+        pics = [load_batch(source, unique)["image"]] if len(unique) else []
+    else:
+        for start in range(0, len(unique), chunk):
+            part = unique[start : start + chunk]
+            padded = np.concatenate([part, np.full(chunk - len(part), part[-1])])
+            batch = load_batch(source, padded)["image"]
+            pics.append(np.asarray(batch[: len(part)]))
+            acts.append(np.asarray(_layer_acts(model, batch, layer=result.layer))[: len(part)])
     pics = np.concatenate(pics) if pics else np.zeros((0, 1, 1, 3), np.uint8)
     acts = np.concatenate(acts) if acts else np.zeros((0, h, w, n_units), np.float32)
     pos = np.searchsorted(unique, np.where(real, index, unique[0] if len(unique) else 0))
     maps = acts[pos, :, :, np.arange(n_units)[:, None]]  # (U, k, h, w)
-    thr = np.repeat(np.where(np.isfinite(th.values), th.values, np.float32(3e38)), k)
+    thr = np.repeat(float32_below(np.where(np.isfinite(th.values), th.values, 3e38)), k)
     masks = np.asarray(_unit_masks(maps.reshape(n_units * k, h, w), rows, cols, thr))
     masks = masks.reshape(n_units, k, *seg_size) & real[..., None, None]
-    images = pics[pos] * real[..., None, None, None]
-    return images.astype(np.uint8), masks
+    return pics.astype(np.uint8), np.where(real, pos, -1), masks
 
 
-def overlay(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """uint8 (H, W, 3): the image dimmed outside ``mask`` (sh, sw; nearest-resized)."""
-    hh, ww = image.shape[:2]
-    rr = (np.arange(hh) * mask.shape[0]) // hh
-    cc = (np.arange(ww) * mask.shape[1]) // ww
-    m = mask[rr[:, None], cc[None, :]]
-    edge = m & ~(
-        np.pad(m, 1, constant_values=False)[:-2, 1:-1]
-        & np.pad(m, 1, constant_values=False)[2:, 1:-1]
-        & np.pad(m, 1, constant_values=False)[1:-1, :-2]
-        & np.pad(m, 1, constant_values=False)[1:-1, 2:]
-    )
-    out = image.astype(np.float32) * np.where(m, 1.0, 0.3)[..., None]
+def overlay(images: np.ndarray, masks: np.ndarray) -> np.ndarray:
+    """uint8 (..., H, W, 3): each image dimmed to 30% outside its mask (..., sh, sw;
+    nearest-resized to H x W when the sizes differ) with the mask's outline in
+    yellow; vectorized over the leading axes."""
+    hh, ww = images.shape[-3:-1]
+    m = masks
+    if m.shape[-2:] != (hh, ww):
+        rr = (np.arange(hh) * m.shape[-2]) // hh
+        cc = (np.arange(ww) * m.shape[-1]) // ww
+        m = m[..., rr[:, None], cc[None, :]]
+    p = np.pad(m, [(0, 0)] * (m.ndim - 2) + [(1, 1), (1, 1)], constant_values=False)
+    edge = m & ~(p[..., :-2, 1:-1] & p[..., 2:, 1:-1] & p[..., 1:-1, :-2] & p[..., 1:-1, 2:])
+    dim = ((images.astype(np.uint16) * 77) >> 8).astype(np.uint8)
+    out = np.where(m[..., None], images, dim)
     out[edge] = (255, 230, 0)
-    return out.astype(np.uint8)
+    return out
+
+
+def unit_strips(
+    pictures: np.ndarray, slot: np.ndarray, masks: np.ndarray, gap: int = 2
+) -> np.ndarray:
+    """uint8 (U, sh, k * (sw + gap) - gap, 3): per unit its top images resized to the
+    segmentation size, dimmed outside the mask, side by side on white (empty slots
+    black). ``pictures``, ``slot``, ``masks`` as :func:`top_image_masks` returns them."""
+    n_units, k, sh, sw = masks.shape
+    small = np.zeros((len(pictures) + 1, sh, sw, 3), np.uint8)  # last row: empty slot
+    for i, im in enumerate(pictures):
+        small[i] = np.asarray(Image.fromarray(im).resize((sw, sh), Image.BILINEAR))
+    tiles = overlay(small[slot], masks)
+    strip = np.full((n_units, sh, k * (sw + gap) - gap, 3), 255, np.uint8)
+    for j in range(k):
+        strip[:, :, j * (sw + gap) : j * (sw + gap) + sw] = tiles[:, j]
+    return strip
 
 
 # --- figures -----------------------------------------------------------------------------
@@ -267,7 +301,7 @@ def layer_html(result, layout: LabelLayout, d: Dissection, unit_pictures: bool) 
             f"<td>{esc('constant' if th.constant[u] else f'{th.values[u]:.4g}')}</td>",
         ]
         if unit_pictures:
-            src = f"units/unit{u + 1:04d}.png"
+            src = f"units/unit{u + 1:04d}.jpg"
             cells.append(f'<td><img src="{esc(src)}" alt="{esc(f"unit {u + 1}")}"></td>')
         rows.append("<tr>" + "".join(cells) + "</tr>")
     head_html = "".join(f"<th>{esc(h)}</th>" for h in head)
@@ -305,15 +339,18 @@ def write_outputs(
         paths[f"{name}/tally"] = write_tally_csv(folder / "tally.csv", result, d.layout, d.mode)
         bargraph(folder / "bargraph.png", result, d.layout)
         if pictures:
-            images, masks = top_image_masks(model, source, result, d.layout.seg_size)
-            for u in range(images.shape[0]):
-                tiles = np.stack(
-                    [overlay(images[u, j], masks[u, j]) for j in range(images.shape[1])]
-                )
-                save_png(
-                    image_grid(tiles, ncols=len(tiles), pad=1),
-                    folder / "units" / f"unit{u + 1:04d}.png",
-                )
+            feats = None if d.features is None else d.features.get(name)
+            pics, slot, masks = top_image_masks(
+                model, source, result, d.layout.seg_size, features=feats, order=d.order
+            )
+            (folder / "units").mkdir(parents=True, exist_ok=True)
+            for start in range(0, slot.shape[0], 64):
+                part = slice(start, start + 64)
+                strips = unit_strips(pics, slot[part], masks[part])
+                for u, strip in enumerate(strips, start=start):
+                    Image.fromarray(strip).save(
+                        folder / "units" / f"unit{u + 1:04d}.jpg", quality=90
+                    )
         paths[f"{name}/html"] = folder / "index.html"
         paths[f"{name}/html"].write_text(layer_html(result, d.layout, d, pictures))
     paths["plot"] = detectors_plot(out / "detectors.png", d)

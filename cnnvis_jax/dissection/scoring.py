@@ -7,6 +7,11 @@ denominator (``lite``: NetDissect-Lite's; ``original``: NetDissect's, see
 label of every category and its overall label is the best of those; a unit is a
 *detector* when that score is >= the IoU threshold (0.04), and a category's *unique
 detectors* are the distinct labels of the detectors labelled in it.
+
+Ties are broken as NetDissect-Lite breaks them: within a category the smallest label
+number wins, and label 0 (which belongs to the last category of the data set's own
+order) is the label of a category where every IoU is 0; between categories the one
+later in the data set's order wins.
 """
 
 from __future__ import annotations
@@ -86,11 +91,12 @@ def score(counts: Counts, layout: LabelLayout, mode: str, iou_threshold: float =
     iou = iou_matrix(counts, layout, mode)
     n_cat = len(layout.categories)
     member = layout.label_category[None, :] == np.arange(n_cat)[:, None]  # (C, L)
-    per_cat = np.where(member[:, None, :], iou[None], -1.0)  # (C, U, L)
+    per_cat = np.where(member[:, None, :], iou[None], 0.0)  # (C, U, L)
     category_label = per_cat.argmax(axis=2)
     category_score = np.take_along_axis(per_cat, category_label[..., None], 2)[..., 0]
-    category_score = np.maximum(category_score, 0.0)
-    best_cat = category_score.argmax(axis=0)
+    rank = np.asarray(layout.source_order or range(n_cat))
+    # the best category; among equal scores the one latest in the data set's order
+    best_cat = np.lexsort((rank[:, None].repeat(iou.shape[0], 1), category_score), axis=0)[-1]
     units = np.arange(iou.shape[0])
     label = category_label[best_cat, units]
     best = category_score[best_cat, units]
@@ -128,7 +134,7 @@ def tally_rows(counts: Counts, layout: LabelLayout, scores: Scores, mode: str) -
             lab = int(scores.category_label[ci, u])
             row[f"{c}-label"] = layout.names[lab]
             row[f"{c}-truth"] = int(counts.labels[lab])
-            row[f"{c}-activation"] = int(ucat[u, ci])
+            row[f"{c}-activation"] = int(ucat[u, layout.label_category[lab]])
             row[f"{c}-intersect"] = int(counts.both[u, lab])
             row[f"{c}-iou"] = float(scores.category_score[ci, u])
         rows.append(row)

@@ -108,6 +108,17 @@ def _local_cells(model: Model, images, valid, thresholds, *, layers):
     return out
 
 
+def host_cells(acts: np.ndarray, threshold: np.ndarray, valid: np.ndarray) -> tuple:
+    """:func:`_local_cells` of one layer on the host, for activations kept from pass 1:
+    ``(acts, bool cells (B, h, w, U))``; ``threshold`` float32 (U,)."""
+    edge = np.pad(acts, ((0, 0), (0, 1), (0, 1), (0, 0)), mode="edge")
+    block = np.maximum(
+        np.maximum(edge[:, :-1, :-1], edge[:, 1:, :-1]),
+        np.maximum(edge[:, :-1, 1:], edge[:, 1:, 1:]),
+    )
+    return acts, (block > threshold) & valid[:, None, None, None]
+
+
 @functools.lru_cache(maxsize=16)
 def compiled_cells(layers: tuple[str, ...]):
     """jit(cells)(model, images, valid, thresholds) -> {layer: (acts, cells)}."""
@@ -252,6 +263,7 @@ __all__ = [
     "axis_cells",
     "batch_labels",
     "compiled_cells",
+    "host_cells",
     "image_counts",
     "layer_counts",
     "sparse_applies",

@@ -6,10 +6,9 @@ all ``M = N * h * w`` activations at feature-map resolution:
 * ``exact`` read-out: ``T_u`` = the ``K``-th largest value, ``K = ceil(q * M)``
   (so fewer than ``q * M`` values exceed it; numpy's ``quantile(a, 1 - q)`` lies
   within one order statistic of it);
-* ``lite`` read-out: NetDissect-Lite's ``readout(1000)[:, int(1000 * (1 - q) - 1)]``,
-  i.e. the quantile ``q' = int(1000 * (1 - q) - 1) / 999`` (0.994995 for q = 0.005)
-  with linear interpolation between order statistics, computed exactly instead of
-  from Lite's KLL sketch.
+* ``lite`` read-out: NetDissect-Lite's ``readout(1000)[:, int(1000 * (1 - q) - 1)]``
+  (the point 994/999 for q = 0.005) with the positions its sketch gives the sorted
+  values (see :func:`readout`), computed from the exact order statistics.
 
 The dense engine (below) streams on device; the sparse engine
 (:mod:`~cnnvis_jax.dissection.sparse_thresholds`, the CPU default) keeps the same
@@ -50,8 +49,9 @@ READOUTS = ("exact", "lite")
 
 
 def lite_quantile(quantile: float) -> float:
-    """The quantile NetDissect-Lite reads for ``quantile`` (0.005 -> 994/999)."""
-    return int(1000 * (1 - quantile) - 1) / 999
+    """The point NetDissect-Lite reads for ``quantile``: ``linspace(0, 1, 1000)[i]`` with
+    ``i = int(1000 * (1 - quantile) - 1)`` (0.005 -> 994/999)."""
+    return float(np.linspace(0.0, 1.0, 1000)[int(1000 * (1 - quantile) - 1)])
 
 
 def check_quantile(quantile: float) -> float:
@@ -61,11 +61,25 @@ def check_quantile(quantile: float) -> float:
     return q
 
 
+def _lite_positions(ranks: np.ndarray, total: int) -> np.ndarray:
+    """float64 positions of ascending ranks in Lite's read-out table: the float32
+    ``rank / (total - 1/2)`` of its normalized cumulative weights (see :func:`readout`)."""
+    return (ranks.astype(np.float32) / np.float32(total - 0.5)).astype(np.float64)
+
+
+def _lite_rank(total: int, quantile: float) -> int:
+    """The ascending rank ``j`` with ``pos[j] <= x < pos[j + 1]`` (numpy.interp's cell)."""
+    x = lite_quantile(quantile)
+    j = int(min(max(math.floor(x * (total - 0.5)), 0), total - 1))
+    ranks = np.arange(max(j - 2, 0), min(j + 3, total))
+    pos = _lite_positions(ranks, total)
+    return int(ranks[np.searchsorted(pos, x, side="right") - 1])
+
+
 def kept_count(total: int, quantile: float) -> int:
     """Values per unit the state must keep so that both read-outs are exact."""
     exact = math.ceil(quantile * total)
-    p = lite_quantile(quantile) * (total - 1)
-    lite = total - math.floor(p)
+    lite = total - _lite_rank(total, quantile)
     return int(min(total, max(exact, lite, 1)))
 
 
@@ -77,25 +91,52 @@ def readout(desc: np.ndarray, total: int, quantile: float, mode: str = "exact") 
         :func:`kept_count`).
       total: M, the number of activations per unit.
       quantile: the top fraction q.
-      mode: "exact" (K-th largest, K = ceil(q M)) or "lite" (interpolated at
-        :func:`lite_quantile`, as numpy's linear method).
+      mode: "exact" (the K-th largest, K = ceil(q M)) or "lite" (NetDissect-Lite's
+        read-out, below).
+
+    NetDissect-Lite reads ``QuantileVector.readout(1000)[:, 994]``: ``numpy.interp`` at
+    ``x = 994/999`` over a table of the sorted values plus the unit's minimum and
+    maximum (weight 0), placed at their float32 cumulative weights (``c - w/2``)
+    shifted to start at 0 and divided by the last. While its sketch holds every value
+    (M <= 24,576 per unit), the table is the sorted values with ascending rank ``j``
+    at ``float32(j / (M - 1/2))``: the order numpy's unstable sort gives the two
+    weight-0 extremes among equal values moves that denominator to ``M - 1`` (the
+    maximum extreme sorted before the equal real maximum) and the start by 1/2 (the
+    minimum extreme first); this read-out takes the common case (both extremes
+    outside), which equals Lite's value for most units and otherwise lies within one
+    half of the gap between two neighbouring order statistics of it. Beyond 24,576
+    values Lite's sketch subsamples; this read-out stays exact.
 
     Returns:
-      float32 (U,) thresholds.
+      float64 (U,) thresholds (compare float32 activations with them as float64, or
+      with :func:`float32_below`).
     """
     desc = np.asarray(desc, np.float64)
     if mode == "exact":
         k = math.ceil(quantile * total)
-        return desc[:, k - 1].astype(np.float32)
+        return desc[:, k - 1].copy()
     if mode != "lite":
         raise InputError(f"readout must be one of {READOUTS}, got {mode!r}.")
-    p = lite_quantile(quantile) * (total - 1)
-    i0 = math.floor(p)
-    frac = p - i0
-    v0 = desc[:, total - 1 - i0]
-    v1 = desc[:, max(total - 2 - i0, 0)] if i0 + 1 <= total - 1 else v0
-    out = np.where(frac >= 0.5, v1 - (v1 - v0) * (1 - frac), v0 + (v1 - v0) * frac)
-    return out.astype(np.float32)
+    x = lite_quantile(quantile)
+    j = _lite_rank(total, quantile)
+    if j >= total - 1:
+        return desc[:, 0].copy()
+    x0, x1 = _lite_positions(np.array([j, j + 1]), total)
+    y0, y1 = desc[:, total - 1 - j], desc[:, total - 2 - j]
+    if x == x0:
+        return y0.copy()
+    slope = (y1 - y0) / (x1 - x0)
+    return slope * (x - x0) + y0
+
+
+def float32_below(values: np.ndarray) -> np.ndarray:
+    """float32 ``t`` with ``a > t`` exactly when ``a > values`` for every float32 ``a``
+    (the largest float32 not above each float64 threshold)."""
+    v = np.asarray(values, np.float64)
+    t = v.astype(np.float32)
+    return np.where(t.astype(np.float64) > v, np.nextafter(t, np.float32(-np.inf)), t).astype(
+        np.float32
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -241,7 +282,9 @@ class Thresholds:
 
     Attributes:
       layer: canonical layer name.
-      values: float32 (U,) thresholds (``+inf`` for constant units).
+      values: float64 (U,) thresholds (``+inf`` for constant units); a float32
+        activation ``a`` is above when ``a > values`` (:func:`float32_below` gives the
+        float32 thresholds with the same comparisons).
       constant: bool (U,) units whose activations never vary.
       minimum, maximum: float32 (U,) over the data set.
       top_values: float32 (U, k) largest per-image maxima, descending.
@@ -269,7 +312,7 @@ def finish(
     lo, hi = merged["lo"][0], merged["hi"][0]
     constant = ~(hi > lo)
     values = readout(merged["top"][0], total, quantile, mode)
-    values = np.where(constant, np.inf, values).astype(np.float32)
+    values = np.where(constant, np.inf, values)
     return Thresholds(
         layer=layer,
         values=values,

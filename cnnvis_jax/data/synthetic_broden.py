@@ -28,7 +28,6 @@ resize, so the same call writes the same files on any machine.
 
 from __future__ import annotations
 
-import csv
 import os
 from pathlib import Path
 
@@ -36,10 +35,11 @@ import numpy as np
 from PIL import Image
 
 from cnnvis_jax.data import textures
+from cnnvis_jax.data.broden_export import _write_csv, downsample_labels, encode_label_png
 from cnnvis_jax.errors import InputError
 
 CATEGORY_ORDER = ("color", "object", "part", "material", "scene", "texture")
-COLORS = tuple(n for n in textures.COLOR_NAMES)
+COLORS = textures.COLOR_NAMES
 OBJECTS = ("sky", "tree", "building", "road", "person", "car", "grass", "water", "table")
 PARTS = ("head", "leg", "wheel", "window", "door", "roof", "arm", "torso")
 MATERIALS = ("metal", "glass", "fabric", "stone", "plastic")
@@ -49,12 +49,6 @@ two categories, brick's is equal (the tie-break decides)."""
 SCENES = ("street", "kitchen", "bedroom", "forest", "beach", "office")
 TEXTURES = ("banded", "dotted", "striped", "chequered", "zigzagged", "grid")
 SOURCES = ("ade20k", "pascal", "opensurfaces", "dtd")
-SOURCE_CATEGORIES = {
-    "ade20k": ("color", "object", "part", "material", "scene"),
-    "pascal": ("color", "object", "part"),
-    "opensurfaces": ("color", "material"),
-    "dtd": ("color", "texture"),
-}
 PART_OF = {
     "person": ("head", "arm", "leg", "torso"),
     "car": ("wheel", "window", "door"),
@@ -121,8 +115,8 @@ def _pattern(size: int, kind: int, period: int, phase: int) -> np.ndarray:
 class _Row:
     """One image being drawn: the picture and its per-category masks."""
 
-    def __init__(self, size: int, seg: int):
-        self.size, self.seg = size, seg
+    def __init__(self, size: int):
+        self.size = size
         self.image = np.zeros((size, size, 3), np.float32)
         self.masks: dict[str, list[np.ndarray]] = {}
         self.scalar: dict[str, list[int]] = {}
@@ -140,8 +134,8 @@ class _Row:
         return layers[k]
 
 
-def _draw_row(rng: np.random.Generator, source: str, size: int, seg: int, numbers: dict) -> _Row:
-    row = _Row(size, seg)
+def _draw_row(rng: np.random.Generator, source: str, size: int, numbers: dict) -> _Row:
+    row = _Row(size)
     base = textures.BASE_RGB.astype(np.float32)
     background = _smooth(rng, size, 4, 3)
     tint = base[rng.integers(len(base))]
@@ -206,20 +200,6 @@ def _draw_row(rng: np.random.Generator, source: str, size: int, seg: int, number
     return row
 
 
-def _to_seg(mask: np.ndarray, seg: int) -> np.ndarray:
-    """Nearest sampling at output pixel centres (as Broden's half-size masks)."""
-    size = mask.shape[0]
-    idx = np.floor((np.arange(seg) + 0.5) * size / seg).astype(np.int64)
-    return mask[np.ix_(idx, idx)]
-
-
-def _label_png(labels: np.ndarray) -> Image.Image:
-    rgb = np.zeros(labels.shape + (3,), np.uint8)
-    rgb[..., 0] = labels % 256
-    rgb[..., 1] = labels // 256
-    return Image.fromarray(rgb, mode="RGB")
-
-
 def write_synthetic_broden(
     out_dir: str | os.PathLike,
     *,
@@ -257,7 +237,7 @@ def write_synthetic_broden(
     index_rows = []
     for i in range(int(images)):
         source = SOURCES[i % len(SOURCES)] if i < 2 * len(SOURCES) else SOURCES[rng.integers(4)]
-        row = _draw_row(rng, source, size, seg, numbers)
+        row = _draw_row(rng, source, size, numbers)
         folder = out / "images" / source
         folder.mkdir(parents=True, exist_ok=True)
         stem = f"{source}_{i:05d}"
@@ -271,11 +251,11 @@ def write_synthetic_broden(
             items = []
             present = False
             for k, full in enumerate(row.masks.get(cat, ())):
-                m = full if full.shape[0] == seg else _to_seg(full, seg)
+                m = full if full.shape[0] == seg else downsample_labels(full, (seg, seg))
                 if not m.any():
                     continue
                 rel = f"{source}/{stem}_{cat}" + (f"_{k + 1}" if k else "") + ".png"
-                _label_png(m).save(out / "images" / rel)
+                Image.fromarray(encode_label_png(m)).save(out / "images" / rel)
                 items.append(rel)
                 present = True
                 values, counts = np.unique(m[m > 0], return_counts=True)
@@ -309,7 +289,7 @@ def write_synthetic_broden(
         stats["object"][numbers["brick"]][1] = stats["material"][numbers["brick"]][1] = max(
             stats["object"][numbers["brick"]][1], stats["material"][numbers["brick"]][1]
         )
-    _write(
+    _write_csv(
         out / "index.csv", ["image", "split", "ih", "iw", "sh", "sw", *CATEGORY_ORDER], index_rows
     )
     label_rows, cat_rows = [], []
@@ -344,7 +324,7 @@ def write_synthetic_broden(
             }
             for code, v in enumerate(present, start=1)
         ]
-        _write(out / f"c_{cat}.csv", ["code", "number", "name", "frequency", "coverage"], codes)
+        _write_csv(out / f"c_{cat}.csv", ["code", "number", "name", "frequency", "coverage"], codes)
         cat_rows.append(
             {
                 "name": cat,
@@ -354,22 +334,13 @@ def write_synthetic_broden(
                 "frequency": cat_images[cat],
             }
         )
-    _write(
+    _write_csv(
         out / "label.csv",
         ["number", "name", "category", "frequency", "coverage", "syns"],
         label_rows,
     )
-    _write(out / "category.csv", ["name", "first", "last", "count", "frequency"], cat_rows)
+    _write_csv(out / "category.csv", ["name", "first", "last", "count", "frequency"], cat_rows)
     return out
-
-
-def _write(path: Path, header: list[str], rows: list[dict]) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, header, lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, path)
 
 
 def synthetic_torchvision_weights(name: str, seed: int = 0) -> dict[str, np.ndarray]:

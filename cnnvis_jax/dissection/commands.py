@@ -63,7 +63,7 @@ def cmd_dissect(args) -> int:
     import numpy as np
 
     from cnnvis_jax.cli import load_model_arg
-    from cnnvis_jax.dissection.dissect import dissect, spatial_layers
+    from cnnvis_jax.dissection.dissect import dissect, dissection_model, spatial_layers
     from cnnvis_jax.dissection.outputs import write_outputs
 
     _positive("count", args.count)
@@ -109,10 +109,7 @@ def cmd_dissect(args) -> int:
         progress=not args.quiet,
     )
     extra = {"model": model.name, "weights": args.weights, "dataset": args.dataset}
-    if args.preprocess == "lite":
-        from cnnvis_jax.dissection.dissect import with_lite_preprocessing
-
-        model = with_lite_preprocessing(model)
+    model = dissection_model(model, source, layers, args.preprocess)
     write_outputs(
         out, result, model=model if not args.no_pictures else None, source=source, extra=extra
     )

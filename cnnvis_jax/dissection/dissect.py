@@ -180,6 +180,17 @@ def at_image_size(model: Model, layers: Sequence[str], size: tuple[int, int] | i
     return moved.replace(layers=infos)
 
 
+def dissection_model(model: Model, source: Any, layers: Sequence[str], preprocess: str) -> Model:
+    """The model as :func:`dissect` runs it on ``source``: with ``preprocess``'s input
+    normalization, fed the source's images at their own size (:func:`at_image_size`).
+    The report's pictures must come from the same model."""
+    if preprocess not in PREPROCESS:
+        raise InputError(f"preprocess must be one of {PREPROCESS}, got {preprocess!r}.")
+    if preprocess == "lite":
+        model = with_lite_preprocessing(model)
+    return at_image_size(model, layers, getattr(source, "image_size", None))
+
+
 def default_batch_size(model: Model) -> int:
     """Images per step: on CPU about 32 images' worth of 224 x 224 pixels (large batches
     of large images run slower there), at least 8 and at most 128; 64 elsewhere."""
@@ -537,10 +548,10 @@ def compute_tally(
     replicated = parallel.shardings(mesh, None)[0]
     placed = parallel.put(model, replicated)
     thr = {k: th.float32_below(t.values) for k, t in thresholds.items()}
+    cached = store if engine == "sparse" and store is not None and store.complete else None
     if engine == "dense":
         runner = _DenseTally(layers, layout, thr, contraction, devices, split, replicated, placed)
     else:
-        cached = store if store is not None and store.complete else None
         runner = _SparseTally(layers, layout, thr, split, replicated, placed, cached)
 
     def save(done_now: int) -> None:
@@ -558,8 +569,7 @@ def compute_tally(
         valid = np.zeros(size, bool)
         valid[: len(chunk)] = True
         chunk = parallel.pad_axis(chunk, size)
-        images = getattr(runner, "store", None) is None
-        return start, valid, load_labelled(source, chunk, layout, images=images)
+        return start, valid, load_labelled(source, chunk, layout, images=cached is None)
 
     with progress_bar(n, f"tally {','.join(layers)}", enabled=progress) as bar:
         bar.update(done)
@@ -748,11 +758,7 @@ def dissect(
     if checkpoint_every < 1:
         raise InputError(f"checkpoint_every must be >= 1, got {checkpoint_every}.")
     readout = readout or ("lite" if mode == "lite" else "exact")
-    if preprocess not in PREPROCESS:
-        raise InputError(f"preprocess must be one of {PREPROCESS}, got {preprocess!r}.")
-    if preprocess == "lite":
-        model = with_lite_preprocessing(model)
-    model = at_image_size(model, layers, getattr(source, "image_size", None))
+    model = dissection_model(model, source, layers, preprocess)
     layout = label_layout(source, categories, zero_scalar=zero_scalar)
     order = _order(source, indices)
     batch_size = default_batch_size(model) if batch_size is None else batch_size

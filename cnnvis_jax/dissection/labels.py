@@ -242,16 +242,9 @@ def load_labelled(
     can read labels alone (``source.labels(i)``, e.g. a Broden directory) decodes no
     image and ``"image"`` is absent."""
     indices = np.asarray(indices, np.int64)
-    if not images and callable(getattr(source, "labels", None)):
-        pixels, scalars = [], []
-        for i in indices.tolist():
-            sample = source.labels(int(i))
-            p, s = _encode_one(layout, sample["pixel"], sample["scalar"], f"image {i}")
-            pixels.append(p)
-            scalars.append(s)
-        return {"pixel": np.stack(pixels), "scalar": np.stack(scalars)}
+    labels_only = not images and callable(getattr(source, "labels", None))
     batch = getattr(source, "batch", None)
-    out = batch(indices) if callable(batch) else None
+    out = batch(indices) if callable(batch) and not labels_only else None
     if isinstance(out, dict) and "pixel" in out and "scalar" in out:
         b = len(indices)
         sh, sw = layout.seg_size
@@ -273,13 +266,17 @@ def load_labelled(
             sca[:, col : col + s.shape[1]] = s
             col += n
         return {"image": np.asarray(out["image"]), "pixel": pix, "scalar": sca}
+    fetch = source.labels if labels_only else source.__getitem__
     images, pixels, scalars = [], [], []
     for i in indices.tolist():
-        sample = source[int(i)]
-        images.append(np.asarray(sample["image"]))
+        sample = fetch(int(i))
         p, s = _encode_one(layout, sample.get("pixel", {}), sample.get("scalar", {}), f"image {i}")
         pixels.append(p)
         scalars.append(s)
+        if not labels_only:
+            images.append(np.asarray(sample["image"]))
+    if labels_only:
+        return {"pixel": np.stack(pixels), "scalar": np.stack(scalars)}
     shapes = {im.shape for im in images}
     if len(shapes) != 1:
         raise InputError(

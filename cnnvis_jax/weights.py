@@ -361,15 +361,21 @@ def _pretrained_variant(name: str) -> dict[str, Any]:
     return dict({"googlenet": googlenet.PRETRAINED_VARIANT}.get(name, {}))
 
 
+# A class count no layer of a zoo network has otherwise: the keys with this dimension
+# in a module built for it are the ones whose shape depends on ``num_classes``.
+_PROBE_CLASSES = 9973
+
+
 @functools.lru_cache(maxsize=32)
 def _logits_keys(name: str, variant: tuple) -> tuple[str, ...]:
-    """Keys whose shape depends on ``num_classes`` (found on abstract modules)."""
+    """Keys whose shape depends on ``num_classes`` (found on one abstract module)."""
     from cnnvis_jax.zoo import registry
 
     init = registry.entry(name).init
-    a = _slots(nnx.eval_shape(lambda: init(num_classes=2, seed=0, **dict(variant))))
-    b = _slots(nnx.eval_shape(lambda: init(num_classes=3, seed=0, **dict(variant))))
-    return tuple(k for k in a if a[k].torch_shape != b[k].torch_shape)
+    slots = _slots(
+        nnx.eval_shape(lambda: init(num_classes=_PROBE_CLASSES, seed=0, **dict(variant)))
+    )
+    return tuple(k for k, slot in slots.items() if _PROBE_CLASSES in slot.torch_shape)
 
 
 def infer_num_classes(name: str, state_dict: Mapping[str, Any], **variant) -> int | None:

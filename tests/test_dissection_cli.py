@@ -275,3 +275,100 @@ def test_trained_conceptnet(trained_conceptnet):
     denominator = r.counts.units_cat_lite[u, cat] + r.counts.labels[lab] - r.counts.both[u, lab]
     assert s.score[u] == pytest.approx(r.counts.both[u, lab] / denominator)
     assert d.summary()["conv5"]["detectors"] == int((s.score >= 0.04).sum())
+
+
+def test_unit_strips_dim_outside_the_mask_and_outline_it():
+    from cnnvis_jax.dissection.outputs import unit_strips
+
+    rng = np.random.default_rng(0)
+    pictures = rng.integers(0, 256, (3, 8, 8, 3), dtype=np.uint8)  # already at mask size
+    slot = np.array([[0, 2], [1, -1]])
+    masks = np.zeros((2, 2, 8, 8), bool)
+    masks[0, 0, 2:6, 2:6] = True
+    masks[0, 1] = True
+    masks[1, 0, 0, 0] = True
+    strips = unit_strips(pictures, slot, masks, gap=1)
+    assert strips.shape == (2, 8, 17, 3)
+    t00, t01, t10, t11 = strips[0, :, :8], strips[0, :, 9:], strips[1, :, :8], strips[1, :, 9:]
+    assert (strips[:, :, 8] == 255).all()  # the gap is white
+    assert np.array_equal(t00[3:5, 3:5], pictures[0, 3:5, 3:5])  # inside: unchanged
+    assert np.array_equal(t00[0], (pictures[0, 0].astype(np.uint16) * 77 >> 8).astype(np.uint8))
+    assert (t00[2, 2:6] == (255, 230, 0)).all() and (t00[2:6, 5] == (255, 230, 0)).all()
+    assert (t01[0] == (255, 230, 0)).all() and np.array_equal(t01[3:5, 3:5], pictures[2, 3:5, 3:5])
+    assert (t10[0, 0] == (255, 230, 0)).all()
+    assert (t11 == 0).all()  # an empty slot is black
+
+
+@pytest.fixture
+def broden_dir(tmp_path):
+    from cnnvis_jax.data.broden_export import export_broden
+
+    made = make_source(n=12, seg=16)
+    scalar = {"scene": made.scalar["scene"], "texture": np.maximum(made.scalar["texture"], 0)}
+    export_broden(ArrayConceptSource(made.images, made.pixel, scalar, vocabulary()), tmp_path / "b")
+    return tmp_path / "b"
+
+
+def _edit_index(root: Path, line: int, **fields) -> None:
+    with open(root / "index.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    rows[line].update({k: str(v) for k, v in fields.items()})
+    with open(root / "index.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def test_broden_images_of_mixed_sizes_are_refused_before_any_forward(tiny, broden_dir):
+    from PIL import Image
+
+    from cnnvis_jax.data.broden import BrodenSource
+
+    row = BrodenSource(broden_dir).row(3)
+    Image.new("RGB", (20, 20)).save(broden_dir / "images" / row.image)
+    _edit_index(broden_dir, 3, ih=20, iw=20)
+    with pytest.raises(
+        InputError, match=r"differ in size: 16x16 \(11 images\), 20x20 \(1 images\)"
+    ):
+        dissect(tiny, BrodenSource(broden_dir), "conv1", quantile=Q, progress=False)
+
+
+def test_mask_label_missing_from_label_table_is_named(tiny, broden_dir):
+    from PIL import Image
+
+    from cnnvis_jax.data.broden import BrodenSource
+    from cnnvis_jax.data.broden_export import encode_label_png
+
+    victim = BrodenSource(broden_dir).row(4).masks["object"][0]
+    mask = np.zeros((8, 8), np.int64)
+    mask[2:4, 2:4] = 99  # label.csv defines 1..13
+    Image.fromarray(encode_label_png(mask)).save(broden_dir / "images" / victim)
+    with pytest.raises(DataError, match=rf"{victim.split('/')[-1]}.*label\(s\) 99 not defined"):
+        dissect(tiny, BrodenSource(broden_dir), "conv1", quantile=Q, batch_size=8, progress=False)
+
+
+def test_images_with_empty_mask_cells_have_no_labels_of_that_category(tiny, broden_dir):
+    """An empty index.csv cell: the image has no label of the category (as in
+    NetDissect-Lite); equal to blanking those masks in the arrays."""
+    from cnnvis_jax.data.broden import BrodenSource
+
+    whole = BrodenSource(broden_dir)
+    samples = [whole[i] for i in range(len(whole))]
+    pixel = {c: np.stack([x["pixel"][c] for x in samples]) for c in ("object", "part", "color")}
+    pixel["part"][[2, 7]] = 0
+    scalar = {
+        c: np.array([(tuple(x["scalar"].get(c, ())) + (-1, -1))[:2] for x in samples])
+        for c in ("scene", "texture")
+    }
+    images = np.stack([x["image"] for x in samples])
+    arrays = ArrayConceptSource(images, pixel, scalar, whole.vocabulary)
+    for line in (2, 7):
+        _edit_index(broden_dir, line, part="")
+    broden = BrodenSource(broden_dir)
+    assert "part" not in broden[2]["pixel"] and "part" in broden[3]["pixel"]
+    a = dissect(tiny, broden, "conv2", quantile=Q, batch_size=8, progress=False)
+    b = dissect(tiny, arrays, "conv2", quantile=Q, batch_size=8, progress=False)
+    assert a.layers["conv2"].counts.units.sum() > 0
+    for key in ("both", "units", "units_cat_lite", "units_cat_original", "labels"):
+        np.testing.assert_array_equal(getattr(a.layers["conv2"].counts, key),
+                                      getattr(b.layers["conv2"].counts, key), err_msg=key)  # fmt: skip

@@ -15,6 +15,7 @@ read-out by up to half a gap between order statistics; see ``thresholds.readout`
 from __future__ import annotations
 
 import csv
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +30,9 @@ from cnnvis_jax.dissection import dissect
 from cnnvis_jax.dissection.thresholds import float32_below
 from cnnvis_jax.dissection.upsample import layer_matrices, upsample
 from cnnvis_jax.weights import load_model
+
+sys.path.insert(0, str(Path(__file__).parent))
+from eight_devices import run_on_eight_devices  # noqa: E402
 
 GOLDEN = Path(__file__).parent / "golden" / "netdissect_lite"
 CASES = {
@@ -59,9 +63,10 @@ def case(request, tmp_path_factory):
     return spec, model, source, golden
 
 
-def near_threshold_pixels(d, layer: str) -> np.ndarray:
-    """int (U,): upsampled pixels within NEAR (relative) of each unit's threshold."""
-    acts = d.features[layer]
+def near_threshold_pixels(d, layer: str, features) -> np.ndarray:
+    """int (U,): upsampled pixels of ``features`` (N, h, w, U) within NEAR (relative)
+    of each unit's threshold."""
+    acts = features
     n, h, w, units = acts.shape
     rows, cols = layer_matrices((h, w), d.layout.seg_size)
     thr = d.layers[layer].thresholds.values
@@ -73,27 +78,24 @@ def near_threshold_pixels(d, layer: str) -> np.ndarray:
     return out
 
 
-@pytest.mark.slow
-def test_counts_equal_netdissect_lite_given_its_thresholds(case):
-    spec, model, source, golden = case
-    given = np.load(golden / "quantile.npy")
-    d = dissect(model, source, spec["layer"], preprocess="lite", zero_scalar=True,
-                thresholds={spec["layer"]: given}, progress=False)  # fmt: skip
-    assert d.features is not None  # one forward: pass 2 used the kept activations
+def assert_counts_equal_lite(d, layer: str, golden: Path, features) -> int:
+    """Assert dissection ``d`` of ``layer`` (run with NetDissect-Lite's thresholds)
+    equals NetDissect-Lite's tally.csv in ``golden`` up to the near-threshold
+    allowance, counted on ``features`` (the layer's activations); returns how many
+    units are identical."""
     from cnnvis_jax.dissection.scoring import tally_rows
 
-    r = d.layers[spec["layer"]]
+    r = d.layers[layer]
     ours = {row["unit"]: row for row in tally_rows(r.counts, d.layout, r.scores, d.mode)}
     lite = read_tally(golden / "tally.csv")
     assert set(ours) == set(lite)
-    near = near_threshold_pixels(d, spec["layer"])
-    categories = d.layout.categories
+    near = near_threshold_pixels(d, layer, features)
     exact_units = 0
     for unit, row in lite.items():
         mine = ours[unit]
         allowed = int(near[unit - 1])
         same = True
-        for c in categories:
+        for c in d.layout.categories:
             assert mine[f"{c}-label"] == row[f"{c}-label"] or allowed, (unit, c)
             assert mine[f"{c}-truth"] == float(row[f"{c}-truth"]), (unit, c)
             for key in ("activation", "intersect"):
@@ -107,6 +109,74 @@ def test_counts_equal_netdissect_lite_given_its_thresholds(case):
         exact_units += same
     assert exact_units >= 0.97 * len(lite), exact_units
     assert near.sum() <= 1e-3 * r.counts.units.sum()  # the allowance is a few pixels
+    return exact_units
+
+
+def dissect_given_lite_thresholds(model, source, spec, golden, engine: str):
+    given = np.load(golden / "quantile.npy")
+    return dissect(model, source, spec["layer"], preprocess="lite", zero_scalar=True,
+                   thresholds={spec["layer"]: given}, engine=engine, progress=False)  # fmt: skip
+
+
+def assert_engines_agree(sparse, dense, layer: str) -> None:
+    for key in ("both", "units", "units_cat_lite", "units_cat_original", "labels"):
+        a, b = getattr(sparse.layers[layer].counts, key), getattr(dense.layers[layer].counts, key)
+        np.testing.assert_array_equal(a, b, err_msg=key)
+
+
+@pytest.fixture(scope="module")
+def sparse_run(case):
+    spec, model, source, golden = case
+    d = dissect_given_lite_thresholds(model, source, spec, golden, "sparse")
+    assert d.features is not None  # one forward: pass 2 used the kept activations
+    return d
+
+
+@pytest.mark.slow
+def test_counts_equal_netdissect_lite_given_its_thresholds(case, sparse_run):
+    spec, _, _, golden = case
+    layer = spec["layer"]
+    assert_counts_equal_lite(sparse_run, layer, golden, sparse_run.features[layer])
+
+
+@pytest.mark.slow
+def test_dense_engine_counts_equal_netdissect_lite(case, sparse_run):
+    spec, model, source, golden = case
+    layer = spec["layer"]
+    dense = dissect_given_lite_thresholds(model, source, spec, golden, "dense")
+    assert_engines_agree(sparse_run, dense, layer)
+    assert_counts_equal_lite(dense, layer, golden, sparse_run.features[layer])
+
+
+CHILD = """
+import sys
+from pathlib import Path
+sys.path.insert(0, {tests!r})
+import jax
+assert jax.device_count() == 8, jax.devices()
+from safetensors.numpy import save_file
+from test_dissection_lite_golden import CASES, GOLDEN, assert_counts_equal_lite
+from test_dissection_lite_golden import assert_engines_agree, dissect_given_lite_thresholds
+from cnnvis_jax.data.broden import BrodenSource
+from cnnvis_jax.data.synthetic_broden import synthetic_torchvision_weights, write_synthetic_broden
+from cnnvis_jax.weights import load_model
+spec, root = CASES[{case!r}], Path({root!r})
+write_synthetic_broden(root / "broden", images=spec["images"], image_size=spec["size"],
+                       seed=spec["seed"])
+save_file(synthetic_torchvision_weights(spec["arch"], seed=0), str(root / "w.safetensors"))
+model = load_model(spec["arch"], root / "w.safetensors")
+source, golden, layer = BrodenSource(root / "broden"), GOLDEN / {case!r}, spec["layer"]
+sparse = dissect_given_lite_thresholds(model, source, spec, golden, "sparse")
+dense = dissect_given_lite_thresholds(model, source, spec, golden, "dense")
+assert_engines_agree(sparse, dense, layer)
+assert_counts_equal_lite(sparse, layer, golden, sparse.features[layer])
+"""
+
+
+@pytest.mark.slow
+def test_counts_equal_netdissect_lite_on_eight_devices(tmp_path):
+    code = CHILD.format(tests=str(Path(__file__).parent), case="alexnet_conv5", root=str(tmp_path))
+    run_on_eight_devices(code, timeout=600)
 
 
 @pytest.mark.slow

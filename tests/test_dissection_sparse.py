@@ -1,13 +1,14 @@
 """The sparse engine's pieces: the host top-K equals a full sort across many merges
 (ties, a NaN, padded images), the cell upsampling is PIL's bilinear bit for bit,
-and layers that downsample fall back to the dense tally."""
+and layers that downsample fall back to the dense tally, which shrinks maps with PIL's
+bilinear filter as NetDissect-Lite does."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 from PIL import Image
-from test_dissection_tally import BATCH, Q, make_source, tiny_model
+from test_dissection_tally import BATCH, Q, make_source, reference_tally, tiny_model
 
 from cnnvis_jax.dissection import compute_tally, compute_thresholds, label_layout
 from cnnvis_jax.dissection import thresholds as th
@@ -77,3 +78,7 @@ def test_downsampling_layers_use_the_dense_tally():
     for name in ("conv1", "conv2"):
         for key in ("both", "units", "units_cat_lite", "units_cat_original", "labels"):
             np.testing.assert_array_equal(getattr(sparse[name], key), getattr(dense[name], key))
+    ref = reference_tally(tiny, source, "conv1", thr["conv1"].values)  # PIL, image by image
+    assert ref["units"].sum() > 0
+    for key in ("both", "units", "units_cat_lite", "units_cat_original", "labels"):
+        np.testing.assert_array_equal(getattr(sparse["conv1"], key), ref[key], err_msg=key)

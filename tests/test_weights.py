@@ -312,3 +312,14 @@ def test_load_model_without_weights_warns():
     with pytest.warns(UserWarning, match="random weights"):
         model = weights.load_model("conceptnet", seed=1, num_classes=4)
     assert len(model.class_names) == 4
+
+
+def test_logits_keys_of_every_zoo_network():
+    from cnnvis_jax.zoo import registry
+
+    expected = {"alexnet": "classifier.6", "vgg16": "classifier.6", "caffenet": "fc8"}
+    expected["conceptnet"] = "fc8"
+    for name in registry.names():
+        variant = tuple(sorted(weights._pretrained_variant(name).items()))
+        layer = expected.get(name, "fc")
+        assert weights._logits_keys(name, variant) == (f"{layer}.bias", f"{layer}.weight"), name

@@ -11,6 +11,7 @@ continues from there, a call with different arguments starts over.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
 import hashlib
@@ -186,6 +187,15 @@ def dissection_model(model: Model, source: Any, layers: Sequence[str], preproces
     The report's pictures must come from the same model."""
     if preprocess not in PREPROCESS:
         raise InputError(f"preprocess must be one of {PREPROCESS}, got {preprocess!r}.")
+    rows = getattr(source, "rows", None)
+    if rows and getattr(source, "image_size", None) is None:  # Broden rows of several sizes
+        sizes = collections.Counter((r.ih, r.iw) for r in rows).most_common()
+        shown = ", ".join(f"{h}x{w} ({n} images)" for (h, w), n in sizes[:4])
+        raise InputError(
+            f"the Broden images differ in size: {shown}{' ...' if len(sizes) > 4 else ''}. "
+            "Dissection feeds each image at its own size, as NetDissect does, so it needs "
+            "one size: select a split with one size or resize the images (and ih, iw)."
+        )
     if preprocess == "lite":
         model = with_lite_preprocessing(model)
     return at_image_size(model, layers, getattr(source, "image_size", None))

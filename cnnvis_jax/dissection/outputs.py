@@ -146,39 +146,34 @@ def top_image_masks(
     return pics.astype(np.uint8), np.where(real, pos, -1), masks
 
 
-def overlay(images: np.ndarray, masks: np.ndarray) -> np.ndarray:
-    """uint8 (..., H, W, 3): each image dimmed to 30% outside its mask (..., sh, sw;
-    nearest-resized to H x W when the sizes differ) with the mask's outline in
-    yellow; vectorized over the leading axes."""
-    hh, ww = images.shape[-3:-1]
-    m = masks
-    if m.shape[-2:] != (hh, ww):
-        rr = (np.arange(hh) * m.shape[-2]) // hh
-        cc = (np.arange(ww) * m.shape[-1]) // ww
-        m = m[..., rr[:, None], cc[None, :]]
-    p = np.pad(m, [(0, 0)] * (m.ndim - 2) + [(1, 1), (1, 1)], constant_values=False)
-    edge = m & ~(p[..., :-2, 1:-1] & p[..., 2:, 1:-1] & p[..., 1:-1, :-2] & p[..., 1:-1, 2:])
-    dim = ((images.astype(np.uint16) * 77) >> 8).astype(np.uint8)
-    out = np.where(m[..., None], images, dim)
-    out[edge] = (255, 230, 0)
-    return out
+@functools.partial(jax.jit, static_argnames="gap")
+def _strips(pictures, slot, masks, gap: int):
+    """uint8 (U, H, k * (W + gap) - gap, 3): tile ``[u, j]`` is ``pictures[slot[u, j]]``
+    (uint8 (M, H, W, 3)) dimmed to 30% outside ``masks[u, j]`` (bool (U, k, H, W))
+    with the mask's outline in yellow, the k tiles of a unit side by side on white."""
+    dim = ((pictures.astype(jnp.uint16) * 77) >> 8).astype(jnp.uint8)
+    p = jnp.pad(masks, [(0, 0), (0, 0), (1, 1), (1, 1)])
+    edge = masks & ~(p[..., :-2, 1:-1] & p[..., 2:, 1:-1] & p[..., 1:-1, :-2] & p[..., 1:-1, 2:])
+    tiles = jnp.where(masks[..., None], pictures[slot], dim[slot])
+    tiles = jnp.where(edge[..., None], jnp.array([255, 230, 0], jnp.uint8), tiles)
+    n_units, k, hh, ww, _ = tiles.shape
+    tiles = jnp.pad(tiles, [(0, 0), (0, 0), (0, 0), (0, gap), (0, 0)], constant_values=255)
+    strip = tiles.transpose(0, 2, 1, 3, 4).reshape(n_units, hh, k * (ww + gap), 3)
+    return strip[:, :, : k * (ww + gap) - gap]
 
 
 def unit_strips(
     pictures: np.ndarray, slot: np.ndarray, masks: np.ndarray, gap: int = 2
 ) -> np.ndarray:
     """uint8 (U, sh, k * (sw + gap) - gap, 3): per unit its top images resized to the
-    segmentation size, dimmed outside the mask, side by side on white (empty slots
-    black). ``pictures``, ``slot``, ``masks`` as :func:`top_image_masks` returns them."""
+    segmentation size, dimmed to 30% outside the mask with its outline in yellow, side
+    by side on white (empty slots black). ``pictures``, ``slot``, ``masks`` as
+    :func:`top_image_masks` returns them."""
     n_units, k, sh, sw = masks.shape
     small = np.zeros((len(pictures) + 1, sh, sw, 3), np.uint8)  # last row: empty slot
     for i, im in enumerate(pictures):
         small[i] = np.asarray(Image.fromarray(im).resize((sw, sh), Image.BILINEAR))
-    tiles = overlay(small[slot], masks)
-    strip = np.full((n_units, sh, k * (sw + gap) - gap, 3), 255, np.uint8)
-    for j in range(k):
-        strip[:, :, j * (sw + gap) : j * (sw + gap) + sw] = tiles[:, j]
-    return strip
+    return np.asarray(_strips(small, np.where(slot < 0, len(pictures), slot), masks, gap))
 
 
 # --- figures -----------------------------------------------------------------------------

@@ -14,9 +14,10 @@ $(STAMP): pyproject.toml
 	rm -f $(VENV)/.installed-*
 	touch $(STAMP)
 
-## Train the default model on the embedded concept set and write its report to runs/default.
+## The survey of the default model (trained once into the cache where --model default
+## finds it): every method, one report at survey/index.html.
 demo: $(STAMP)
-	$(BIN)/cnnvis train --out runs/default
+	$(BIN)/cnnvis survey --model default --quick --out survey
 
 lint: $(STAMP)
 	$(BIN)/ruff check cnnvis_jax tests benchmarks experiments

@@ -276,8 +276,10 @@ def build_parser() -> argparse.ArgumentParser:
     from cnnvis_jax.dissection import commands as dissection_commands
     from cnnvis_jax.hub import commands as hub_commands
     from cnnvis_jax.inversion import commands as inversion_commands
+    from cnnvis_jax.survey import commands as survey_commands
 
     for family in (
+        survey_commands,  # survey: every family on one network, one report
         am_commands,  # am, mfv
         inversion_commands,  # invert, train-decoder
         commands_monitor,  # monitor, diagnose

@@ -61,9 +61,11 @@ def sample_sheet(source, count: int = 8) -> tuple[np.ndarray, list[str]]:
                 captions.append(f"no {cat}")
                 continue
             top = mask[0]
-            if top.shape != image.shape[:2]:  # half-size masks: nearest upsample
-                ry, rx = image.shape[0] // top.shape[0], image.shape[1] // top.shape[1]
-                top = top.repeat(ry, 0).repeat(rx, 1)
+            if top.shape != image.shape[:2]:  # smaller masks (Broden: half size): nearest
+                hh, ww = image.shape[:2]
+                rows = (np.arange(hh) * top.shape[0]) // hh
+                cols = (np.arange(ww) * top.shape[1]) // ww
+                top = top[rows[:, None], cols[None, :]]
             tiles.append(colors[top])
             captions.append(cat)
     return np.stack(tiles), captions

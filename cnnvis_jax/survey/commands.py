@@ -1,0 +1,65 @@
+"""``cnnvis survey``: the survey on one network, one report.
+
+``cnnvis survey [--model default] [--weights W] [--dataset concepts|broden:DIR|...]
+[--quick | --full] [--only am,dissection] [--seed 0] --out DIR`` writes
+``DIR/index.html`` and every figure, table and number beside it; a rerun resumes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+
+def _history(model_name: str) -> list[dict]:
+    """The default model's training history (from its cached run), else []."""
+    if model_name != "default":
+        return []
+    from cnnvis_jax.default import default_run_dir
+
+    try:
+        return list(json.loads((default_run_dir() / "metrics.json").read_text())["history"])
+    except (OSError, ValueError, KeyError):
+        return []
+
+
+def cmd_survey(args) -> int:
+    from cnnvis_jax.cli import load_model_arg
+    from cnnvis_jax.data import open_dataset
+    from cnnvis_jax.errors import InputError
+    from cnnvis_jax.survey import FULL, QUICK, parse_only, run_survey
+
+    if not args.out or not args.out.strip():
+        raise InputError("--out must name a folder, got an empty string.")
+    only = parse_only(args.only) if args.only else None
+    config = dataclasses.replace(FULL if args.full else QUICK, seed=args.seed)
+    model = load_model_arg(args)
+    count = max(config.sample_images, config.deconv_images, config.dissection_images,
+                config.diagnosis_images)  # fmt: skip
+    source = open_dataset(args.dataset, count=count, size=tuple(model.input.size))
+    result = run_survey(model, source, args.out, config, only=only,
+                        history=_history(args.model), progress=not args.quiet)  # fmt: skip
+    held = sum(f["held"] for f in result["findings"])
+    print(
+        f"{held}/{len(result['findings'])} of the survey's claims held; report: "
+        f"{Path(args.out) / 'index.html'}"
+    )
+    return 0
+
+
+def add_commands(sub) -> None:
+    from cnnvis_jax.cli import add_dataset_arg, add_model_args
+    from cnnvis_jax.survey.config import STAGES
+
+    p = sub.add_parser("survey", help="the survey's methods on one network, one report")
+    add_model_args(p)
+    add_dataset_arg(p)
+    size = p.add_mutually_exclusive_group()
+    size.add_argument("--quick", action="store_true", help="small settings (default)")
+    size.add_argument("--full", action="store_true", help="paper-scale settings")
+    p.add_argument("--only", help=f"stages to (re)run, comma-separated: {','.join(STAGES)}")
+    p.add_argument("--seed", type=int, default=0, help="PRNG seed (default %(default)s)")
+    p.add_argument("--out", required=True, help="the survey folder (index.html and files)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_survey)

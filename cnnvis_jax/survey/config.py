@@ -1,0 +1,99 @@
+"""What a survey computes: :class:`SurveyConfig` and its ``quick`` / ``full`` presets."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from cnnvis_jax.errors import InputError, did_you_mean
+
+STAGES = ("network", "am", "deconv", "inversion", "dissection", "diagnosis")
+"""The survey's stages, in the order they run and appear in the report."""
+
+
+@dataclasses.dataclass(frozen=True)
+class SurveyConfig:
+    """Sizes of every stage (see :data:`QUICK` and :data:`FULL`).
+
+    Attributes:
+      mode: the preset's name (``quick``, ``full``), recorded in the report.
+      seed: PRNG seed of every random choice (AM, inversion, data order).
+      layers: at most this many spatial layers (evenly spaced, the last included).
+      sample_images: images the units of AM and DeconvNet are chosen on (the most
+        strongly responding ones, so no dead unit is drawn).
+      am_units: units per layer drawn by AM; am_presets: the AM presets;
+      am_steps: steps of each (None: the preset's own).
+      classes: class visualizations at the logits layer (first ``classes`` classes).
+      deconv_images: images searched for each unit's top images; deconv_top: top-k.
+      inversion_presets, inversion_steps: regularized inversion settings.
+      dissection_images: concept images dissected; net2vec_train, net2vec_val,
+        net2vec_epochs: Net2Vec's data and epochs.
+      diagnosis_images: images of the dead-unit and aliasing measurements.
+    """
+
+    mode: str = "quick"
+    seed: int = 0
+    layers: int = 5
+    sample_images: int = 256
+    am_units: int = 4
+    am_presets: tuple[str, ...] = ("yosinski2", "lucid")
+    am_steps: int | None = 96
+    classes: int = 4
+    deconv_images: int = 512
+    deconv_top: int = 9
+    inversion_presets: tuple[str, ...] = ("mahendran2015", "mahendran2016")
+    inversion_steps: int | None = 150
+    dissection_images: int = 1000
+    net2vec_train: int = 400
+    net2vec_val: int = 200
+    net2vec_epochs: int = 4
+    diagnosis_images: int = 512
+
+    def __post_init__(self):
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if isinstance(value, int) and field.name != "seed" and value < 1:
+                raise InputError(f"{field.name} must be at least 1, got {value}.")
+        if self.seed < 0:
+            raise InputError(f"seed must be >= 0, got {self.seed}.")
+
+    def stage_settings(self, stage: str) -> dict:
+        """The settings that change ``stage``'s output (its resume fingerprint)."""
+        prefix = {"network": ("layers",), "am": ("am_", "classes", "sample_", "layers")}
+        prefix |= {"deconv": ("deconv_", "sample_", "layers"), "inversion": ("inversion_",)}
+        prefix |= {"dissection": ("dissection_", "net2vec_"), "diagnosis": ("diagnosis_",)}
+        keys = prefix[stage]
+        return {
+            k: v
+            for k, v in dataclasses.asdict(self).items()
+            if k == "seed" or any(k.startswith(p) for p in keys)
+        }
+
+
+QUICK = SurveyConfig()
+FULL = SurveyConfig(
+    mode="full",
+    sample_images=2000,
+    am_units=8,
+    am_steps=None,
+    classes=8,
+    deconv_images=5000,
+    inversion_steps=None,
+    dissection_images=20000,
+    net2vec_train=2000,
+    net2vec_val=1000,
+    net2vec_epochs=30,
+    diagnosis_images=2000,
+)
+
+
+def parse_only(text: str | None) -> tuple[str, ...]:
+    """Stages named by ``--only`` (``"am,dissection"``), in survey order; all when None."""
+    if not text:
+        return STAGES
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    for n in names:
+        if n not in STAGES:
+            raise InputError(f"--only: unknown stage {n!r}; " + did_you_mean(n, STAGES))
+    if not names:
+        raise InputError(f"--only names no stage; choose from {', '.join(STAGES)}.")
+    return tuple(s for s in STAGES if s in names)

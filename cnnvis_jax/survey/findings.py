@@ -1,0 +1,127 @@
+"""The survey's claims, each checked against what the stages measured.
+
+``findings(records)`` returns one entry per claim whose data exists:
+
+    {"claim": str, "held": bool, "statistic": str,
+     "values": [{"path": "<stage>/record.json#data.a.b", "value": number}, ...]}
+
+Every number in ``statistic`` is one of ``values``, and each value is read from the
+stage record named by its path (tests check both), so the table never states a
+number that is not in the JSON beside the report. Nothing is tuned until a claim
+holds: where it does not hold on this model, ``held`` is False and the numbers say by
+how much.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class _Values:
+    """Reads numbers out of the stage records and remembers where they came from."""
+
+    def __init__(self, records: dict[str, dict]):
+        self.records, self.used = records, []
+
+    def __call__(self, stage: str, *keys) -> Any:
+        value = self.records[stage]["data"]
+        for k in keys:
+            value = value[k]
+        path = f"{stage}/record.json#data." + ".".join(str(k) for k in keys)
+        self.used.append({"path": path, "value": value})
+        return value
+
+
+def _claim(records, fn) -> dict | None:
+    values = _Values(records)
+    try:
+        out = fn(values)
+    except (KeyError, IndexError, TypeError, ZeroDivisionError):
+        return None  # the stage did not measure it (skipped or not run)
+    if out is None:
+        return None
+    claim, held, statistic = out
+    return {"claim": claim, "held": bool(held), "statistic": statistic, "values": values.used}
+
+
+def _colour_low(v) -> tuple:
+    layer = list(v.records["dissection"]["data"]["layers"])[0]
+    counts = {c: v("dissection", "layers", layer, "detectors_per_category", c)
+              for c in v.records["dissection"]["data"]["categories"]}  # fmt: skip
+    others = max(n for c, n in counts.items() if c != "color")
+    shown = ", ".join(f"{c} {n}" for c, n in counts.items())
+    return (
+        "Colour detectors dominate the lowest layer (Bau et al. 2017).",
+        counts["color"] > 0 and counts["color"] >= others,
+        f"{layer} detector units per category: {shown}",
+    )
+
+
+def _objects_grow(v) -> tuple:
+    layers = list(v.records["dissection"]["data"]["layers"])
+    first, last = layers[0], layers[-1]
+    count = {(layer, c): v("dissection", "layers", layer, "detectors_per_category", c)
+             for layer in (first, last) for c in ("object", "part")}  # fmt: skip
+    a = count[first, "object"] + count[first, "part"]
+    b = count[last, "object"] + count[last, "part"]
+    shown = "; ".join(
+        f"object {count[layer, 'object']} + part {count[layer, 'part']} at {layer}"
+        for layer in (first, last)
+    )
+    return ("Object and part detectors grow toward the last layer.", b > a,
+            f"detector units: {shown}")  # fmt: skip
+
+
+def _fields_grow(v) -> tuple:
+    names = v.records["network"]["data"]["surveyed"]
+    sizes = [v("network", "layers", n, "rf_size", 0) for n in names]
+    return (
+        "Receptive fields grow with depth.",
+        all(b > a for a, b in zip(sizes, sizes[1:])),
+        "receptive field (px): " + ", ".join(f"{n} {s}" for n, s in zip(names, sizes)),
+    )
+
+
+def _reconstruction_blurs(v) -> tuple:
+    data = v.records["inversion"]["data"]
+    preset = next(iter(data["pixel_error"]))
+    layers = list(data["pixel_error"][preset])
+    first = v("inversion", "pixel_error", preset, layers[0])
+    last = v("inversion", "pixel_error", preset, layers[-1])
+    return (
+        "Reconstructions from deeper layers are further from the image (Mahendran & Vedaldi).",
+        last > first,
+        f"{preset} pixel error: {first} from {layers[0]}, {last} from {layers[-1]}",
+    )
+
+
+def _net2vec(v) -> tuple:
+    single = v("dissection", "net2vec", "mean_single_iou")
+    combined = v("dissection", "net2vec", "mean_net2vec_iou")
+    layer = v.records["dissection"]["data"]["net2vec"]["layer"]
+    return (
+        "A concept is better represented by a combination of units (Net2Vec).",
+        combined > single,
+        f"{layer} mean set IoU: single best unit {single}, Net2Vec {combined}",
+    )
+
+
+def _am_beats_natural(v) -> tuple:
+    preset = v.records["am"]["data"]["presets"][0]
+    above = v("am", "above_natural", preset)
+    total = v("am", "units_drawn")
+    median = v("am", "median_ratio", preset)
+    return (
+        "Activation maximization finds inputs that excite a unit more than any natural image.",
+        above > total / 2,
+        f"{preset}: {above} of {total} units above their best natural image (median ratio {median})",
+    )
+
+
+CLAIMS = (_colour_low, _objects_grow, _fields_grow, _reconstruction_blurs, _net2vec,
+          _am_beats_natural)  # fmt: skip
+
+
+def findings(records: dict[str, dict]) -> list[dict]:
+    """The claims whose data ``records`` ({stage: record}) hold (see the module doc)."""
+    return [f for fn in CLAIMS if (f := _claim(records, fn)) is not None]

@@ -1,0 +1,473 @@
+"""The survey's stages: each draws one section of the report into its own folder.
+
+A stage is ``stage(ctx, out) -> record``: it writes its pictures and tables into
+``out`` and returns a strict-JSON record
+
+    {"title": str, "caption": str (what to look at, two lines),
+     "figures": [[file, caption], ...], "tables": [{"title", "header", "rows"}, ...],
+     "notes": [str, ...], "data": {...}}
+
+that the report (:mod:`~cnnvis_jax.survey.report`) and the findings
+(:mod:`~cnnvis_jax.survey.findings`) read. ``data`` holds every number a finding
+uses. A stage that does not apply (no labels, no classifier) returns its notes and no
+figures; it never fails the survey for that.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+
+from cnnvis_jax.errors import InputError
+from cnnvis_jax.model import Model
+from cnnvis_jax.report.grid import image_grid, rescale_each, save_png
+from cnnvis_jax.survey.config import SurveyConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class Context:
+    """What every stage sees.
+
+    Attributes:
+      model: the network.
+      source: its images (a random-access source).
+      labelled: a concept source with masks (the concept set, Broden) or None.
+      config: the stage sizes.
+      layers: the spatial layers surveyed (at most ``config.layers``).
+      history: the model's training history (per-epoch dicts) when known.
+      checkpoints: folder for resumable state of long stages.
+      progress: show the stages' own progress bars.
+    """
+
+    model: Model
+    source: Any
+    labelled: Any
+    config: SurveyConfig
+    layers: tuple[str, ...]
+    history: tuple[dict, ...] = ()
+    checkpoints: Path | None = None
+    progress: bool = False
+
+
+def survey_layers(model: Model, count: int) -> tuple[str, ...]:
+    """At most ``count`` spatial layers of ``model``, evenly spaced, the last included.
+
+    The candidates are the blocks' outputs: pre-activation taps (``*_pre``), pooling
+    layers and sub-blocks (``layer1.0``) are left out when other layers remain, and of
+    numbered convolutions in one block (``conv3_1 .. conv3_3``) the last is kept."""
+    spatial = [info.name for info in model.layers if info.spatial]
+    blocks = [n for n in spatial if not n.endswith("_pre") and not n.startswith("pool")]
+    blocks = [n for n in blocks if "." not in n] or spatial
+    last: dict[str, str] = {}
+    for name in blocks:
+        last[re.sub(r"_\d+$", "", name)] = name
+    names = list(last.values())
+    if len(names) <= count:
+        return tuple(names)
+    picks = np.round(np.linspace(0, len(names) - 1, count)).astype(int)
+    return tuple(names[i] for i in sorted(set(picks.tolist())))
+
+
+def _record(title, caption, figures=(), tables=(), notes=(), data=None) -> dict:
+    return {
+        "title": title,
+        "caption": caption,
+        "figures": [list(f) for f in figures],
+        "tables": list(tables),
+        "notes": list(notes),
+        "data": data or {},
+    }
+
+
+def _table(title: str, header, rows) -> dict:
+    return {"title": title, "header": list(header), "rows": [list(r) for r in rows]}
+
+
+def _indices(source: Any, count: int) -> np.ndarray:
+    return np.arange(min(int(count), len(source)))
+
+
+def _images01(source: Any, indices, size) -> np.ndarray:
+    """float32 (N, H, W, 3) in [0, 1] at ``size`` (resized/cropped when needed)."""
+    from cnnvis_jax.data.imageio import resize_crop
+
+    out = []
+    for i in indices:
+        image = np.asarray(source[int(i)]["image"])
+        if image.shape[:2] != tuple(size):
+            image = resize_crop(image, tuple(size))
+        out.append(image.astype(np.float32) / 255.0)
+    return np.stack(out)
+
+
+# --- 1. the network and its data ---------------------------------------------------------
+
+
+def network(ctx: Context, out: Path) -> dict:
+    from cnnvis_jax.deconv.diagnosis import first_layer_filters
+    from cnnvis_jax.report.training import MASK_CATEGORIES, plot_curves, sample_sheet
+
+    model = ctx.model
+    rows, fields = [], {}
+    for info in model.layers:
+        rf = info.receptive_field
+        size = list(rf.size) if rf is not None else None
+        stride = list(rf.stride) if rf is not None else None
+        rows.append([info.name, "x".join(map(str, info.shape)), _pair(size), _pair(stride)])
+        fields[info.name] = {"shape": list(info.shape), "rf_size": size, "rf_stride": stride}
+    figures, notes = [], []
+    try:
+        layer, kernel, stride = first_layer_filters(model)
+        filters = rescale_each(np.asarray(kernel).transpose(3, 0, 1, 2))
+        scale = max(1, 48 // filters.shape[1])
+        save_png(image_grid(filters, ncols=16, scale=scale, pad=2), out / "filters.png")
+        figures.append(("filters.png", f"{layer} filters (stride {stride}), each rescaled"))
+    except InputError as e:
+        notes.append(f"first-layer filters not shown: {e}")
+    if ctx.history:
+        plot_curves(list(ctx.history), out / "curves.png")
+        figures.append(("curves.png", "training accuracy and loss per epoch"))
+    else:
+        notes.append("no training history is known for these weights (curves not shown).")
+    if ctx.labelled is not None and getattr(ctx.labelled, "vocabulary", None) is not None:
+        tiles, captions = sample_sheet(ctx.labelled, 6)
+        cols = 1 + len(MASK_CATEGORIES)
+        save_png(image_grid(tiles, ncols=cols, labels=captions, scale=2), out / "samples.png")
+        figures.append(("samples.png", "concept images with their object, part, colour and "
+                        "texture masks"))  # fmt: skip
+    table = _table("layers", ["layer", "output", "receptive field", "stride"], rows)
+    return _record(
+        "The network and its data",
+        "Receptive fields grow layer by layer; conv1's filters should look like oriented "
+        "edges and colour blobs. The curves show how well and how fast the network learned.",
+        figures,
+        [table],
+        notes,
+        {
+            "model": model.name,
+            "input": list(model.input.size),
+            "layers": fields,
+            "surveyed": list(ctx.layers),
+        },  # fmt: skip
+    )
+
+
+def _pair(value) -> str:
+    if value is None:
+        return "whole image"
+    return str(value[0]) if value[0] == value[1] else f"{value[0]}x{value[1]}"
+
+
+# --- 2. activation maximization ------------------------------------------------------------
+
+
+def _chosen_units(ctx: Context) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    from cnnvis_jax.hub.gallery import choose_units
+    from cnnvis_jax.survey.sources import Subset
+
+    sample = Subset(ctx.source, _indices(ctx.source, ctx.config.sample_images))
+    return {
+        layer: choose_units(ctx.model, sample, layer, ctx.config.am_units, batch_size=32)
+        for layer in ctx.layers
+    }
+
+
+def _peaks(model: Model, images01: np.ndarray, layer: str, units) -> np.ndarray:
+    """float (N,): unit ``units[n]``'s maximum over positions on image ``n``."""
+    acts = jax.jit(lambda p, x: model.apply(p, x, (layer,))[layer])(model.params, images01)
+    acts = np.asarray(acts)
+    picked = acts[np.arange(len(units)), ..., np.asarray(units)]
+    return picked.reshape(len(units), -1).max(axis=1)
+
+
+def am(ctx: Context, out: Path) -> dict:
+    from cnnvis_jax.am import objectives_for_units, preset, render
+
+    model, cfg = ctx.model, ctx.config
+    chosen = _chosen_units(ctx)
+    figures, rows, data = [], [], {"units": {}, "ratio": {}, "presets": list(cfg.am_presets)}
+    for name in cfg.am_presets:
+        recipe = preset(name)
+        tiles, labels = [], []
+        data["ratio"][name] = {}
+        for layer, (units, natural) in chosen.items():
+            objectives = objectives_for_units(model, layer, units.tolist(), kind=recipe.objective)
+            result = render(model, objectives, recipe, cfg.seed, steps=cfg.am_steps,
+                            progress=ctx.progress, desc=f"AM {name} {layer}")  # fmt: skip
+            images = np.clip(result.images[:, 0], 0.0, 1.0)
+            peaks = _peaks(model, images, layer, units)
+            ratio = peaks / np.maximum(natural, 1e-12)
+            data["units"][layer] = units.tolist()
+            data["ratio"][name][layer] = [round(float(r), 4) for r in ratio]
+            tiles.extend(images)
+            labels.extend(f"{layer} u{u} {r:.1f}x" for u, r in zip(units.tolist(), ratio))
+            rows.append([name, layer, f"{np.median(ratio):.2f}", f"{np.max(ratio):.2f}"])
+        every = [r for layer in chosen for r in data["ratio"][name][layer]]
+        data.setdefault("median_ratio", {})[name] = round(float(np.median(every)), 4)
+        data.setdefault("above_natural", {})[name] = int(sum(r > 1.0 for r in every))
+        data["units_drawn"] = len(every)
+        grid = image_grid(np.stack(tiles), ncols=cfg.am_units, labels=labels, scale=2)
+        save_png(grid, out / f"am_{name}.png")
+        figures.append((f"am_{name}.png", f"preset {name}: rows are layers; under each image "
+                        "its peak activation relative to the unit's best natural image"))  # fmt: skip
+    notes = []
+    classes = _class_visualizations(ctx, out, data)
+    if classes is None:
+        notes.append("the model has no classifier: class visualizations are skipped.")
+    else:
+        figures.append(classes)
+    table = _table(
+        "activation reached relative to the best natural image (peak over positions)",
+        ["preset", "layer", "median ratio", "max ratio"],
+        rows,
+    )
+    return _record(
+        "Activation maximization",
+        "Each picture is an input that excites one unit. Low layers give colours and "
+        "edges, deeper layers textures and object parts; a ratio above 1 beats every natural image.",
+        figures,
+        [table],
+        notes,
+        data,
+    )
+
+
+def _class_visualizations(ctx: Context, out: Path, data: dict):
+    from cnnvis_jax.am import objectives_for_units, preset, render
+
+    model, cfg = ctx.model, ctx.config
+    if not model.logits_layer or not model.class_names:
+        return None
+    classes = list(range(min(cfg.classes, len(model.class_names))))
+    recipe = preset(cfg.am_presets[0])
+    objectives = objectives_for_units(model, model.logits_layer, classes, kind="neuron")
+    result = render(model, objectives, recipe, cfg.seed, steps=cfg.am_steps,
+                    progress=ctx.progress, desc=f"AM {model.logits_layer}")  # fmt: skip
+    images = np.clip(result.images[:, 0], 0.0, 1.0)
+    labels = [model.class_names[c] for c in classes]
+    save_png(image_grid(images, ncols=len(classes), labels=labels, scale=2), out / "classes.png")
+    data["classes"] = {
+        "layer": model.logits_layer,
+        "classes": labels,
+        "final_activation": [round(float(v), 4) for v in result.final_activation[:, 0]],
+    }
+    caption = f"class visualizations at {model.logits_layer} ({cfg.am_presets[0]})"
+    return ("classes.png", caption)
+
+
+# --- 3. DeconvNet ----------------------------------------------------------------------------
+
+
+def deconv(ctx: Context, out: Path) -> dict:
+    from cnnvis_jax.deconv import deconv_layer
+
+    model, cfg = ctx.model, ctx.config
+    chosen = _chosen_units(ctx)
+    indices = _indices(ctx.source, cfg.deconv_images)
+    k = min(cfg.deconv_top, len(indices))
+    figures, data = [], {"units": {}, "top_values": {}}
+    notes = [f"top images searched among {len(indices)} images."]
+    for layer, (units, _) in chosen.items():
+        for rule in ("deconvnet", "guided"):
+            try:
+                result = deconv_layer(model, ctx.source, layer, units.tolist(), k=k, rule=rule,
+                                      batch_size=32, indices=indices, progress=ctx.progress)  # fmt: skip
+            except InputError as e:  # e.g. a network without ReLUs has no DeconvNet
+                return _record("DeconvNet", "", notes=[f"DeconvNet is skipped: {e}"])
+            save_png(result.figure, out / f"{rule}_{layer}.png")
+            name = "DeconvNet" if rule == "deconvnet" else "guided backpropagation"
+            figures.append((f"{rule}_{layer}.png", f"{layer}: {name} projections of each "
+                            f"unit's top-{k} images, and the image patches"))  # fmt: skip
+        data["units"][layer] = units.tolist()
+        data["top_values"][layer] = np.round(np.asarray(result.topk.values), 4).tolist()
+    return _record(
+        "DeconvNet",
+        "What in each top image drives the unit: projections back to pixels beside the "
+        "receptive-field patches. Guided backpropagation sharpens what DeconvNet shows.",
+        figures,
+        notes=notes,
+        data=data,
+    )
+
+
+# --- 4. network inversion --------------------------------------------------------------------
+
+
+def inversion(ctx: Context, out: Path) -> dict:
+    from cnnvis_jax.inversion import invert_images
+
+    model, cfg = ctx.model, ctx.config
+    layers = tuple(info.name for info in model.layers if info.name in ctx.layers) + tuple(
+        info.name for info in model.layers if not info.spatial
+    )
+    image = _images01(ctx.source, [0], model.input.size)
+    figures, rows, notes = [], [], []
+    data: dict[str, Any] = {"layers": list(layers), "feature_error": {}, "pixel_error": {}}
+    for preset in cfg.inversion_presets:
+        tiles, labels = [image[0]], ["original"]
+        data["feature_error"][preset], data["pixel_error"][preset] = {}, {}
+        for layer in layers:
+            try:
+                results = invert_images(model, image, [layer], preset=preset,
+                                        key=jax.random.key(cfg.seed), steps=cfg.inversion_steps,
+                                        progress=ctx.progress)  # fmt: skip
+            except InputError as e:  # e.g. all-zero features: nothing to match
+                notes.append(f"{preset}, {layer}: not inverted ({e})")
+                continue
+            best, error = results[model.resolve(layer)].best()
+            shown = np.clip(best[0], 0.0, 1.0)
+            variance = np.mean((image[0] - image[0].mean()) ** 2)
+            pixel = float(np.mean((shown - image[0]) ** 2) / max(variance, 1e-12))
+            data["feature_error"][preset][layer] = round(float(error[0]), 4)
+            data["pixel_error"][preset][layer] = round(pixel, 4)
+            tiles.append(shown)
+            labels.append(f"from {layer}")
+            rows.append([preset, layer, f"{error[0]:.3f}", f"{pixel:.3f}"])
+        grid = image_grid(np.stack(tiles), ncols=len(tiles), labels=labels, scale=2)
+        save_png(grid, out / f"inversion_{preset}.png")
+        figures.append((f"inversion_{preset}.png", f"{preset}: one image reconstructed from "
+                        "each layer"))  # fmt: skip
+    table = _table(
+        "reconstruction errors (feature: relative, in the layer's space; pixel: MSE over "
+        "the image's variance)",
+        ["preset", "layer", "feature error", "pixel error"],
+        rows,
+    )
+    return _record(
+        "Network inversion",
+        "What a layer keeps of an image: deeper layers keep the layout of parts but lose "
+        "colour and exact position, so reconstructions blur with depth.",
+        figures,
+        [table],
+        notes,
+        data,
+    )
+
+
+# --- 5. network dissection ------------------------------------------------------------------
+
+
+def dissection(ctx: Context, out: Path) -> dict:
+    from cnnvis_jax.dissection import dissect
+    from cnnvis_jax.dissection.net2vec import net2vec, write_net2vec
+    from cnnvis_jax.dissection.outputs import write_outputs
+
+    model, cfg = ctx.model, ctx.config
+    if ctx.labelled is None:
+        return _record(
+            "Network dissection",
+            "Units matched to concepts by the IoU of their activation with concept masks.",
+            notes=[
+                "the data set has no concept masks: dissection is skipped (use "
+                "--dataset concepts or broden:DIR)."
+            ],  # fmt: skip
+        )
+    indices = _indices(ctx.labelled, cfg.dissection_images)
+    checkpoint = None if ctx.checkpoints is None else ctx.checkpoints / "dissection"
+    d = dissect(model, ctx.labelled, ctx.layers, indices=indices, checkpoint=checkpoint,
+                progress=ctx.progress)  # fmt: skip
+    write_outputs(out / "dissection", d, model=model, source=ctx.labelled)
+    summary = d.summary()
+    cats = list(d.layout.categories)
+    rows = [[layer, summary[layer]["detectors"]] + [summary[layer]["unique"][c] for c in cats]
+            for layer in d.layers]  # fmt: skip
+    figures = [("dissection/detectors.png", "unique detectors and detector units per "
+                "category, layer by layer")]  # fmt: skip
+    for layer in d.layers:
+        figures.append((f"dissection/{layer}/bargraph.png", f"{layer}: detectors per label"))
+    data: dict[str, Any] = {"images": len(indices), "categories": cats, "layers": summary}
+    notes = [f"{len(indices)} images; per-unit tables and top images: "
+             "dissection/<layer>/index.html."]  # fmt: skip
+    layer = ctx.layers[-1]
+    pair = _net2vec_sources(ctx)
+    if pair is None:
+        notes.append("Net2Vec needs train and validation splits; skipped.")
+    else:
+        result = net2vec(model, pair[0], pair[1], layer, epochs=cfg.net2vec_epochs,
+                         seed=cfg.seed, progress=ctx.progress)  # fmt: skip
+        write_net2vec(out / "net2vec", result)
+        data["net2vec"] = {
+            k: round(v, 4) if isinstance(v, float) else v for k, v in result.summary().items()
+        }
+        figures.append(("net2vec/net2vec.png", f"Net2Vec on {layer}: a combination of units "
+                        "against the best single unit, per concept"))  # fmt: skip
+    table = _table(
+        "detectors and unique detectors per category",
+        ["layer", "detectors"] + [f"unique {c}" for c in cats],
+        rows,
+    )
+    return _record(
+        "Network dissection",
+        "Which units detect which concepts (IoU >= 0.04): colours dominate low layers, "
+        "objects and parts grow toward the last. Net2Vec asks whether several units do better.",
+        figures,
+        [table],
+        notes,
+        data,
+    )
+
+
+def _net2vec_sources(ctx: Context):
+    from cnnvis_jax.data.concepts import ConceptSet
+
+    cfg, labelled = ctx.config, ctx.labelled
+    if isinstance(labelled, ConceptSet):
+        kw = dict(seed=labelled.seed, image_size=labelled.image_size)
+        return (
+            ConceptSet(cfg.net2vec_train, split="train", **kw),
+            ConceptSet(cfg.net2vec_val, split="val", **kw),
+        )
+    splits = getattr(labelled, "splits", {})
+    if "train" in splits and "val" in splits:
+        from cnnvis_jax.data.broden import BrodenSource
+
+        return (
+            BrodenSource(labelled.root, split="train"),
+            BrodenSource(labelled.root, split="val"),
+        )
+    return None
+
+
+# --- 6. design diagnosis --------------------------------------------------------------------
+
+
+def diagnosis(ctx: Context, out: Path) -> dict:
+    from cnnvis_jax.deconv.diagnosis import diagnose, diagnosis_record, save_diagnosis
+
+    indices = _indices(ctx.source, ctx.config.diagnosis_images)
+    d = diagnose(ctx.model, ctx.source, indices=indices, progress=ctx.progress)
+    save_diagnosis(out, d)
+    record = diagnosis_record(d)
+    rows = [[layer, r["dead_count"], r["units"], r["dead_fraction"]]
+            for layer, r in record["dead_units"].items()]  # fmt: skip
+    data = json.loads(json.dumps(record))
+    for r in data["dead_units"].values():  # keep the record small: per-unit lists are in the file
+        r.pop("max_activation", None)
+        r.pop("active_fraction", None)
+    data.get("first_layer_filters", {}).pop("band_fraction", None)
+    data.get("aliasing", {}).pop("per_unit", None)
+    return _record(
+        "Design diagnosis",
+        "Dead units never fire on natural images; the first layer's filter spectra and the "
+        "aliasing measure show whether its stride is too large for what its filters pass.",
+        [("diagnosis.png", "dead units, first-layer filters and their spectra, aliasing")],
+        [_table("dead units per layer", ["layer", "dead", "units", "fraction"], rows)],
+        [f"measured on {len(indices)} images; full record: diagnosis.json."],
+        data,
+    )
+
+
+STAGE_FUNCTIONS = {
+    "network": network,
+    "am": am,
+    "deconv": deconv,
+    "inversion": inversion,
+    "dissection": dissection,
+    "diagnosis": diagnosis,
+}

@@ -27,6 +27,7 @@ from cnnvis_jax.survey import stages as survey_stages  # noqa: E402
 TINY = SurveyConfig(
     layers=2, sample_images=12, am_units=2, am_presets=("yosinski2",), am_steps=6, classes=2,
     deconv_images=12, deconv_top=2, inversion_presets=("mahendran2015",), inversion_steps=6,
+    decoder_steps=4,
     dissection_images=24, net2vec_train=8, net2vec_val=8, net2vec_epochs=1, diagnosis_images=12,
 )  # fmt: skip
 
@@ -66,6 +67,13 @@ def _files(out: Path) -> dict[str, bytes]:
         if p.is_file() and not p.name.startswith(".") and ".checkpoints" not in p.parts
         and p.name != "timings.json" and not any(part.endswith(".partial") for part in p.parts)
     }  # fmt: skip
+
+
+PART = ("network", "am", "deconv")  # the stages the interruption tests run
+
+
+def _stage_files(out: Path, stages) -> dict[str, bytes]:
+    return {k: v for k, v in _files(out).items() if k.split("/")[0] in stages}
 
 
 def test_every_stage_writes_its_section(surveyed):
@@ -115,6 +123,8 @@ def test_rerun_skips_finished_stages_and_only_reruns(surveyed, source, monkeypat
     run_survey(classifier(), source, out, TINY, progress=False)
     assert calls == []
     run_survey(classifier(), source, out, TINY, only=["network"], progress=False)
+    assert calls == []  # finished: kept
+    run_survey(classifier(), source, out, TINY, only=["network"], rerun=True, progress=False)
     assert calls == ["network"]
     assert _files(out) == before  # same seed, same files
 
@@ -125,7 +135,7 @@ def test_a_full_disk_keeps_finished_stages_and_resumes(tmp_path, source, surveye
 
     monkeypatch.setitem(survey_stages.STAGE_FUNCTIONS, "deconv", full)
     with pytest.raises(OutputError, match="No space left.*finished stages are kept"):
-        run_survey(classifier(), source, tmp_path, TINY, progress=False)
+        run_survey(classifier(), source, tmp_path, TINY, only=PART, progress=False)
     assert (tmp_path / "am" / "record.json").is_file()
     assert not (tmp_path / "deconv").exists()
     monkeypatch.undo()
@@ -133,9 +143,10 @@ def test_a_full_disk_keeps_finished_stages_and_resumes(tmp_path, source, surveye
     fn = survey_stages.STAGE_FUNCTIONS["am"]
     monkeypatch.setitem(survey_stages.STAGE_FUNCTIONS, "am",
                         lambda ctx, o: calls.append("am") or fn(ctx, o))  # fmt: skip
-    run_survey(classifier(), source, tmp_path, TINY, progress=False)
+    run_survey(classifier(), source, tmp_path, TINY, only=PART, progress=False)
     assert calls == []  # the finished stage was kept
-    assert _files(tmp_path) == _files(surveyed[0])  # and the result equals an uninterrupted run
+    # and the result equals an uninterrupted run
+    assert _stage_files(tmp_path, PART) == _stage_files(surveyed[0], PART)
 
 
 def test_bad_input(tmp_path, source, surveyed):
@@ -170,10 +181,10 @@ def test_unlabelled_data_skips_dissection_with_a_note(tmp_path, source):
 CHILD = """
 import sys
 sys.path.insert(0, {tests!r})
-from test_survey import TINY, classifier
+from test_survey import PART, TINY, classifier
 from test_dissection_tally import make_source
 from cnnvis_jax.survey import run_survey
-run_survey(classifier(), make_source(n=24, seg=12), {out!r}, TINY, progress=False)
+run_survey(classifier(), make_source(n=24, seg=12), {out!r}, TINY, only=PART, progress=False)
 """
 
 
@@ -193,8 +204,8 @@ def test_killed_survey_resumes_to_the_same_files(tmp_path, source, surveyed):
         os.kill(child.pid, signal.SIGKILL)
     finally:
         child.wait()
-    run_survey(classifier(), source, tmp_path, TINY, progress=False)
-    assert _files(tmp_path) == _files(surveyed[0])
+    run_survey(classifier(), source, tmp_path, TINY, only=PART, progress=False)  # the same call
+    assert _stage_files(tmp_path, PART) == _stage_files(surveyed[0], PART)
 
 
 @pytest.mark.skipif(not __import__("browser").chromium(), reason="needs chromium (apt)")
@@ -223,3 +234,32 @@ def test_cli_errors_are_one_line_before_any_work(tmp_path, capsys):
     assert main(["survey", "--out", ""]) == 2
     assert "--out must name a folder" in capsys.readouterr().err
     assert not (tmp_path / "s").exists()
+
+
+def test_trained_model_gets_curves_mfv_and_monitoring(trained_run, trained_conceptnet, tmp_path):
+    from cnnvis_jax.data.concepts import ConceptSet
+
+    config = dataclasses.replace(TINY, mfv_facets=2, mfv_images=64, monitor_units=2)
+    source = ConceptSet(64, split="val")
+    stages = ["network", "am", "inversion", "decoders", "monitoring"]  # with the run's data
+    run_survey(trained_conceptnet, source, tmp_path, config, only=stages, run_dir=trained_run,
+               progress=False)  # fmt: skip
+    network = json.loads((tmp_path / "network" / "record.json").read_text())
+    assert ["curves.png", "training accuracy and loss per epoch"] in network["figures"]
+    am = json.loads((tmp_path / "am" / "record.json").read_text())
+    assert len(am["data"]["mfv"]["classes"]) >= 1
+    assert any(src.startswith("mfv_") for src, _ in am["figures"])
+    monitoring = json.loads((tmp_path / "monitoring" / "record.json").read_text())
+    assert monitoring["data"]["epochs"] == [1, 2]
+    assert [s for s, _ in monitoring["figures"]] == ["monitor.png", "am_epochs.png"]
+    assert (tmp_path / "monitoring" / "monitor.json").is_file()
+    decoders = json.loads((tmp_path / "decoders" / "record.json").read_text())
+    assert set(decoders["data"]["pixel_error"]) == {"conv5", "fc6"}
+    assert (
+        decoders["data"]["dgn"]["code_layer"] == "fc6"
+        and (tmp_path / "decoders" / "dgn.png").is_file()
+    )
+    claims = [f["claim"] for f in json.loads((tmp_path / "findings.json").read_text())]
+    assert any("UpconvNet" in c for c in claims) and any(
+        "converge" in c or "UpconvNet" in c for c in claims
+    )

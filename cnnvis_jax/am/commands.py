@@ -25,17 +25,6 @@ from cnnvis_jax.errors import InputError
 __all__ = ["add_commands", "cmd_am", "cmd_mfv", "load_generator"]
 
 
-class _Decoder:
-    """A decoder's apply function on flat codes (B, D), hashed by identity (a static
-    field of a pytree); codes are reshaped to the decoder's feature shape."""
-
-    def __init__(self, apply, feature_shape):
-        self.apply, self.feature_shape = apply, tuple(feature_shape)
-
-    def __call__(self, params, h):
-        return self.apply(params, h.reshape(h.shape[0], *self.feature_shape))
-
-
 def load_generator(path: str, model, *, dataset: str = "concepts", count: int = 512):
     """An :class:`~cnnvis_jax.am.params.Generator` from a decoder saved by
     :mod:`cnnvis_jax.inversion` (``load_decoder(path)``), with DGN-AM's code bounds
@@ -47,7 +36,7 @@ def load_generator(path: str, model, *, dataset: str = "concepts", count: int = 
             "--generator needs cnnvis_jax.inversion.load_decoder (UpconvNet decoders), "
             f"which is not available in this installation ({e})."
         ) from None
-    from cnnvis_jax.am.params import Generator, code_bounds
+    from cnnvis_jax.am.params import generator_from_decoder
     from cnnvis_jax.data import open_dataset
     from cnnvis_jax.features import extract_features
 
@@ -62,14 +51,7 @@ def load_generator(path: str, model, *, dataset: str = "concepts", count: int = 
     source = open_dataset(dataset, split="train", count=count, size=model.input.size)
     feats = extract_features(model, source, [layer], indices=np.arange(min(count, len(source))),
                              progress=False)[layer]  # fmt: skip
-    lower, upper = code_bounds(feats.reshape(len(feats), -1))
-    return Generator(
-        decoder=_Decoder(decoder.apply, decoder.feature_shape),
-        decoder_params=decoder.params,
-        lower=lower,
-        upper=upper,
-        code_size=int(lower.size),
-    )
+    return generator_from_decoder(decoder, feats)
 
 
 def _position(text: str | None):

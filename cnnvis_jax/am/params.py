@@ -39,7 +39,16 @@ from cnnvis_jax.am._tree import normal, pytree_dataclass
 from cnnvis_jax.errors import InputError
 from cnnvis_jax.model import InputContract
 
-__all__ = ["COLOR_CORRELATION", "Fourier", "Generator", "Pixel", "rfft2d_freqs"]
+__all__ = [
+    "COLOR_CORRELATION",
+    "DecoderCode",
+    "Fourier",
+    "Generator",
+    "Pixel",
+    "code_bounds",
+    "generator_from_decoder",
+    "rfft2d_freqs",
+]
 
 COLOR_CORRELATION = np.array(
     [[0.26, 0.09, 0.02], [0.27, 0.00, -0.05], [0.27, -0.09, 0.03]], np.float32
@@ -225,3 +234,30 @@ def code_bounds(features: np.ndarray, sigmas: float = 3.0) -> tuple[np.ndarray, 
     upper = features.mean(0) + sigmas * features.std(0)
     lower = np.minimum(0.0, features.min(0))
     return lower.astype(np.float32), upper.astype(np.float32)
+
+
+class DecoderCode:
+    """A decoder's apply function on flat codes (B, D), hashed by identity (a static
+    field of a pytree); codes are reshaped to the decoder's feature shape."""
+
+    def __init__(self, apply, feature_shape):
+        self.apply, self.feature_shape = apply, tuple(feature_shape)
+
+    def __call__(self, params, h):
+        return self.apply(params, h.reshape(h.shape[0], *self.feature_shape))
+
+
+def generator_from_decoder(decoder: Any, features: np.ndarray) -> Generator:
+    """DGN-AM's :class:`Generator` from an UpconvNet decoder
+    (:class:`cnnvis_jax.inversion.Decoder`: ``apply``, ``params``, ``feature_shape``)
+    with the code bounds of :func:`code_bounds` over ``features`` (N, *feature_shape),
+    the decoder layer's activations on training images."""
+    features = np.asarray(features)
+    lower, upper = code_bounds(features.reshape(len(features), -1))
+    return Generator(
+        decoder=DecoderCode(decoder.apply, decoder.feature_shape),
+        decoder_params=decoder.params,
+        lower=lower,
+        upper=upper,
+        code_size=int(lower.size),
+    )

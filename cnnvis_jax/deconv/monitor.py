@@ -57,6 +57,7 @@ __all__ = [
     "monitor_record",
     "monitor_run",
     "save_monitoring",
+    "load_snapshots",
     "snapshot_paths",
     "stable_from",
 ]
@@ -175,7 +176,9 @@ def _random_active(topk: TopK, n_units: int, seed: int) -> TopK:
     )
 
 
-def _load_snapshots(paths: list[tuple[int, Path]]) -> tuple[Model, list[Any]]:
+def load_snapshots(paths: list[tuple[int, Path]]) -> tuple[Model, list[Any]]:
+    """``(final model, [params per snapshot])`` of :func:`snapshot_paths`' files; all
+    snapshots must describe the same network."""
     from cnnvis_jax.train import load_trained
 
     models = [load_trained(path) for _, path in paths]
@@ -238,7 +241,7 @@ def monitor_run(
         raise InputError(f"n_units must be at least 1, got {n_units}.")
     paths = snapshot_paths(run_dir)
     epochs = tuple(e for e, _ in paths)
-    final, all_params = _load_snapshots(paths)
+    final, all_params = load_snapshots(paths)
     ruled_model(final, rule, pool)  # fail fast on a bad rule or pool
     names = list(dict.fromkeys(projectable_layer(final, n).name for n in layers))
     if units is not None:

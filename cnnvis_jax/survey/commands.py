@@ -1,27 +1,24 @@
 """``cnnvis survey``: the survey on one network, one report.
 
 ``cnnvis survey [--model default] [--weights W] [--dataset concepts|broden:DIR|...]
-[--quick | --full] [--only am,dissection] [--seed 0] --out DIR`` writes
-``DIR/index.html`` and every figure, table and number beside it; a rerun resumes.
+[--quick | --full] [--only am,dissection [--rerun]] [--seed 0] --out DIR`` writes
+``DIR/index.html`` and every figure, table and number beside it; a rerun of the same
+command resumes (finished stages are kept; ``--rerun`` runs the selected ones again).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 
 
-def _history(model_name: str) -> list[dict]:
-    """The default model's training history (from its cached run), else []."""
+def _run_dir(model_name: str):
+    """The training run of ``--model default`` (the cached one), else None."""
     if model_name != "default":
-        return []
+        return None
     from cnnvis_jax.default import default_run_dir
 
-    try:
-        return list(json.loads((default_run_dir() / "metrics.json").read_text())["history"])
-    except (OSError, ValueError, KeyError):
-        return []
+    return default_run_dir()
 
 
 def cmd_survey(args) -> int:
@@ -38,8 +35,8 @@ def cmd_survey(args) -> int:
     count = max(config.sample_images, config.deconv_images, config.dissection_images,
                 config.diagnosis_images)  # fmt: skip
     source = open_dataset(args.dataset, count=count, size=tuple(model.input.size))
-    result = run_survey(model, source, args.out, config, only=only,
-                        history=_history(args.model), progress=not args.quiet)  # fmt: skip
+    result = run_survey(model, source, args.out, config, only=only, rerun=args.rerun,
+                        run_dir=_run_dir(args.model), progress=not args.quiet)  # fmt: skip
     held = sum(f["held"] for f in result["findings"])
     print(
         f"{held}/{len(result['findings'])} of the survey's claims held; report: "
@@ -58,7 +55,10 @@ def add_commands(sub) -> None:
     size = p.add_mutually_exclusive_group()
     size.add_argument("--quick", action="store_true", help="small settings (default)")
     size.add_argument("--full", action="store_true", help="paper-scale settings")
-    p.add_argument("--only", help=f"stages to (re)run, comma-separated: {','.join(STAGES)}")
+    p.add_argument("--only", help=f"stages to run, comma-separated: {','.join(STAGES)}")
+    p.add_argument(
+        "--rerun", action="store_true", help="run the selected stages again even if finished"
+    )
     p.add_argument("--seed", type=int, default=0, help="PRNG seed (default %(default)s)")
     p.add_argument("--out", required=True, help="the survey folder (index.html and files)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")

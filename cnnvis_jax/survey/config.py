@@ -6,7 +6,20 @@ import dataclasses
 
 from cnnvis_jax.errors import InputError, did_you_mean
 
-STAGES = ("network", "am", "deconv", "inversion", "dissection", "diagnosis")
+REVISION = 1
+"""Version of what the stages draw; part of every stage's fingerprint, so a survey
+folder made by an older version re-runs its stages instead of mixing the two."""
+
+STAGES = (
+    "network",
+    "am",
+    "deconv",
+    "inversion",
+    "decoders",
+    "dissection",
+    "monitoring",
+    "diagnosis",
+)
 """The survey's stages, in the order they run and appear in the report."""
 
 
@@ -23,10 +36,17 @@ class SurveyConfig:
       am_units: units per layer drawn by AM; am_presets: the AM presets;
       am_steps: steps of each (None: the preset's own).
       classes: class visualizations at the logits layer (first ``classes`` classes).
+      mfv_classes, mfv_facets, mfv_images: multifaceted visualization of the first
+        ``mfv_classes`` classes, ``mfv_facets`` facets each, found among
+        ``mfv_images`` images.
       deconv_images: images searched for each unit's top images; deconv_top: top-k.
-      inversion_presets, inversion_steps: regularized inversion settings.
+      inversion_presets, inversion_steps: regularized inversion settings (the
+        perturbation study inverts the last surveyed layer with the first preset).
+      decoder_steps: training steps of the UpconvNet decoders (the last surveyed layer
+        and the first fully connected one; the latter also drives DGN-AM).
       dissection_images: concept images dissected; net2vec_train, net2vec_val,
         net2vec_epochs: Net2Vec's data and epochs.
+      monitor_units: units per layer followed across the saved training epochs.
       diagnosis_images: images of the dead-unit and aliasing measurements.
     """
 
@@ -38,14 +58,19 @@ class SurveyConfig:
     am_presets: tuple[str, ...] = ("yosinski2", "lucid")
     am_steps: int | None = 96
     classes: int = 4
+    mfv_classes: int = 3
+    mfv_facets: int = 4
+    mfv_images: int = 1000
     deconv_images: int = 512
     deconv_top: int = 9
     inversion_presets: tuple[str, ...] = ("mahendran2015", "mahendran2016")
     inversion_steps: int | None = 150
+    decoder_steps: int = 150
     dissection_images: int = 1000
     net2vec_train: int = 400
     net2vec_val: int = 200
     net2vec_epochs: int = 4
+    monitor_units: int = 4
     diagnosis_images: int = 512
 
     def __post_init__(self):
@@ -58,15 +83,18 @@ class SurveyConfig:
 
     def stage_settings(self, stage: str) -> dict:
         """The settings that change ``stage``'s output (its resume fingerprint)."""
-        prefix = {"network": ("layers",), "am": ("am_", "classes", "sample_", "layers")}
+        prefix = {"network": ("layers",), "am": ("am_", "classes", "mfv_", "sample_", "layers")}
+        prefix |= {"monitoring": ("monitor_", "am_", "deconv_", "layers")}
+        prefix |= {"decoders": ("decoder_", "classes", "am_steps", "sample_", "layers")}
         prefix |= {"deconv": ("deconv_", "sample_", "layers"), "inversion": ("inversion_",)}
         prefix |= {"dissection": ("dissection_", "net2vec_"), "diagnosis": ("diagnosis_",)}
         keys = prefix[stage]
-        return {
+        chosen = {
             k: v
             for k, v in dataclasses.asdict(self).items()
             if k == "seed" or any(k.startswith(p) for p in keys)
         }
+        return {"revision": REVISION, **chosen}
 
 
 QUICK = SurveyConfig()
@@ -76,12 +104,16 @@ FULL = SurveyConfig(
     am_units=8,
     am_steps=None,
     classes=8,
+    mfv_facets=10,
+    mfv_images=5000,
     deconv_images=5000,
     inversion_steps=None,
+    decoder_steps=400,
     dissection_images=20000,
     net2vec_train=2000,
     net2vec_val=1000,
     net2vec_epochs=30,
+    monitor_units=8,
     diagnosis_images=2000,
 )
 

@@ -118,8 +118,34 @@ def _am_beats_natural(v) -> tuple:
     )
 
 
+def _low_layers_first(v) -> tuple | None:
+    summary = v.records["monitoring"]["data"]["summary"]
+    first = v("monitoring", "summary", 0, "projection_stable_from")
+    last = v("monitoring", "summary", len(summary) - 1, "projection_stable_from")
+    if first is None or last is None:
+        return None  # a layer never settled: nothing to compare
+    a, b = summary[0]["layer"], summary[-1]["layer"]
+    return (
+        "Low layers converge first during training (Zeiler & Fergus).",
+        first <= last,
+        f"projections stable from epoch {first} at {a}, epoch {last} at {b}",
+    )
+
+
+def _decoder_beats_regularized(v) -> tuple:
+    layer = next(iter(v.records["decoders"]["data"]["pixel_error"]))
+    preset = next(iter(v.records["inversion"]["data"]["pixel_error"]))
+    learned = v("decoders", "pixel_error", layer)
+    regularized = v("inversion", "pixel_error", preset, layer)
+    return (
+        "The learned decoder (UpconvNet) reconstructs better than the regularized method.",
+        learned < regularized,
+        f"{layer} pixel error: UpconvNet {learned}, {preset} {regularized}",
+    )
+
+
 CLAIMS = (_colour_low, _objects_grow, _fields_grow, _reconstruction_blurs, _net2vec,
-          _am_beats_natural)  # fmt: skip
+          _am_beats_natural, _low_layers_first, _decoder_beats_regularized)  # fmt: skip
 
 
 def findings(records: dict[str, dict]) -> list[dict]:

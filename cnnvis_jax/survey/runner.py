@@ -14,7 +14,8 @@
 A stage is finished when its ``record.json`` exists and its fingerprint (model,
 weights, data set, the stage's settings) matches; a rerun skips it, so an
 interrupted survey resumes at the stage it was in (and, for dissection, inside it).
-``only`` re-runs the named stages even when finished.
+``only`` restricts a run to some stages and ``rerun`` runs them again even when
+finished.
 """
 
 from __future__ import annotations
@@ -115,8 +116,9 @@ def run_survey(
     config: SurveyConfig = QUICK,
     *,
     only: Sequence[str] | None = None,
+    rerun: bool = False,
     labelled: Any = "auto",
-    history: Sequence[dict] = (),
+    run_dir: str | os.PathLike | None = None,
     progress: bool = True,
 ) -> dict:
     """Survey ``model`` on ``source`` into ``out`` (see the module docstring).
@@ -126,11 +128,13 @@ def run_survey(
       source: its images; also the concept data when it has a vocabulary.
       out: the survey folder.
       config: stage sizes (:data:`~cnnvis_jax.survey.config.QUICK` or ``FULL``).
-      only: stages to (re)run; the others are kept as they are (default: run every
-        stage that is not finished).
+      only: the stages to run (default all); the others are kept as they are.
+      rerun: run the selected stages even when they are finished (default: a
+        finished stage with the same settings is kept, so a rerun resumes).
       labelled: the concept source for dissection (``"auto"``: ``source`` when it
         has concept labels; None: skip dissection with a note).
-      history: the model's per-epoch training history, for the curves.
+      run_dir: the model's training run (``cnnvis train``'s folder), when known: its
+        history gives the training curves, its snapshots the monitoring stage.
       progress: one overall progress bar plus each stage's own.
 
     Returns the findings (as written to ``findings.json``).
@@ -162,13 +166,14 @@ def run_survey(
     _check_out(out, identity)
     write_json(out / "survey.json", {**identity, "mode": config.mode, "layers": list(layers)})
     checkpoints = out / ".checkpoints"
-    ctx = Context(model, source, labelled, config, layers, tuple(history), checkpoints, progress)
+    run_dir = None if run_dir is None else Path(run_dir)
+    ctx = Context(model, source, labelled, config, layers, run_dir, checkpoints, progress)
     todo = []
     for stage in STAGES:
         fingerprint = json.dumps({**identity, **config.stage_settings(stage)}, sort_keys=True)
         record = _read_json(out / stage / "record.json")
         finished = isinstance(record, dict) and record.get("fingerprint") == fingerprint
-        if stage in selected and (only is not None or not finished):
+        if stage in selected and (rerun or not finished):
             todo.append((stage, fingerprint))
     timings = _read_json(out / "timings.json") or {}
     try:

@@ -40,7 +40,8 @@ class Context:
       labelled: a concept source with masks (the concept set, Broden) or None.
       config: the stage sizes.
       layers: the spatial layers surveyed (at most ``config.layers``).
-      history: the model's training history (per-epoch dicts) when known.
+      run_dir: the model's training run (``train``'s folder: ``metrics.json`` with the
+        history, ``snapshots/``) when known.
       checkpoints: folder for resumable state of long stages.
       progress: show the stages' own progress bars.
     """
@@ -50,7 +51,7 @@ class Context:
     labelled: Any
     config: SurveyConfig
     layers: tuple[str, ...]
-    history: tuple[dict, ...] = ()
+    run_dir: Path | None = None
     checkpoints: Path | None = None
     progress: bool = False
 
@@ -130,8 +131,9 @@ def network(ctx: Context, out: Path) -> dict:
         figures.append(("filters.png", f"{layer} filters (stride {stride}), each rescaled"))
     except InputError as e:
         notes.append(f"first-layer filters not shown: {e}")
-    if ctx.history:
-        plot_curves(list(ctx.history), out / "curves.png")
+    history = _history(ctx.run_dir)
+    if history:
+        plot_curves(history, out / "curves.png")
         figures.append(("curves.png", "training accuracy and loss per epoch"))
     else:
         notes.append("no training history is known for these weights (curves not shown).")
@@ -158,6 +160,16 @@ def network(ctx: Context, out: Path) -> dict:
     )
 
 
+def _history(run_dir: Path | None) -> list[dict]:
+    """The per-epoch history of a training run (``metrics.json``), else []."""
+    if run_dir is None:
+        return []
+    try:
+        return list(json.loads((Path(run_dir) / "metrics.json").read_text())["history"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+
+
 def _pair(value) -> str:
     if value is None:
         return "whole image"
@@ -176,6 +188,15 @@ def _chosen_units(ctx: Context) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         layer: choose_units(ctx.model, sample, layer, ctx.config.am_units, batch_size=32)
         for layer in ctx.layers
     }
+
+
+def objective_layer(model: Model, layer: str) -> str:
+    """The layer AM maximizes for a unit of ``layer``: its pre-ReLU tap (``conv3_pre``)
+    when the model has one, so that units silent on the start image still get a
+    gradient (as ``experiments/am_layers.py`` does); else ``layer`` itself."""
+    names = {info.name for info in model.layers}
+    pre = f"{model.resolve(layer)}_pre"
+    return pre if pre in names else layer
 
 
 def _peaks(model: Model, images01: np.ndarray, layer: str, units) -> np.ndarray:
@@ -197,7 +218,8 @@ def am(ctx: Context, out: Path) -> dict:
         tiles, labels = [], []
         data["ratio"][name] = {}
         for layer, (units, natural) in chosen.items():
-            objectives = objectives_for_units(model, layer, units.tolist(), kind=recipe.objective)
+            target = objective_layer(model, layer)
+            objectives = objectives_for_units(model, target, units.tolist(), kind=recipe.objective)
             result = render(model, objectives, recipe, cfg.seed, steps=cfg.am_steps,
                             progress=ctx.progress, desc=f"AM {name} {layer}")  # fmt: skip
             images = np.clip(result.images[:, 0], 0.0, 1.0)
@@ -215,13 +237,15 @@ def am(ctx: Context, out: Path) -> dict:
         grid = image_grid(np.stack(tiles), ncols=cfg.am_units, labels=labels, scale=2)
         save_png(grid, out / f"am_{name}.png")
         figures.append((f"am_{name}.png", f"preset {name}: rows are layers; under each image "
-                        "its peak activation relative to the unit's best natural image"))  # fmt: skip
+                        "its peak activation relative to the unit's best natural image "
+                        "(conv units are maximized before their ReLU)"))  # fmt: skip
     notes = []
     classes = _class_visualizations(ctx, out, data)
     if classes is None:
-        notes.append("the model has no classifier: class visualizations are skipped.")
+        notes.append("the model has no classifier: class visualizations and MFV are skipped.")
     else:
         figures.append(classes)
+        figures.extend(_multifaceted(ctx, out, data, notes))
     table = _table(
         "activation reached relative to the best natural image (peak over positions)",
         ["preset", "layer", "median ratio", "max ratio"],
@@ -259,6 +283,44 @@ def _class_visualizations(ctx: Context, out: Path, data: dict):
     }
     caption = f"class visualizations at {model.logits_layer} ({cfg.am_presets[0]})"
     return ("classes.png", caption)
+
+
+def _multifaceted(ctx: Context, out: Path, data: dict, notes: list) -> list:
+    """MFV (Nguyen et al. 2016) of the first classes that have images in the source:
+    the facets' mean images (top row) and their visualizations (bottom row)."""
+    from cnnvis_jax.am.mfv import facets, render_facets
+    from cnnvis_jax.features import iterate_batches
+
+    model, cfg = ctx.model, ctx.config
+    embed = [i.name for i in model.layers if not i.spatial and i.name != model.logits_layer]
+    layer = embed[-1] if embed else ctx.layers[-1]
+    limit = min(cfg.mfv_images, len(ctx.source))
+    targets = np.full(limit, -1)
+    for idx, valid, batch in iterate_batches(ctx.source, 256, np.arange(limit)):
+        targets[idx[valid]] = np.asarray(batch.get("target", np.full(len(idx), -1)))[valid]
+    k = cfg.mfv_facets
+    figures, done = [], {}
+    for c, name in enumerate(model.class_names):
+        count = int(np.sum(targets == c))
+        if len(done) == cfg.mfv_classes or count < 2 * k:
+            continue  # enough classes, or too few images of this one to find k facets
+        found = facets(model, ctx.source, c, k=k, layer=layer, limit=limit,
+                       per_facet=min(15, count // k), seed=cfg.seed)  # fmt: skip
+        result = render_facets(model, found, key=cfg.seed, steps=cfg.am_steps,
+                               progress=ctx.progress)  # fmt: skip
+        tiles = np.concatenate([found.mean_images, np.clip(result.images[:, 0], 0.0, 1.0)])
+        labels = [f"facet {f} ({int(n)} images)" for f, n in enumerate(found.sizes)]
+        labels += [f"facet {f} MFV" for f in range(k)]
+        save_png(image_grid(tiles, ncols=k, labels=labels, scale=2), out / f"mfv_{c}.png")
+        figures.append((f"mfv_{c}.png", f"MFV of class {name}: facet means (top), their "
+                        "visualizations (bottom)"))  # fmt: skip
+        done[name] = {"sizes": [int(n) for n in found.sizes],
+                      "final_activation": [round(float(v), 4) for v in result.final_activation[:, 0]]}  # fmt: skip
+    data["mfv"] = {"layer": layer, "classes": done}
+    if len(done) < cfg.mfv_classes:
+        notes.append(f"MFV drawn for {len(done)} classes: the others have fewer than "
+                     f"{2 * cfg.mfv_facets} images among the first {limit}.")  # fmt: skip
+    return figures
 
 
 # --- 3. DeconvNet ----------------------------------------------------------------------------
@@ -322,8 +384,7 @@ def inversion(ctx: Context, out: Path) -> dict:
                 continue
             best, error = results[model.resolve(layer)].best()
             shown = np.clip(best[0], 0.0, 1.0)
-            variance = np.mean((image[0] - image[0].mean()) ** 2)
-            pixel = float(np.mean((shown - image[0]) ** 2) / max(variance, 1e-12))
+            pixel = _pixel_error(best[0], image[0])
             data["feature_error"][preset][layer] = round(float(error[0]), 4)
             data["pixel_error"][preset][layer] = round(pixel, 4)
             tiles.append(shown)
@@ -339,15 +400,132 @@ def inversion(ctx: Context, out: Path) -> dict:
         ["preset", "layer", "feature error", "pixel error"],
         rows,
     )
+    perturbed = _perturbation_study(ctx, image, out, data)
+    figures.append(perturbed[0])
     return _record(
         "Network inversion",
         "What a layer keeps of an image: deeper layers keep the layout of parts but lose "
         "colour and exact position, so reconstructions blur with depth.",
         figures,
-        [table],
+        [table, perturbed[1]],
         notes,
         data,
     )
+
+
+def _pixel_error(reconstruction: np.ndarray, image: np.ndarray) -> float:
+    """MSE of the clipped reconstruction over the image's variance."""
+    variance = np.mean((image - image.mean()) ** 2)
+    shown = np.clip(reconstruction, 0.0, 1.0)
+    return float(np.mean((shown - image) ** 2) / max(variance, 1e-12))
+
+
+def _perturbation_study(ctx: Context, image: np.ndarray, out: Path, data: dict):
+    """Mahendran & Vedaldi's perturbation study on the last surveyed layer: invert
+    binarized features, features with half the units dropped at random, and with the
+    least active half dropped (activity measured on the sample images)."""
+    from cnnvis_jax.inversion.perturb import PERTURBATIONS, make_perturbation, unit_importance
+    from cnnvis_jax.inversion.regularized import features_of, invert_layers, resolve_plan
+
+    model, cfg = ctx.model, ctx.config
+    layer = model.resolve(ctx.layers[-1])
+    preset = cfg.inversion_presets[0]
+    key = jax.random.key(cfg.seed)
+    sample = _images01(ctx.source, _indices(ctx.source, min(cfg.sample_images, 64)),
+                       model.input.size)  # fmt: skip
+    importance = {layer: unit_importance(features_of(model, sample, (layer,))[layer])}
+    original = features_of(model, image, (layer,))[layer]
+    plan = resolve_plan(model, layer, preset, cfg.inversion_steps)
+    tiles, labels, rows, errors = [image[0]], ["original"], [], {}
+    for name in ("none", *PERTURBATIONS):
+        transform = make_perturbation(name, key=jax.random.fold_in(key, 1), importance=importance)
+        target = original if transform is None else np.asarray(transform(layer, original))
+        result = invert_layers(model, {layer: target}, preset=plan, key=key,
+                               progress=ctx.progress)[layer]  # fmt: skip
+        best, _ = result.best()
+        errors[name] = round(_pixel_error(best[0], image[0]), 4)
+        tiles.append(np.clip(best[0], 0.0, 1.0))
+        labels.append(name)
+        rows.append([name, f"{errors[name]:.3f}"])
+    save_png(image_grid(np.stack(tiles), ncols=len(tiles), labels=labels, scale=2),
+             out / "perturbation.png")  # fmt: skip
+    data["perturbation"] = {"layer": layer, "preset": preset, "pixel_error": errors}
+    figure = ("perturbation.png", f"{layer} features perturbed, then inverted ({preset})")
+    table = _table(f"perturbation study at {layer} (pixel error of the reconstruction)",
+                   ["perturbation", "pixel error"], rows)  # fmt: skip
+    return figure, table
+
+
+# --- 4b. learned decoders: UpconvNet and DGN-AM ------------------------------------------
+
+
+def decoder_layers(ctx: Context) -> tuple[str, ...]:
+    """The last surveyed layer, and the first fully connected layer when there is one."""
+    dense = [info.name for info in ctx.model.layers if not info.spatial]
+    layers = (ctx.model.resolve(ctx.layers[-1]),)
+    return layers + (dense[0],) if dense and dense[0] != ctx.model.logits_layer else layers
+
+
+def decoders(ctx: Context, out: Path) -> dict:
+    from cnnvis_jax.am import objectives_for_units, preset, render
+    from cnnvis_jax.am.params import generator_from_decoder
+    from cnnvis_jax.data.concepts import ConceptSet
+    from cnnvis_jax.inversion import DecoderConfig, reconstruct, train_decoder
+    from cnnvis_jax.inversion.regularized import features_of
+
+    model, cfg = ctx.model, ctx.config
+    title = "Learned decoders: UpconvNet inversion and DGN-AM"
+    caption = ("A decoder trained to invert a layer (Dosovitskiy & Brox) reconstructs in one "
+               "pass; DGN-AM searches its code space, so class pictures look like images.")  # fmt: skip
+    if isinstance(ctx.source, ConceptSet):
+        train_source = None  # the concept set's own training split
+    elif hasattr(ctx.source, "batch"):
+        train_source = ctx.source
+    else:
+        return _record(title, caption, notes=["training a decoder needs a source with "
+                       "batch(indices) (the concept set, arrays): skipped."])  # fmt: skip
+    image = _images01(ctx.source, [0], model.input.size)
+    sample = _images01(ctx.source, _indices(ctx.source, min(cfg.sample_images, 256)),
+                       model.input.size)  # fmt: skip
+    tiles, labels, rows, data = [image[0]], ["original"], [], {"pixel_error": {}}
+    trained = {}
+    for layer in decoder_layers(ctx):
+        run = (ctx.checkpoints or out) / "decoders" / layer
+        config = DecoderConfig(layer=layer, steps=cfg.decoder_steps, seed=cfg.seed)
+        if train_source is not None:
+            config = dataclasses.replace(config, batch_size=min(32, len(train_source)))
+        trained[layer] = train_decoder(model, config, run, source=train_source,
+                                       progress=ctx.progress)  # fmt: skip
+        recon = reconstruct(model, trained[layer], image)
+        error = round(_pixel_error(recon[0], image[0]), 4)
+        data["pixel_error"][layer] = error
+        tiles.append(np.clip(recon[0], 0.0, 1.0))
+        labels.append(f"UpconvNet {layer}")
+        rows.append([layer, f"{error:.3f}"])
+    save_png(image_grid(np.stack(tiles), ncols=len(tiles), labels=labels, scale=2),
+             out / "upconv.png")  # fmt: skip
+    figures = [("upconv.png", "the image reconstructed by each layer's decoder")]
+    notes = [f"decoders trained {cfg.decoder_steps} steps each."]
+    code_layer = decoder_layers(ctx)[-1]
+    if model.logits_layer and model.class_names and not model.layer(code_layer).spatial:
+        feats = features_of(model, sample, (code_layer,))[code_layer]
+        generator = generator_from_decoder(trained[code_layer], feats)
+        classes = list(range(min(cfg.classes, len(model.class_names))))
+        objectives = objectives_for_units(model, model.logits_layer, classes, kind="neuron")
+        result = render(model, objectives, preset("dgn", generator=generator), cfg.seed,
+                        steps=cfg.am_steps, progress=ctx.progress, desc="DGN-AM")  # fmt: skip
+        names = [model.class_names[c] for c in classes]
+        pictures = np.clip(result.images[:, 0], 0.0, 1.0)
+        save_png(image_grid(pictures, ncols=len(classes), labels=names, scale=2), out / "dgn.png")
+        figures.append(("dgn.png", f"DGN-AM class visualizations through the {code_layer} "
+                        "decoder"))  # fmt: skip
+        data["dgn"] = {"code_layer": code_layer, "classes": names,
+                       "final_activation": [round(float(v), 4) for v in result.final_activation[:, 0]]}  # fmt: skip
+    else:
+        notes.append("DGN-AM needs a classifier and a fully connected code layer: skipped.")
+    table = _table("UpconvNet reconstruction error (pixel MSE over the image's variance)",
+                   ["layer", "pixel error"], rows)  # fmt: skip
+    return _record(title, caption, figures, [table], notes, data)
 
 
 # --- 5. network dissection ------------------------------------------------------------------
@@ -434,7 +612,80 @@ def _net2vec_sources(ctx: Context):
     return None
 
 
-# --- 6. design diagnosis --------------------------------------------------------------------
+# --- 6. training monitoring -----------------------------------------------------------------
+
+
+def monitoring(ctx: Context, out: Path) -> dict:
+    from cnnvis_jax.am import objectives_for_units, preset, render
+    from cnnvis_jax.deconv.monitor import (
+        load_snapshots,
+        monitor_record,
+        monitor_run,
+        save_monitoring,
+        snapshot_paths,
+    )
+
+    title = "Training monitoring"
+    caption = ("The same units at every saved epoch: when their top-image projections and "
+               "AM pictures stop changing, the layer has converged (low layers first).")  # fmt: skip
+    try:
+        paths = snapshot_paths(ctx.run_dir) if ctx.run_dir is not None else []
+    except InputError:  # not a run folder, or fewer than two snapshots
+        paths = []
+    if len(paths) < 2:
+        return _record(title, caption, notes=["no training run with two or more saved "
+                       "epochs is known for these weights: monitoring is skipped."])  # fmt: skip
+    model, cfg = ctx.model, ctx.config
+    indices = _indices(ctx.source, cfg.deconv_images)
+    final, mon = monitor_run(ctx.run_dir, ctx.source, ctx.layers, n_units=cfg.monitor_units,
+                             seed=cfg.seed, batch_size=32, indices=indices,
+                             progress=ctx.progress)  # fmt: skip
+    save_monitoring(out, final, mon)
+    record = monitor_record(mon)
+    epochs = [int(e) for e in record["epochs"]]
+    snapshot_model, params = load_snapshots(paths)
+    recipe = preset(cfg.am_presets[0])
+    tiles, labels = [], []
+    for layer in (ctx.layers[0], ctx.layers[-1]):
+        units = list(mon.layers[model.resolve(layer)].units)[:2]
+        target = objective_layer(snapshot_model, layer)
+        objectives = objectives_for_units(snapshot_model, target, units, kind=recipe.objective)
+        for epoch, p in zip(epochs, params):
+            at_epoch = dataclasses.replace(snapshot_model, params=p)
+            result = render(at_epoch, objectives, recipe, cfg.seed, steps=cfg.am_steps)
+            tiles.extend(np.clip(result.images[:, 0], 0.0, 1.0))
+            labels.extend(f"{layer} u{u} epoch {epoch}" for u in units)
+    order = np.arange(len(tiles)).reshape(2, len(epochs), -1).transpose(0, 2, 1).reshape(-1)
+    grid = image_grid(np.stack(tiles)[order], ncols=len(epochs),
+                      labels=[labels[i] for i in order], scale=2)  # fmt: skip
+    save_png(grid, out / "am_epochs.png")
+    before_end = str(epochs[-2])
+    rows = [[r["layer"], r["projection_stable_from"], r["projection_similarity"][before_end]]
+            for r in record["summary"]]  # fmt: skip
+    return _record(
+        title,
+        caption,
+        [
+            ("monitor.png", "DeconvNet projections of the same units' top images, epoch by epoch"),
+            (
+                "am_epochs.png",
+                f"AM ({cfg.am_presets[0]}) of two units of the first "
+                "and last layer at each saved epoch",
+            ),
+        ],  # fmt: skip
+        [
+            _table(
+                f"stability (projection similarity to the final epoch >= {mon.threshold})",
+                ["layer", "stable from epoch", "similarity one epoch before the end"],
+                rows,
+            )
+        ],  # fmt: skip
+        [f"epochs {', '.join(map(str, epochs))}; full record: monitor.json."],
+        {"epochs": epochs, "summary": record["summary"]},
+    )
+
+
+# --- 7. design diagnosis --------------------------------------------------------------------
 
 
 def diagnosis(ctx: Context, out: Path) -> dict:
@@ -468,6 +719,8 @@ STAGE_FUNCTIONS = {
     "am": am,
     "deconv": deconv,
     "inversion": inversion,
+    "decoders": decoders,
     "dissection": dissection,
+    "monitoring": monitoring,
     "diagnosis": diagnosis,
 }

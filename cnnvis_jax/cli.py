@@ -37,6 +37,16 @@ def add_dataset_arg(p: argparse.ArgumentParser, default: str = "concepts") -> No
     )
 
 
+def given_or_default(name: str, value: int | None, default: int) -> int:
+    """``value`` of option ``--name`` when given (it must be >= 1: 0 is not "the
+    default"), else ``default``."""
+    if value is None:
+        return default
+    if value < 1:
+        raise InputError(f"--{name} must be at least 1, got {value}; omit it for {default}.")
+    return value
+
+
 def load_model_arg(args):
     from cnnvis_jax.models import load
 
@@ -49,10 +59,10 @@ def cmd_train(args) -> int:
 
     defaults = TrainConfig()
     config = TrainConfig(
-        epochs=args.epochs or defaults.epochs,
-        train_size=args.train_size or defaults.train_size,
-        val_size=args.val_size or defaults.val_size,
-        batch_size=args.batch_size or defaults.batch_size,
+        epochs=given_or_default("epochs", args.epochs, defaults.epochs),
+        train_size=given_or_default("train-size", args.train_size, defaults.train_size),
+        val_size=given_or_default("val-size", args.val_size, defaults.val_size),
+        batch_size=given_or_default("batch-size", args.batch_size, defaults.batch_size),
         seed=args.seed,
         data_seed=args.data_seed,
         dropout=not args.no_dropout,
@@ -109,7 +119,7 @@ def cmd_models(args) -> int:
             width = max(len(n) for n, _ in rows)
             print("\n".join(f"{n:<{width}}  {d}" for n, d in rows))
         return 0
-    model = catalog(args.name)
+    model = catalog("conceptnet" if args.name == "default" else args.name)
     records = []
     for layer in model.layers:
         rf = layer.receptive_field

@@ -134,3 +134,25 @@ def test_killed_training_resumes_to_the_same_metrics(tmp_path):
         assert resumed[key] == whole[key]
     strip = lambda hist: [{k: v for k, v in h.items() if k != "seconds"} for h in hist]  # noqa: E731
     assert strip(resumed["history"]) == strip(whole["history"])
+
+
+@pytest.mark.parametrize(
+    "argv, option",
+    [
+        (["train", "--epochs", "0"], "--epochs"),
+        (["train", "--train-size", "0"], "--train-size"),
+        (["train", "--batch-size", "-3"], "--batch-size"),
+        (["train-decoder", "--layer", "conv5", "--steps", "0"], "--steps"),
+    ],
+)
+def test_zero_is_an_error_not_the_default(argv, option, capsys, tmp_path):
+    assert main([*argv, "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert f"{option} must be at least 1" in err and err.count("\n") == 1
+    assert not (tmp_path / "run").exists()  # refused before any work
+
+
+def test_models_default_shows_the_default_network(capsys):
+    assert main(["models", "default"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("conceptnet: input 64x64") and "conv5" in out

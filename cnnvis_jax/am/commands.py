@@ -41,7 +41,9 @@ def load_generator(path: str, model, *, dataset: str = "concepts", count: int = 
     from cnnvis_jax.features import extract_features
 
     if not Path(path).exists():
-        raise InputError(f"generator file {path} does not exist; train one with cnnvis invert.")
+        raise InputError(
+            f"generator file {path} does not exist; train one with cnnvis train-decoder."
+        )
     decoder = load_decoder(path)
     layer = model.layer(decoder.layer).name
     if getattr(decoder, "model_name", model.name) != model.name:
@@ -85,7 +87,9 @@ def cmd_am(args) -> int:
     if args.steps is not None and args.steps < 1:
         raise InputError(f"--steps must be at least 1, got {args.steps}.")
     if args.preset == "dgn" and not args.generator:
-        raise InputError("--preset dgn needs --generator PATH (a decoder from cnnvis invert).")
+        raise InputError(
+            "--preset dgn needs --generator PATH (a decoder from cnnvis train-decoder)."
+        )
     if args.preset != "dgn":
         preset(args.preset)  # an unknown preset fails before the model loads
     model = load_model_arg(args)
@@ -181,7 +185,7 @@ def add_am(sub) -> None:
         "default from the preset",
     )
     p.add_argument("--position", help="ROW,COL of the neuron objective in the layer's map")
-    p.add_argument("--generator", help="decoder file for --preset dgn (from cnnvis invert)")
+    p.add_argument("--generator", help="decoder file for --preset dgn (from cnnvis train-decoder)")
     p.add_argument(
         "--out", required=True, help="output folder (grid.png, unit_XXXX.png, results.json)"
     )

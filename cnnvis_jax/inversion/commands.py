@@ -179,16 +179,18 @@ def cmd_invert(args) -> int:
 
 
 def cmd_train_decoder(args) -> int:
-    from cnnvis_jax.cli import load_model_arg
+    from cnnvis_jax.cli import given_or_default, load_model_arg
     from cnnvis_jax.inversion.io import read_record
     from cnnvis_jax.inversion.train import DecoderConfig, train_decoder
 
-    model = load_model_arg(args)
     defaults = DecoderConfig(layer=args.layer)
+    steps = given_or_default("steps", args.steps, defaults.steps)
+    batch_size = given_or_default("batch-size", args.batch_size, defaults.batch_size)
+    model = load_model_arg(args)
     config = DecoderConfig(
         layer=model.resolve(args.layer),
-        steps=args.steps or defaults.steps,
-        batch_size=args.batch_size or defaults.batch_size,
+        steps=steps,
+        batch_size=batch_size,
         seed=args.seed,
         checkpoint_every=args.checkpoint_every,
     )

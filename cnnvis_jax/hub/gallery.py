@@ -124,13 +124,21 @@ def _image01(source: Any, index: int, size: tuple[int, int]) -> np.ndarray:
 
 
 def choose_units(
-    model: Model, source: Any, layer: str, count: int, *, batch_size: int = 8
+    model: Model,
+    source: Any,
+    layer: str,
+    count: int,
+    *,
+    batch_size: int = 8,
+    indices: Sequence[int] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The ``count`` units of ``layer`` with the largest maximal activation over
-    ``source`` (descending, ties by smaller index): ``(units (count,), maxima (count,))``."""
+    ``source`` (its ``indices``, default all; descending, ties by smaller index):
+    ``(units (count,), maxima (count,))``."""
     from cnnvis_jax.deconv import top_activations
 
-    top = top_activations(model, source, layer, None, k=1, batch_size=batch_size, progress=False)
+    top = top_activations(model, source, layer, None, k=1, batch_size=batch_size,
+                          indices=indices, progress=False)  # fmt: skip
     maxima = np.asarray(top.values[:, 0])
     order = np.lexsort((np.arange(len(maxima)), -maxima))[: min(count, len(maxima))]
     return np.asarray(top.units)[order], maxima[order]

@@ -8,9 +8,10 @@ import io
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 from cnnvis_jax.report.html import esc, figure, page, table
-from cnnvis_jax.survey.config import STAGES, SurveyConfig
+from cnnvis_jax.survey.config import STAGES
 from cnnvis_jax.survey.findings import findings
 
 
@@ -43,30 +44,37 @@ def _section(stage: str, record: dict) -> str:
     return "".join(parts)
 
 
-def _write_text(path: Path, text: str) -> None:
+def write_text(path: Path, text: str) -> None:
+    """Write ``text`` to a temporary name, then rename it over ``path``."""
     partial = path.with_name(path.name + ".partial")
     partial.write_text(text)
     os.replace(partial, path)
 
 
-def write_report(out: Path, config: SurveyConfig, identity: dict) -> dict:
-    """Write ``index.html``, ``findings.json`` and ``findings.csv``; return the findings."""
+def write_json(path: Path, value: Any) -> None:
+    """Strict JSON (no NaN/Infinity), written atomically."""
+    write_text(path, json.dumps(value, indent=1, allow_nan=False))
+
+
+def write_report(out: Path, survey: dict) -> dict:
+    """Write ``index.html``, ``findings.json`` and ``findings.csv`` for the survey
+    described by ``survey`` (what ``survey.json`` holds: model, weights, dataset,
+    mode, layers); return the findings."""
     records = read_records(out)
     found = findings(records)
-    _write_text(out / "findings.json", json.dumps(found, indent=1, allow_nan=False))
+    write_json(out / "findings.json", found)
+    rows = [[f["claim"], "yes" if f["held"] else "no", f["statistic"]] for f in found]
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(["claim", "held", "statistic"])
-    writer.writerows([f["claim"], "yes" if f["held"] else "no", f["statistic"]] for f in found)
-    _write_text(out / "findings.csv", buffer.getvalue())
-    layers = json.loads((out / "survey.json").read_text()).get("layers", [])
+    writer.writerows(rows)
+    write_text(out / "findings.csv", buffer.getvalue())
     head = (
-        f"<p>Model <b>{esc(identity['model'])}</b> (weights {esc(identity['weights'])}) on "
-        f"{esc(identity['dataset'])}; {esc(config.mode)} settings; layers "
-        f"{esc(', '.join(layers))}.</p>"
+        f"<p>Model <b>{esc(survey['model'])}</b> (weights {esc(survey['weights'])}) on "
+        f"{esc(survey['dataset'])}; {esc(survey['mode'])} settings; layers "
+        f"{esc(', '.join(survey['layers']))}.</p>"
     )
     nav = " · ".join(f'<a href="#{esc(s)}">{esc(r["title"])}</a>' for s, r in records.items())
-    rows = [[f["claim"], "yes" if f["held"] else "no", f["statistic"]] for f in found]
     body = [head, f"<p>{nav}</p>", '<h2 id="findings">Findings</h2>',
             "<p class='caption'>The survey's claims on this network; each statistic is read "
             "from the stage records (findings.json names where).</p>",
@@ -79,5 +87,5 @@ def write_report(out: Path, config: SurveyConfig, identity: dict) -> dict:
             f"<p class='note'>Stages not run yet: {esc(', '.join(missing))} "
             f"(cnnvis survey ... --only {esc(','.join(missing))}).</p>"
         )
-    _write_text(out / "index.html", page(f"Survey: {identity['model']}", "".join(body)))
+    write_text(out / "index.html", page(f"Survey: {survey['model']}", "".join(body)))
     return {"findings": found, "stages": list(records)}

@@ -38,6 +38,7 @@ from cnnvis_jax.model import Model
 from cnnvis_jax.progress import progress_bar
 from cnnvis_jax.survey import report
 from cnnvis_jax.survey.config import QUICK, STAGES, SurveyConfig
+from cnnvis_jax.survey.report import write_json
 from cnnvis_jax.survey.stages import STAGE_FUNCTIONS, Context, survey_layers
 
 
@@ -63,14 +64,6 @@ def describe_source(source: Any) -> str:
     fields = [f"{k}={getattr(source, k)}" for k in ("split", "seed", "image_size", "target")
               if hasattr(source, k)]  # fmt: skip
     return f"{type(source).__name__}({len(source)}{', ' if fields else ''}{', '.join(fields)})"
-
-
-def write_json(path: Path, value: Any) -> None:
-    """Strict JSON (no NaN/Infinity), written atomically."""
-    text = json.dumps(value, indent=1, allow_nan=False)
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(text)
-    os.replace(partial, path)
 
 
 def _read_json(path: Path) -> Any:
@@ -164,7 +157,8 @@ def run_survey(
         "dataset": describe_source(source),
     }
     _check_out(out, identity)
-    write_json(out / "survey.json", {**identity, "mode": config.mode, "layers": list(layers)})
+    survey = {**identity, "mode": config.mode, "layers": list(layers)}
+    write_json(out / "survey.json", survey)
     checkpoints = out / ".checkpoints"
     run_dir = None if run_dir is None else Path(run_dir)
     ctx = Context(model, source, labelled, config, layers, run_dir, checkpoints, progress)
@@ -177,6 +171,8 @@ def run_survey(
             todo.append((stage, fingerprint))
     timings = _read_json(out / "timings.json") or {}
     try:
+        if not todo:
+            return report.write_report(out, survey)
         with progress_bar(len(todo), "survey", enabled=progress, unit="stage") as bar:
             for stage, fingerprint in todo:
                 bar.set_description(f"survey: {stage}")
@@ -184,9 +180,9 @@ def run_survey(
                 _run_stage(ctx, out, stage, fingerprint)
                 timings[stage] = round(time.perf_counter() - start, 1)
                 write_json(out / "timings.json", timings)
-                report.write_report(out, config, identity)  # viewable after every stage
+                found = report.write_report(out, survey)  # viewable after every stage
                 bar.update(1)
-        return report.write_report(out, config, identity)
+        return found
     except OSError as e:
         if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES):
             raise OutputError(

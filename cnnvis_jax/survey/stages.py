@@ -181,11 +181,12 @@ def _pair(value) -> str:
 
 def _chosen_units(ctx: Context) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     from cnnvis_jax.hub.gallery import choose_units
-    from cnnvis_jax.survey.sources import Subset
 
-    sample = Subset(ctx.source, _indices(ctx.source, ctx.config.sample_images))
+    sample = _indices(ctx.source, ctx.config.sample_images)
     return {
-        layer: choose_units(ctx.model, sample, layer, ctx.config.am_units, batch_size=32)
+        layer: choose_units(
+            ctx.model, ctx.source, layer, ctx.config.am_units, batch_size=32, indices=sample
+        )  # fmt: skip
         for layer in ctx.layers
     }
 
@@ -201,8 +202,9 @@ def objective_layer(model: Model, layer: str) -> str:
 
 def _peaks(model: Model, images01: np.ndarray, layer: str, units) -> np.ndarray:
     """float (N,): unit ``units[n]``'s maximum over positions on image ``n``."""
-    acts = jax.jit(lambda p, x: model.apply(p, x, (layer,))[layer])(model.params, images01)
-    acts = np.asarray(acts)
+    from cnnvis_jax.inversion.regularized import features_of
+
+    acts = features_of(model, images01, (layer,))[model.resolve(layer)]
     picked = acts[np.arange(len(units)), ..., np.asarray(units)]
     return picked.reshape(len(units), -1).max(axis=1)
 
@@ -333,6 +335,8 @@ def deconv(ctx: Context, out: Path) -> dict:
     chosen = _chosen_units(ctx)
     indices = _indices(ctx.source, cfg.deconv_images)
     k = min(cfg.deconv_top, len(indices))
+    caption = ("What in each top image drives the unit: projections back to pixels beside the "
+               "receptive-field patches. Guided backpropagation sharpens what DeconvNet shows.")  # fmt: skip
     figures, data = [], {"units": {}, "top_values": {}}
     notes = [f"top images searched among {len(indices)} images."]
     for layer, (units, _) in chosen.items():
@@ -341,21 +345,14 @@ def deconv(ctx: Context, out: Path) -> dict:
                 result = deconv_layer(model, ctx.source, layer, units.tolist(), k=k, rule=rule,
                                       batch_size=32, indices=indices, progress=ctx.progress)  # fmt: skip
             except InputError as e:  # e.g. a network without ReLUs has no DeconvNet
-                return _record("DeconvNet", "", notes=[f"DeconvNet is skipped: {e}"])
+                return _record("DeconvNet", caption, notes=[f"DeconvNet is skipped: {e}"])
             save_png(result.figure, out / f"{rule}_{layer}.png")
             name = "DeconvNet" if rule == "deconvnet" else "guided backpropagation"
             figures.append((f"{rule}_{layer}.png", f"{layer}: {name} projections of each "
                             f"unit's top-{k} images, and the image patches"))  # fmt: skip
         data["units"][layer] = units.tolist()
         data["top_values"][layer] = np.round(np.asarray(result.topk.values), 4).tolist()
-    return _record(
-        "DeconvNet",
-        "What in each top image drives the unit: projections back to pixels beside the "
-        "receptive-field patches. Guided backpropagation sharpens what DeconvNet shows.",
-        figures,
-        notes=notes,
-        data=data,
-    )
+    return _record("DeconvNet", caption, figures, notes=notes, data=data)
 
 
 # --- 4. network inversion --------------------------------------------------------------------
@@ -489,7 +486,8 @@ def decoders(ctx: Context, out: Path) -> dict:
                        model.input.size)  # fmt: skip
     tiles, labels, rows, data = [image[0]], ["original"], [], {"pixel_error": {}}
     trained = {}
-    for layer in decoder_layers(ctx):
+    layers = decoder_layers(ctx)
+    for layer in layers:
         run = (ctx.checkpoints or out) / "decoders" / layer
         config = DecoderConfig(layer=layer, steps=cfg.decoder_steps, seed=cfg.seed)
         if train_source is not None:
@@ -506,7 +504,7 @@ def decoders(ctx: Context, out: Path) -> dict:
              out / "upconv.png")  # fmt: skip
     figures = [("upconv.png", "the image reconstructed by each layer's decoder")]
     notes = [f"decoders trained {cfg.decoder_steps} steps each."]
-    code_layer = decoder_layers(ctx)[-1]
+    code_layer = layers[-1]
     if model.logits_layer and model.class_names and not model.layer(code_layer).spatial:
         feats = features_of(model, sample, (code_layer,))[code_layer]
         generator = generator_from_decoder(trained[code_layer], feats)

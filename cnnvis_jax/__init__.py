@@ -12,21 +12,43 @@ The public API (everything else is implementation):
   :class:`DataError`.
 """
 
-from cnnvis_jax import data, model, zoo
-from cnnvis_jax.default import default_model
-from cnnvis_jax.errors import CnnvisError, DataError, InputError, WeightsError
-from cnnvis_jax.features import extract_features
-from cnnvis_jax.model import (
-    CAFFE,
-    TORCHVISION,
-    InputContract,
-    LayerInfo,
-    Model,
-    from_function,
-    from_nnx,
-)
-from cnnvis_jax.models import load as load_model
-from cnnvis_jax.receptive_field import ReceptiveField
+import importlib
+
+_EXPORTS = {
+    "CAFFE": "cnnvis_jax.model",
+    "TORCHVISION": "cnnvis_jax.model",
+    "InputContract": "cnnvis_jax.model",
+    "LayerInfo": "cnnvis_jax.model",
+    "Model": "cnnvis_jax.model",
+    "from_function": "cnnvis_jax.model",
+    "from_nnx": "cnnvis_jax.model",
+    "CnnvisError": "cnnvis_jax.errors",
+    "DataError": "cnnvis_jax.errors",
+    "InputError": "cnnvis_jax.errors",
+    "WeightsError": "cnnvis_jax.errors",
+    "default_model": "cnnvis_jax.default",
+    "extract_features": "cnnvis_jax.features",
+    "ReceptiveField": "cnnvis_jax.receptive_field",
+}
+"""Public name -> the module defining it, imported on first use (so that
+``import cnnvis_jax`` and ``cnnvis --help`` do not load JAX)."""
+
+_SUBMODULES = ("data", "model", "zoo")
+
+
+def __getattr__(name: str):
+    if name == "load_model":
+        return importlib.import_module("cnnvis_jax.models").load
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    if name in _SUBMODULES:
+        return importlib.import_module(f"cnnvis_jax.{name}")
+    raise AttributeError(f"module 'cnnvis_jax' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(__all__)
+
 
 __version__ = "0.1.0"
 

@@ -29,6 +29,7 @@ TINY = SurveyConfig(
     deconv_images=12, deconv_top=2, inversion_presets=("mahendran2015",), inversion_steps=6,
     decoder_steps=4,
     dissection_images=24, net2vec_train=8, net2vec_val=8, net2vec_epochs=1, diagnosis_images=12,
+    robustness_images=6, robustness_steps=2,
 )  # fmt: skip
 
 
@@ -95,8 +96,15 @@ def test_every_stage_writes_its_section(surveyed):
 
 def test_findings_numbers_come_from_the_json_beside_them(surveyed):
     out, result = surveyed
+    assert json.loads((out / "findings.json").read_text()) == result["findings"]
+    assert len(result["findings"]) >= 4
+    check_findings_numbers(out)
+
+
+def check_findings_numbers(out: Path) -> None:
+    """Every number of every statistic is one of the claim's values, and each value is
+    what its path names in the stage record beside the report."""
     found = json.loads((out / "findings.json").read_text())
-    assert found == result["findings"] and len(found) >= 4
     number = re.compile(r"(?<![\w.])-?\d+(?:\.\d+)?(?![\w.])")
     for f in found:
         for v in f["values"]:
@@ -239,9 +247,14 @@ def test_cli_errors_are_one_line_before_any_work(tmp_path, capsys):
 def test_trained_model_gets_curves_mfv_and_monitoring(trained_run, trained_conceptnet, tmp_path):
     from cnnvis_jax.data.concepts import ConceptSet
 
-    config = dataclasses.replace(TINY, mfv_classes=1, mfv_facets=2, mfv_images=64, monitor_units=2)
+    config = dataclasses.replace(
+        TINY, mfv_classes=1, mfv_facets=2, mfv_images=64, monitor_units=2,
+        conditions_variants=("baseline", "batchnorm", "conv1_11x11_stride4"),
+        conditions_images=48, robustness_images=16,
+    )  # fmt: skip
     source = ConceptSet(64, split="val")
-    stages = ["network", "am", "decoders", "monitoring"]  # the stages that use the run's data
+    # the stages that use the run's data (and robustness, which reads the dissection)
+    stages = ["network", "am", "decoders", "dissection", "monitoring", "conditions", "robustness"]
     run_survey(trained_conceptnet, source, tmp_path, config, only=stages, run_dir=trained_run,
                progress=False)  # fmt: skip
     network = json.loads((tmp_path / "network" / "record.json").read_text())
@@ -261,3 +274,28 @@ def test_trained_model_gets_curves_mfv_and_monitoring(trained_run, trained_conce
     )
     claims = [f["claim"] for f in json.loads((tmp_path / "findings.json").read_text())]
     assert any("converge first" in c for c in claims)
+    conditions = json.loads((tmp_path / "conditions" / "record.json").read_text())["data"]
+    assert list(conditions["variants"]) == ["baseline", "batchnorm", "conv1_11x11_stride4"]
+    # the baseline is the surveyed run's epoch-1 snapshot, not trained again
+    history = json.loads((trained_run / "metrics.json").read_text())["history"]
+    assert conditions["variants"]["baseline"]["val_accuracy"] == round(
+        history[0]["val_accuracy"], 4
+    )
+    trained = sorted(
+        p.name.split("-")[0] for p in (tmp_path / ".checkpoints" / "conditions").iterdir()
+    )
+    assert trained == ["batchnorm", "conv1_11x11_stride4"]
+    assert set(conditions["first_layer"]) == {"baseline", "conv1_11x11_stride4"}
+    assert any("Batch normalization" in c for c in claims)
+    assert any("first-layer stride" in c for c in claims)
+    robustness = json.loads((tmp_path / "robustness" / "record.json").read_text())["data"]
+    assert set(robustness["attacks"]) == {"fgsm_eps2", "pgd_eps2", "fgsm_eps8", "pgd_eps8"}
+    assert "clean_accuracy" in robustness["attacks"]["pgd_eps8"]  # the concept set has labels
+    assert (
+        "by_category" in robustness.get("detectors", {"by_category": None})
+        or not json.loads((tmp_path / "dissection" / "record.json").read_text())["data"][
+            "detectors"
+        ]["units"]
+    )
+    assert any("adversarial" in c for c in claims)
+    check_findings_numbers(tmp_path)

@@ -81,8 +81,10 @@ def image_grid(
 
 
 def save_png(image: np.ndarray, path: str | os.PathLike) -> Path:
-    """Write an (H, W, 3) uint8/float image as PNG, creating parent folders."""
+    """Write an (H, W, 3) uint8/float image as PNG atomically, creating parent folders."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(to_uint8(image)).save(path)
+    partial = path.with_name(path.name + ".partial")
+    Image.fromarray(to_uint8(image)).save(partial, format="PNG")
+    os.replace(partial, path)
     return path

@@ -19,8 +19,23 @@ STAGES = (
     "dissection",
     "monitoring",
     "diagnosis",
+    "conditions",
+    "robustness",
 )
 """The survey's stages, in the order they run and appear in the report."""
+
+VARIANTS: dict[str, dict[str, object]] = {
+    "baseline": {},
+    "no_dropout": {"dropout": False},
+    "batchnorm": {"batchnorm": True},
+    "seed1": {"seed": 1},
+    "seed2": {"seed": 2},
+    "scene": {"target": "scene"},
+    "conv1_11x11_stride4": {"conv1_kernel": 11, "conv1_stride": 4},
+    "conv1_7x7_stride2": {"conv1_kernel": 7, "conv1_stride": 2},
+}
+"""Condition name -> the :class:`~cnnvis_jax.train.TrainConfig` fields it changes
+(``seed`` offsets are added to the recipe's seed)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,6 +63,12 @@ class SurveyConfig:
         net2vec_epochs: Net2Vec's data and epochs.
       monitor_units: units per layer followed across the saved training epochs.
       diagnosis_images: images of the dead-unit and aliasing measurements.
+      conditions_variants: the training conditions trained and dissected (names of
+        :data:`VARIANTS`); conditions_stop_epoch:
+        each is trained with the full schedule but stopped after this epoch (None: to
+        the end); conditions_images: concept images each is dissected on.
+      robustness_images: images attacked; robustness_epsilons: L-inf radii in 1/255
+        steps of the 8-bit scale; robustness_steps: PGD's steps.
     """
 
     mode: str = "quick"
@@ -72,6 +93,14 @@ class SurveyConfig:
     net2vec_epochs: int = 4
     monitor_units: int = 4
     diagnosis_images: int = 512
+    conditions_variants: tuple[str, ...] = (
+        "baseline", "no_dropout", "batchnorm", "seed1", "conv1_11x11_stride4",
+    )  # fmt: skip
+    conditions_stop_epoch: int | None = 1
+    conditions_images: int = 500
+    robustness_images: int = 128
+    robustness_epsilons: tuple[int, ...] = (2, 8)
+    robustness_steps: int = 10
 
     def __post_init__(self):
         for field in dataclasses.fields(self):
@@ -80,6 +109,15 @@ class SurveyConfig:
                 raise InputError(f"{field.name} must be at least 1, got {value}.")
         if self.seed < 0:
             raise InputError(f"seed must be >= 0, got {self.seed}.")
+        for name in self.conditions_variants:
+            if name not in VARIANTS:
+                raise InputError(
+                    f"unknown training condition {name!r}; " + did_you_mean(name, list(VARIANTS))
+                )
+        if not self.robustness_epsilons or min(self.robustness_epsilons) < 1:
+            raise InputError(
+                f"robustness_epsilons must be radii >= 1 (in 1/255), got {self.robustness_epsilons}."
+            )
 
     def stage_settings(self, stage: str) -> dict:
         """The settings that change ``stage``'s output (its resume fingerprint)."""
@@ -88,6 +126,8 @@ class SurveyConfig:
         prefix |= {"decoders": ("decoder_", "classes", "am_steps", "sample_", "layers")}
         prefix |= {"deconv": ("deconv_", "sample_", "layers"), "inversion": ("inversion_",)}
         prefix |= {"dissection": ("dissection_", "net2vec_"), "diagnosis": ("diagnosis_",)}
+        prefix |= {"conditions": ("conditions_", "layers")}
+        prefix |= {"robustness": ("robustness_", "inversion_", "dissection_", "layers")}
         keys = prefix[stage]
         chosen = {
             k: v
@@ -115,6 +155,20 @@ FULL = SurveyConfig(
     net2vec_epochs=30,
     monitor_units=8,
     diagnosis_images=2000,
+    conditions_variants=(
+        "baseline",
+        "no_dropout",
+        "batchnorm",
+        "seed1",
+        "seed2",
+        "scene",
+        "conv1_11x11_stride4",
+        "conv1_7x7_stride2",
+    ),  # fmt: skip
+    conditions_stop_epoch=None,
+    conditions_images=2000,
+    robustness_images=1000,
+    robustness_steps=20,
 )
 
 

@@ -144,8 +144,79 @@ def _decoder_beats_regularized(v) -> tuple:
     )
 
 
+def _variant_unique(v, name: str) -> int:
+    return v("conditions", "variants", name, "unique_total_last")
+
+
+def _initializations(v) -> tuple | None:
+    variants = v.records["conditions"]["data"]["variants"]
+    seeds = [n for n in ("baseline", "seed1", "seed2") if n in variants]
+    if len(seeds) < 2:
+        return None
+    counts = [_variant_unique(v, n) for n in seeds]
+    mean = sum(counts) / len(counts)
+    spread = max(counts) - min(counts)
+    layer = variants[seeds[0]]["last_layer"]
+    return (
+        "Different random initializations give similar interpretability.",
+        mean > 0 and spread <= 0.25 * mean,
+        f"unique detectors at {layer}: "
+        + ", ".join(f"{n} {c}" for n, c in zip(seeds, counts))
+        + " (similar: spread at most a quarter of the mean)",
+    )
+
+
+def _no_dropout(v) -> tuple:
+    get = {(n, c): v("conditions", "variants", n, "unique_last", c)
+           for n in ("baseline", "no_dropout") for c in ("texture", "object")}  # fmt: skip
+    return (
+        "Without dropout a network has more texture and fewer object detectors.",
+        get["no_dropout", "texture"] > get["baseline", "texture"]
+        and get["no_dropout", "object"] < get["baseline", "object"],
+        "unique texture / object detectors: baseline "
+        f"{get['baseline', 'texture']} / {get['baseline', 'object']}, no dropout "
+        f"{get['no_dropout', 'texture']} / {get['no_dropout', 'object']}",
+    )
+
+
+def _batchnorm(v) -> tuple:
+    base, bn = _variant_unique(v, "baseline"), _variant_unique(v, "batchnorm")
+    return (
+        "Batch normalization lowers interpretability.",
+        bn < base,
+        f"unique detectors at the last layer: baseline {base}, batch normalization {bn}",
+    )
+
+
+def _stride_aliases(v) -> tuple:
+    arms = v.records["conditions"]["data"]["first_layer"]
+    small = "conv1_7x7_stride2" if "conv1_7x7_stride2" in arms else "baseline"
+    large = v("conditions", "first_layer", "conv1_11x11_stride4", "aliasing_fraction")
+    other = v("conditions", "first_layer", small, "aliasing_fraction")
+    return (
+        "A large first-layer stride aliases (ZFNet's 7x7 stride 2 against AlexNet's 11x11 "
+        "stride 4).",
+        large > other,
+        f"aliasing fraction of the first layer's output: conv1_11x11_stride4 {large}, "
+        f"{small} {other}",
+    )
+
+
+def _adversarial(v) -> tuple:
+    name = v.records["robustness"]["data"]["strongest"]
+    rate = v("robustness", "attacks", name, "success_rate")
+    levels = v("robustness", "attacks", name, "grey_levels")
+    return (
+        "Imperceptibly small perturbations change the network's decision (adversarial examples).",
+        rate > 0.5,
+        f"PGD within {levels} grey levels per pixel changes the prediction of a fraction "
+        f"{rate} of the images",
+    )
+
+
 CLAIMS = (_colour_low, _objects_grow, _fields_grow, _reconstruction_blurs, _net2vec,
-          _am_beats_natural, _low_layers_first, _decoder_beats_regularized)  # fmt: skip
+          _am_beats_natural, _low_layers_first, _decoder_beats_regularized, _initializations,
+          _no_dropout, _batchnorm, _stride_aliases, _adversarial)  # fmt: skip
 
 
 def findings(records: dict[str, dict]) -> list[dict]:

@@ -6,10 +6,9 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 from pathlib import Path
-from typing import Any
 
+from cnnvis_jax.report.files import write_json, write_text
 from cnnvis_jax.report.html import esc, figure, page, table
 from cnnvis_jax.survey.config import STAGES
 from cnnvis_jax.survey.findings import findings
@@ -42,18 +41,6 @@ def _section(stage: str, record: dict) -> str:
             links.append('<a href="dissection/net2vec/index.html">Net2Vec</a>')
         parts.append("<p>Per-unit tables: " + " · ".join(links) + "</p>")
     return "".join(parts)
-
-
-def write_text(path: Path, text: str) -> None:
-    """Write ``text`` to a temporary name, then rename it over ``path``."""
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(text)
-    os.replace(partial, path)
-
-
-def write_json(path: Path, value: Any) -> None:
-    """Strict JSON (no NaN/Infinity), written atomically."""
-    write_text(path, json.dumps(value, indent=1, allow_nan=False))
 
 
 def write_report(out: Path, survey: dict) -> dict:

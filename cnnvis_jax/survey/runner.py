@@ -36,9 +36,9 @@ import numpy as np
 from cnnvis_jax.errors import CnnvisError, InputError
 from cnnvis_jax.model import Model
 from cnnvis_jax.progress import progress_bar
+from cnnvis_jax.report.files import write_json
 from cnnvis_jax.survey import report
 from cnnvis_jax.survey.config import QUICK, STAGES, SurveyConfig
-from cnnvis_jax.survey.report import write_json
 from cnnvis_jax.survey.stages import STAGE_FUNCTIONS, Context, survey_layers
 
 
@@ -161,7 +161,7 @@ def run_survey(
     write_json(out / "survey.json", survey)
     checkpoints = out / ".checkpoints"
     run_dir = None if run_dir is None else Path(run_dir)
-    ctx = Context(model, source, labelled, config, layers, run_dir, checkpoints, progress)
+    ctx = Context(model, source, labelled, config, layers, run_dir, checkpoints, progress, out)
     todo = []
     for stage in STAGES:
         fingerprint = json.dumps({**identity, **config.stage_settings(stage)}, sort_keys=True)

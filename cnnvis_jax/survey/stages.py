@@ -44,6 +44,7 @@ class Context:
         history, ``snapshots/``) when known.
       checkpoints: folder for resumable state of long stages.
       progress: show the stages' own progress bars.
+      survey_dir: the survey folder (where finished stages' records are).
     """
 
     model: Model
@@ -54,6 +55,16 @@ class Context:
     run_dir: Path | None = None
     checkpoints: Path | None = None
     progress: bool = False
+    survey_dir: Path | None = None
+
+    def finished(self, stage: str) -> dict | None:
+        """The record of a finished stage of this survey, or None."""
+        if self.survey_dir is None:
+            return None
+        try:
+            return json.loads((self.survey_dir / stage / "record.json").read_text())
+        except (OSError, ValueError):
+            return None
 
 
 def survey_layers(model: Model, count: int) -> tuple[str, ...]:
@@ -558,6 +569,13 @@ def dissection(ctx: Context, out: Path) -> dict:
     for layer in d.layers:
         figures.append((f"dissection/{layer}/bargraph.png", f"{layer}: detectors per label"))
     data: dict[str, Any] = {"images": len(indices), "categories": cats, "layers": summary}
+    last = d.layers[list(d.layers)[-1]]
+    data["detectors"] = {  # the last layer's detector units (the robustness stage reads them)
+        "layer": last.layer,
+        "units": [[int(u), d.layout.names[int(last.scores.label[u])],
+                   cats[int(last.scores.category[u])], round(float(last.scores.score[u]), 4)]
+                  for u in np.nonzero(last.scores.detector)[0]],
+    }  # fmt: skip
     notes = [f"{len(indices)} images; per-unit tables and top images: "
              "dissection/<layer>/index.html."]  # fmt: skip
     layer = ctx.layers[-1]
@@ -712,6 +730,20 @@ def diagnosis(ctx: Context, out: Path) -> dict:
     )
 
 
+def conditions(ctx: Context, out: Path) -> dict:
+    """The training-conditions study (see :mod:`~cnnvis_jax.survey.stage_conditions`)."""
+    from cnnvis_jax.survey.stage_conditions import conditions as run
+
+    return run(ctx, out)
+
+
+def robustness(ctx: Context, out: Path) -> dict:
+    """Adversarial examples (see :mod:`~cnnvis_jax.survey.stage_robustness`)."""
+    from cnnvis_jax.survey.stage_robustness import robustness as run
+
+    return run(ctx, out)
+
+
 STAGE_FUNCTIONS = {
     "network": network,
     "am": am,
@@ -721,4 +753,6 @@ STAGE_FUNCTIONS = {
     "dissection": dissection,
     "monitoring": monitoring,
     "diagnosis": diagnosis,
+    "conditions": conditions,
+    "robustness": robustness,
 }

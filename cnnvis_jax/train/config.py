@@ -37,6 +37,9 @@ class TrainConfig:
         epoch is always kept).
       checkpoint_every: optimizer steps between resumable checkpoints (0: only at
         the end of each epoch).
+      stop_epoch: end the run after this epoch (None: after ``epochs``), keeping the
+        schedule of ``epochs``: the weights are those of a full run at that epoch (the
+        survey's quick training-conditions study trains its variants this way).
       dropout_warmup: fraction of the steps over which the dropout rate ramps up
         linearly from 0 to its full value (curriculum dropout: full dropout from
         the first step keeps a freshly initialized network at chance for epochs).
@@ -66,6 +69,7 @@ class TrainConfig:
     checkpoint_every: int = 0
     dropout_warmup: float = 0.5
     conv1_weight_decay: float = 5.0
+    stop_epoch: int | None = None
 
     def __post_init__(self):
         for name in ("epochs", "train_size", "val_size", "batch_size"):
@@ -81,6 +85,10 @@ class TrainConfig:
             raise InputError("checkpoint_every must be >= 0.")
         if self.weight_decay < 0 or self.conv1_weight_decay < 0:
             raise InputError("weight_decay and conv1_weight_decay must be >= 0.")
+        if self.stop_epoch is not None and not 1 <= self.stop_epoch <= self.epochs:
+            raise InputError(
+                f"stop_epoch must be between 1 and epochs ({self.epochs}), got {self.stop_epoch}."
+            )
         if not 0.0 <= self.dropout_warmup <= 1.0:
             raise InputError(f"dropout_warmup must be in [0, 1], got {self.dropout_warmup}.")
 
@@ -94,9 +102,14 @@ class TrainConfig:
         return self.epochs * self.steps_per_epoch
 
     @property
+    def last_epoch(self) -> int:
+        """The epoch the run ends after (``stop_epoch`` or ``epochs``)."""
+        return self.epochs if self.stop_epoch is None else self.stop_epoch
+
+    @property
     def kept_epochs(self) -> tuple[int, ...]:
-        kept = {e for e in self.snapshot_epochs if 1 <= e <= self.epochs}
-        return tuple(sorted(kept | {self.epochs}))
+        kept = {e for e in self.snapshot_epochs if 1 <= e <= self.last_epoch}
+        return tuple(sorted(kept | {self.last_epoch}))
 
     @property
     def variant(self) -> dict:

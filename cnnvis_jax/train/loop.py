@@ -326,10 +326,13 @@ def train(
     B = config.batch_size
     try:
         with progress_bar(
-            total=config.total_steps, desc="train conceptnet", enabled=progress, unit="step"
+            total=config.last_epoch * per_epoch,
+            desc="train conceptnet",
+            enabled=progress,
+            unit="step",
         ) as bar:
             bar.update(trainer.step)
-            for epoch in range(first_epoch, config.epochs + 1):
+            for epoch in range(first_epoch, config.last_epoch + 1):
                 order = epoch_order(config, epoch)
                 skip = trainer.step - (epoch - 1) * per_epoch
                 if skip == 0:
@@ -379,12 +382,12 @@ def train(
         run_dir / "weights.safetensors",
         config=config,
         class_names=train_set.class_names,
-        epoch=config.epochs,
+        epoch=config.last_epoch,
     )
     metrics = {
         "val_accuracy": history[-1]["val_accuracy"],
         "val_loss": history[-1]["val_loss"],
-        "epochs": config.epochs,
+        "epochs": config.last_epoch,
         "steps": trainer.step,
         "seconds": seconds_before + time.perf_counter() - start,
         "images_seen": trainer.step * config.batch_size,

@@ -11,8 +11,10 @@ import os
 import shutil
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from cnnvis_jax.model import Model
+if TYPE_CHECKING:
+    from cnnvis_jax.model import Model
 
 
 def cache_dir() -> Path:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import html
 import json
 import re
 import sys
@@ -117,7 +118,7 @@ def check_findings_numbers(out: Path) -> None:
         assert shown <= {float(v["value"]) for v in f["values"]}, (f["statistic"], f["values"])
     page = (out / "index.html").read_text()
     for f in found:
-        assert json.dumps(f["statistic"])[1:-1].replace("&", "&amp;") in page or f["claim"] in page
+        assert html.escape(f["statistic"]) in page and html.escape(f["claim"]) in page
 
 
 def test_rerun_skips_finished_stages_and_only_reruns(surveyed, source, monkeypatch):
@@ -250,7 +251,7 @@ def test_trained_model_gets_curves_mfv_and_monitoring(trained_run, trained_conce
     config = dataclasses.replace(
         TINY, mfv_classes=1, mfv_facets=2, mfv_images=64, monitor_units=2,
         conditions_variants=("baseline", "batchnorm", "conv1_11x11_stride4"),
-        conditions_images=48, robustness_images=16,
+        conditions_images=48, robustness_images=16, net2vec_train=32, net2vec_val=16,
     )  # fmt: skip
     source = ConceptSet(64, split="val")
     # the stages that use the run's data (and robustness, which reads the dissection)

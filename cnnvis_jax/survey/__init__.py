@@ -1,22 +1,36 @@
 """The survey on one network, in one call and one report (``cnnvis survey``).
 
 :func:`run_survey` runs the stages of :data:`STAGES` (the network and its data,
-activation maximization, DeconvNet, network inversion, network dissection with
-Net2Vec, design diagnosis) into one folder, resumably, and writes ``index.html`` with
+activation maximization, DeconvNet, network inversion, learned decoders, network
+dissection with Net2Vec, training monitoring, design diagnosis, the training-conditions
+study, adversarial examples) into one folder, resumably, and writes ``index.html`` with
 the findings table: the survey's claims, each with the statistic measured here.
+
+Names are imported on first use, so the command line reads :data:`STAGES` without
+loading JAX.
 """
 
-from cnnvis_jax.survey.config import FULL, QUICK, STAGES, SurveyConfig, parse_only
-from cnnvis_jax.survey.findings import findings
-from cnnvis_jax.survey.runner import OutputError, run_survey
+from __future__ import annotations
 
-__all__ = [
-    "FULL",
-    "QUICK",
-    "STAGES",
-    "OutputError",
-    "SurveyConfig",
-    "findings",
-    "parse_only",
-    "run_survey",
-]
+import importlib
+from typing import Any
+
+_LAZY = {
+    "FULL": "cnnvis_jax.survey.config",
+    "QUICK": "cnnvis_jax.survey.config",
+    "STAGES": "cnnvis_jax.survey.config",
+    "SurveyConfig": "cnnvis_jax.survey.config",
+    "parse_only": "cnnvis_jax.survey.config",
+    "findings": "cnnvis_jax.survey.findings",
+    "OutputError": "cnnvis_jax.survey.runner",
+    "run_survey": "cnnvis_jax.survey.runner",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'cnnvis_jax.survey' has no attribute {name!r}")
+
+
+__all__ = sorted(_LAZY)

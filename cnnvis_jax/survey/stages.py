@@ -580,11 +580,16 @@ def dissection(ctx: Context, out: Path) -> dict:
              "dissection/<layer>/index.html."]  # fmt: skip
     layer = ctx.layers[-1]
     pair = _net2vec_sources(ctx)
+    result = None
     if pair is None:
         notes.append("Net2Vec needs train and validation splits; skipped.")
     else:
-        result = net2vec(model, pair[0], pair[1], layer, epochs=cfg.net2vec_epochs,
-                         seed=cfg.seed, progress=ctx.progress)  # fmt: skip
+        try:
+            result = net2vec(model, pair[0], pair[1], layer, epochs=cfg.net2vec_epochs,
+                             seed=cfg.seed, progress=ctx.progress)  # fmt: skip
+        except InputError as e:  # e.g. too few images for one batch
+            notes.append(f"Net2Vec skipped: {e}")
+    if result is not None:
         write_net2vec(out / "net2vec", result)
         data["net2vec"] = {
             k: round(v, 4) if isinstance(v, float) else v for k, v in result.summary().items()

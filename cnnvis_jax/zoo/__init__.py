@@ -1,5 +1,6 @@
 """Model zoo: NNX networks with survey layer names and torchvision aliases."""
 
+from cnnvis_jax.catalog import ZOO
 from cnnvis_jax.zoo import alexnet, caffenet, conceptnet, googlenet, resnet, vgg
 from cnnvis_jax.zoo.registry import (
     ZooEntry,
@@ -20,7 +21,7 @@ register(
         aliases={},
         logits=conceptnet.LOGITS,
         num_classes=10,
-        description="AlexNet-shaped 5 conv + 3 fc for 64x64 concept images (the default)",
+        description=ZOO["conceptnet"],
     ),
 )
 
@@ -33,7 +34,7 @@ register(
         aliases=alexnet.ALIASES,
         logits=alexnet.LOGITS,
         num_classes=1000,
-        description="torchvision AlexNet (64/192/384/256/256, no LRN), 224x224",
+        description=ZOO["alexnet"],
     ),
 )
 register(
@@ -45,7 +46,7 @@ register(
         aliases=caffenet.ALIASES,
         logits=caffenet.LOGITS,
         num_classes=1000,
-        description="BVLC CaffeNet (96/256/384/384/256, LRN, groups=2), 227x227 BGR",
+        description=ZOO["caffenet"],
     ),
 )
 register(
@@ -57,7 +58,7 @@ register(
         aliases=vgg.ALIASES,
         logits=vgg.LOGITS,
         num_classes=1000,
-        description="torchvision VGG16 (no BatchNorm), 224x224",
+        description=ZOO["vgg16"],
     ),
 )
 register(
@@ -69,7 +70,7 @@ register(
         aliases=resnet.ALIASES18,
         logits=resnet.LOGITS,
         num_classes=1000,
-        description="torchvision ResNet-18, 224x224",
+        description=ZOO["resnet18"],
     ),
 )
 register(
@@ -81,7 +82,7 @@ register(
         aliases=resnet.ALIASES50,
         logits=resnet.LOGITS,
         num_classes=1000,
-        description="torchvision ResNet-50 (v1.5), 224x224",
+        description=ZOO["resnet50"],
     ),
 )
 register(
@@ -93,7 +94,7 @@ register(
         aliases=googlenet.ALIASES,
         logits=googlenet.LOGITS,
         num_classes=1000,
-        description="torchvision GoogLeNet (BatchNorm, no aux heads), 224x224",
+        description=ZOO["googlenet"],
     ),
 )
 

@@ -22,7 +22,7 @@ def _run_dir(model_name: str):
 
 
 def cmd_survey(args) -> int:
-    from cnnvis_jax.cli import load_model_arg
+    from cnnvis_jax.cli.common import load_model_arg
     from cnnvis_jax.data import open_dataset
     from cnnvis_jax.errors import InputError
     from cnnvis_jax.survey import FULL, QUICK, parse_only, run_survey
@@ -46,7 +46,7 @@ def cmd_survey(args) -> int:
 
 
 def add_commands(sub) -> None:
-    from cnnvis_jax.cli import add_dataset_arg, add_model_args
+    from cnnvis_jax.cli.common import add_dataset_arg, add_model_args
     from cnnvis_jax.survey.config import STAGES
 
     p = sub.add_parser("survey", help="the survey's methods on one network, one report")

@@ -83,7 +83,7 @@ def cmd_monitor(args) -> int:
 
 
 def cmd_diagnose(args) -> int:
-    from cnnvis_jax.cli import load_model_arg
+    from cnnvis_jax.cli.common import load_model_arg
     from cnnvis_jax.deconv.diagnosis import diagnose, diagnosis_record, save_diagnosis
 
     for name in ("count", "batch_size"):
@@ -119,7 +119,7 @@ def cmd_diagnose(args) -> int:
 
 
 def _add_data_args(p: argparse.ArgumentParser, count_help: str) -> None:
-    from cnnvis_jax.cli import add_dataset_arg
+    from cnnvis_jax.cli.common import add_dataset_arg
 
     add_dataset_arg(p)
     p.add_argument("--count", type=int, help=count_help)
@@ -129,7 +129,7 @@ def _add_data_args(p: argparse.ArgumentParser, count_help: str) -> None:
 
 def add_commands(sub) -> None:
     """Add ``monitor`` and ``diagnose`` to the ``cnnvis`` subparsers ``sub``."""
-    from cnnvis_jax.cli import add_model_args
+    from cnnvis_jax.cli.common import add_model_args
 
     p = sub.add_parser(
         "monitor",

@@ -91,7 +91,7 @@ def get_decoder(model, layer: str, path: str | None, *, progress: bool, model_fp
 def cmd_invert(args) -> int:
     import jax
 
-    from cnnvis_jax.cli import load_model_arg
+    from cnnvis_jax.cli.common import load_model_arg
     from cnnvis_jax.inversion.io import fingerprint
     from cnnvis_jax.inversion.metrics import normalized_error, normalized_image_error
     from cnnvis_jax.inversion.perturb import make_perturbation
@@ -179,7 +179,7 @@ def cmd_invert(args) -> int:
 
 
 def cmd_train_decoder(args) -> int:
-    from cnnvis_jax.cli import given_or_default, load_model_arg
+    from cnnvis_jax.cli.common import given_or_default, load_model_arg
     from cnnvis_jax.inversion.io import read_record
     from cnnvis_jax.inversion.train import DecoderConfig, train_decoder
 
@@ -204,9 +204,9 @@ def cmd_train_decoder(args) -> int:
 
 
 def add_commands(sub) -> None:
-    from cnnvis_jax.cli import add_dataset_arg, add_model_args
-    from cnnvis_jax.inversion.perturb import PERTURBATIONS
-    from cnnvis_jax.inversion.presets import PRESETS
+    from cnnvis_jax.catalog import INVERSION_PRESETS as PRESETS
+    from cnnvis_jax.catalog import PERTURBATIONS
+    from cnnvis_jax.cli.common import add_dataset_arg, add_model_args
 
     p = sub.add_parser("invert", help="network inversion: regularized (Mahendran) or UpconvNet")
     add_model_args(p)

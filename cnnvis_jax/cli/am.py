@@ -80,7 +80,7 @@ def _unit_label(unit: int, value: float, names) -> str:
 def cmd_am(args) -> int:
     from cnnvis_jax.am.presets import preset
     from cnnvis_jax.am.render import objectives_for_units, render
-    from cnnvis_jax.cli import load_model_arg
+    from cnnvis_jax.cli.common import load_model_arg
     from cnnvis_jax.deconv import parse_units
     from cnnvis_jax.report.grid import image_grid, save_png
 
@@ -168,8 +168,8 @@ def cmd_am(args) -> int:
 
 
 def add_am(sub) -> None:
-    from cnnvis_jax.am.presets import PRESETS
-    from cnnvis_jax.cli import add_model_args
+    from cnnvis_jax.catalog import AM_PRESETS as PRESETS
+    from cnnvis_jax.cli.common import add_model_args
 
     p = sub.add_parser("am", help="activation maximization: images that drive units high")
     add_model_args(p)
@@ -211,7 +211,7 @@ def _class_index(model, text: str) -> int:
 
 def cmd_mfv(args) -> int:
     from cnnvis_jax.am.mfv import facet_diversity, facets, render_facets
-    from cnnvis_jax.cli import load_model_arg
+    from cnnvis_jax.cli.common import load_model_arg
     from cnnvis_jax.data import open_dataset
     from cnnvis_jax.report.grid import image_grid, save_png
 
@@ -272,7 +272,7 @@ def cmd_mfv(args) -> int:
 
 
 def add_mfv(sub) -> None:
-    from cnnvis_jax.cli import add_dataset_arg, add_model_args
+    from cnnvis_jax.cli.common import add_dataset_arg, add_model_args
 
     p = sub.add_parser("mfv", help="multifaceted feature visualization of a class")
     add_model_args(p)

@@ -62,7 +62,7 @@ def read_thresholds(path: str):
 def cmd_dissect(args) -> int:
     import numpy as np
 
-    from cnnvis_jax.cli import load_model_arg
+    from cnnvis_jax.cli.common import load_model_arg
     from cnnvis_jax.dissection.dissect import dissect, dissection_model, spatial_layers
     from cnnvis_jax.dissection.outputs import write_outputs
 
@@ -124,7 +124,7 @@ def cmd_dissect(args) -> int:
 
 
 def cmd_net2vec(args) -> int:
-    from cnnvis_jax.cli import load_model_arg
+    from cnnvis_jax.cli.common import load_model_arg
     from cnnvis_jax.dissection.net2vec import net2vec, write_net2vec
 
     for name in ("epochs", "batch_size", "train_count", "val_count"):
@@ -160,7 +160,7 @@ def cmd_net2vec(args) -> int:
 
 def add_commands(sub) -> None:
     """Add ``dissect`` and ``net2vec`` to the ``cnnvis`` sub-command parser."""
-    from cnnvis_jax.cli import add_dataset_arg, add_model_args
+    from cnnvis_jax.cli.common import add_dataset_arg, add_model_args
 
     p = sub.add_parser("dissect", help="Network Dissection: label units with concepts (IoU)")
     add_model_args(p)

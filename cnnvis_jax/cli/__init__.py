@@ -1,0 +1,72 @@
+"""The ``cnnvis`` command: parse arguments, call the library, write files.
+
+Conventions shared by every command: ``--model default`` (the cached trained
+ConceptNet) or ``--model NAME [--weights FILE]``; ``--dataset concepts |
+broden:DIR | folder:DIR``; ``--out DIR`` receives every file. Errors go to stderr
+as one line naming the problem and the fix; exit status 2 for bad arguments or
+input, 1 for other failures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from cnnvis_jax.errors import CnnvisError, InputError
+
+COMMAND_MODULES = ("survey", "train", "models", "am", "deconv", "inversion", "monitor",
+                   "dissection", "hub")  # fmt: skip
+"""The modules of ``cnnvis_jax.cli`` that register commands (``add_commands(sub)``), in
+the order ``cnnvis --help`` lists them. They import the library only inside their
+command functions, so ``cnnvis --help`` loads no JAX."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    import importlib
+
+    parser = argparse.ArgumentParser(
+        prog="cnnvis",
+        description="See what convolutional networks learn (JAX).",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name in COMMAND_MODULES:
+        importlib.import_module(f"cnnvis_jax.cli.{name}").add_commands(sub)
+    return parser
+
+
+def enable_compilation_cache() -> None:
+    """Keep compiled XLA programs across runs (``<cache>/xla``): a rerun of a
+    command starts in seconds instead of recompiling. Set through JAX's environment
+    variables when JAX is not loaded yet, so commands that need no JAX never load it."""
+    import os
+
+    from cnnvis_jax.default import cache_dir
+
+    settings = {"jax_compilation_cache_dir": str(cache_dir() / "xla"),
+                "jax_persistent_cache_min_compile_time_secs": 1.0}  # fmt: skip
+    if "jax" in sys.modules:
+        import jax
+
+        for name, value in settings.items():
+            jax.config.update(name, value)
+    else:
+        for name, value in settings.items():
+            os.environ.setdefault(name.upper(), str(value))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    enable_compilation_cache()
+    try:
+        return int(args.func(args) or 0)
+    except InputError as e:
+        print(f"cnnvis: error: {e}", file=sys.stderr)
+        return 2
+    except CnnvisError as e:
+        print(f"cnnvis: failed: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("cnnvis: interrupted; rerun the same command to resume.", file=sys.stderr)
+        return 130

@@ -87,3 +87,30 @@ def test_am_dgn_with_a_saved_decoder_end_to_end(trained_run, trained_conceptnet,
         assert np.isfinite(r["final_activation"])
         assert r["best_activation"] >= r["start_activation"]
         assert Image.open(out / f"unit_{r['unit']:04d}.png").size == (64, 64)
+
+
+def test_nan_weights_give_strict_json_with_null_and_a_warning(trained_run, tmp_path, capsys):
+    from safetensors.numpy import load_file, save_file
+
+    from cnnvis_jax.train.snapshots import read_metadata
+
+    source = trained_run / "weights.safetensors"
+    tensors = load_file(str(source))
+    key = next(k for k in tensors if k.startswith("conv1") and k.endswith("weight"))
+    tensors[key] = np.full_like(tensors[key], np.nan)
+    broken = tmp_path / "nan.safetensors"
+    save_file(tensors, str(broken), metadata=read_metadata(source))
+    out = tmp_path / "am"
+    args = ["am", "--model", "conceptnet", "--weights", str(broken), "--layer", "conv2",
+            "--units", "0:2", "--preset", "yosinski1", "--steps", "2", "--out", str(out),
+            "--quiet"]  # fmt: skip
+    assert main(args) == 0
+
+    def refuse(name):
+        raise ValueError(f"not strict JSON: {name}")
+
+    records = json.loads((out / "results.json").read_text(), parse_constant=refuse)
+    assert records[0]["start_activation"] is None
+    assert "start_activation" in records[0]["non_finite_fields"]
+    err = capsys.readouterr().err
+    assert "non-finite value(s)" in err and "layer conv2" in err

@@ -82,6 +82,7 @@ def cmd_am(args) -> int:
     from cnnvis_jax.am.render import objectives_for_units, render
     from cnnvis_jax.cli.common import load_model_arg
     from cnnvis_jax.deconv import parse_units
+    from cnnvis_jax.report.files import warn_non_finite, write_json
     from cnnvis_jax.report.grid import image_grid, save_png
 
     if args.steps is not None and args.steps < 1:
@@ -156,8 +157,9 @@ def cmd_am(args) -> int:
     size = result.images.shape[2]
     grid = image_grid(result.images[:, 0], labels=labels, scale=_tile_scale(size))
     save_png(grid, out / "grid.png")
-    (out / "results.json").write_text(json.dumps(records, indent=2))
-    (out / "run.json").write_text(json.dumps(run, indent=2))
+    warn_non_finite(write_json(out / "results.json", records), out / "results.json",
+                    f"layer {info.name}")  # fmt: skip
+    write_json(out / "run.json", run)
     stopped = sum(r["stopped_at_step"] is not None for r in records)
     print(
         f"{info.name}: {len(units)} units with {args.preset} ({int(result.trajectory.shape[-2])} "
@@ -213,6 +215,7 @@ def cmd_mfv(args) -> int:
     from cnnvis_jax.am.mfv import facet_diversity, facets, render_facets
     from cnnvis_jax.cli.common import load_model_arg
     from cnnvis_jax.data import open_dataset
+    from cnnvis_jax.report.files import write_json
     from cnnvis_jax.report.grid import image_grid, save_png
 
     if args.facets < 1 or args.per_facet < 1 or args.images < 1:
@@ -256,14 +259,12 @@ def cmd_mfv(args) -> int:
             "final_activation": float(result.final_activation[f, 0]),
             "stopped_at_step": int(result.stopped_at[f]) if result.stopped_at[f] >= 0 else None,
         }
-        (out / f"facet_{f:02d}.json").write_text(json.dumps(record, indent=2))
+        write_json(out / f"facet_{f:02d}.json", record)
         save_png(result.images[f, 0], out / f"facet_{f:02d}.png")
     layers = [layer.name for layer in model.layers if not layer.name.endswith("_pre")]
     layers = [n for n in layers if n.startswith(("conv", "fc"))] or list(model.layer_names)
     diversity = facet_diversity(model, source, found.indices, layers, k=args.facets, seed=args.seed)
-    (out / "diversity.json").write_text(
-        json.dumps({"class": index, "facets": k, "diversity": diversity}, indent=2)
-    )
+    write_json(out / "diversity.json", {"class": index, "facets": k, "diversity": diversity})
     print(
         f"class {model.class_names[index]!r}: {k} facets from {found.indices.size} images; "
         f"wrote {out / 'facets.png'}, facet_XX.json and diversity.json"

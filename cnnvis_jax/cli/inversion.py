@@ -19,7 +19,6 @@ trains (or resumes) one decoder into DIR.
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -97,6 +96,7 @@ def cmd_invert(args) -> int:
     from cnnvis_jax.inversion.perturb import make_perturbation
     from cnnvis_jax.inversion.regularized import features_of, invert_layers, resolve_plan
     from cnnvis_jax.inversion.upconv import decode
+    from cnnvis_jax.report.files import warn_non_finite, write_json
     from cnnvis_jax.report.grid import image_grid, save_png
 
     if args.images and args.count is not None:
@@ -161,7 +161,8 @@ def cmd_invert(args) -> int:
     record["images"] = per_image
     grid = image_grid(np.concatenate([images, shown]), ncols=len(images), scale=2)
     save_png(grid, out / "reconstructions.png")
-    (out / "results.json").write_text(json.dumps(record, indent=2))
+    warn_non_finite(write_json(out / "results.json", record), out / "results.json",
+                    f"layer {layer}")  # fmt: skip
     if record["non_finite"]:
         print(
             f"cnnvis: images {record['non_finite']} hit non-finite values; their last finite "

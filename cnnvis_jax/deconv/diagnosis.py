@@ -60,7 +60,6 @@ data source (the last batch padded and masked).
 from __future__ import annotations
 
 import functools
-import json
 import os
 import re
 from collections.abc import Sequence
@@ -75,6 +74,7 @@ from cnnvis_jax.errors import InputError
 from cnnvis_jax.features import iterate_batches, to_model_input
 from cnnvis_jax.model import LayerInfo, Model
 from cnnvis_jax.progress import progress_bar
+from cnnvis_jax.report.files import write_json
 
 __all__ = [
     "BANDS",
@@ -675,6 +675,6 @@ def save_diagnosis(out_dir: str | os.PathLike, diagnosis: Diagnosis) -> tuple[Pa
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     record = out_dir / "diagnosis.json"
-    record.write_text(json.dumps(diagnosis_record(diagnosis), indent=1))
+    write_json(record, diagnosis_record(diagnosis))
     png = save_png(diagnosis_figure(diagnosis), out_dir / "diagnosis.png")
     return record, png

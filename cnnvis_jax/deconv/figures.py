@@ -12,7 +12,6 @@ activation (the first one with the unit), patches with the image index.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from collections.abc import Sequence
@@ -32,6 +31,7 @@ from cnnvis_jax.deconv.topk import (
     top_activations,
 )
 from cnnvis_jax.model import Model
+from cnnvis_jax.report.files import write_json
 from cnnvis_jax.report.grid import image_grid, rescale_each, save_png
 
 __all__ = [
@@ -149,7 +149,7 @@ def write_results(path: str | os.PathLike, topk: TopK, boxes: np.ndarray) -> Pat
     """Write :func:`results_record` as JSON to ``path`` (parents created)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(results_record(topk, boxes), indent=1))
+    write_json(path, results_record(topk, boxes))
     return path
 
 

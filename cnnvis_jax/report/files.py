@@ -7,9 +7,12 @@ target (``os.replace`` is atomic on one file system), creating parent folders.
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 
 def write_text(path: str | os.PathLike, text: str) -> Path:
@@ -22,6 +25,52 @@ def write_text(path: str | os.PathLike, text: str) -> Path:
     return path
 
 
-def write_json(path: str | os.PathLike, value: Any) -> Path:
-    """Strict JSON (a NaN or infinity is an error, not ``NaN``), written atomically."""
-    return write_text(path, json.dumps(value, indent=1, allow_nan=False))
+def strict(value: Any) -> tuple[Any, int]:
+    """``value`` as strict JSON data, and how many non-finite numbers it held.
+
+    NumPy scalars and arrays become Python numbers and lists. A NaN or infinity becomes
+    ``null``, and the object holding it gains ``"non_finite_fields": [its keys]`` (a
+    reader sees which numbers are missing and why, instead of ``NaN``, which is not
+    JSON).
+    """
+    if isinstance(value, np.ndarray):
+        value = value.tolist()
+    elif isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float):
+        return (value, 0) if math.isfinite(value) else (None, 1)
+    if isinstance(value, dict):
+        out, count, fields = {}, 0, []
+        for k, v in value.items():
+            out[k], n = strict(v)
+            count += n
+            if n and not isinstance(v, (dict, list, tuple, np.ndarray)):
+                fields.append(k)
+        if fields:
+            out["non_finite_fields"] = fields
+        return out, count
+    if isinstance(value, (list, tuple)):
+        items = [strict(v) for v in value]
+        return [v for v, _ in items], sum(n for _, n in items)
+    return value, 0
+
+
+def write_json(path: str | os.PathLike, value: Any) -> int:
+    """Write ``value`` as strict JSON (see :func:`strict`) atomically; returns the number
+    of non-finite numbers written as ``null`` (0 normally)."""
+    clean, count = strict(value)
+    write_text(path, json.dumps(clean, indent=1, allow_nan=False))
+    return count
+
+
+def warn_non_finite(count: int, path: str | os.PathLike, where: str) -> None:
+    """One warning line on stderr when ``count`` numbers of ``path`` were not finite."""
+    if count:
+        import sys
+
+        print(
+            f"cnnvis: warning: {count} non-finite value(s) in {os.fspath(path)} ({where}): "
+            "written as null (see non_finite_fields); the weights or the input produce NaN "
+            "or infinity there.",
+            file=sys.stderr,
+        )

@@ -57,19 +57,20 @@ def test_outputs_have_lite_columns_summary_and_escaped_html(tiny, source, tmp_pa
     with open(tmp_path / "conv2" / "tally.csv") as f:
         rows = list(csv.DictReader(f))
     header = list(rows[0])
-    assert header[:4] == ["unit", "category", "label", "score"]
-    assert header[4:9] == ["object-label", "object-truth", "object-activation",
+    assert header[:5] == ["unit", "netdissect_unit", "category", "label", "score"]
+    assert header[5:10] == ["object-label", "object-truth", "object-activation",
                            "object-intersect", "object-iou"]  # fmt: skip
-    assert sorted(int(r["unit"]) for r in rows) == [1, 2, 3, 4, 5]
+    assert sorted(int(r["unit"]) for r in rows) == [0, 1, 2, 3, 4]  # as everywhere else
+    assert all(int(r["netdissect_unit"]) == int(r["unit"]) + 1 for r in rows)
     scores = [float(r["score"]) for r in rows]
     assert scores == sorted(scores, reverse=True)
     res = d.layers["conv2"]
-    first = int(rows[0]["unit"]) - 1
+    first = int(rows[0]["unit"])
     assert rows[0]["label"] == d.layout.names[res.scores.label[first]]
     html = (tmp_path / "conv2" / "index.html").read_text()
     assert "<b>car&co</b>" not in html
     assert "units covering" in html and "sortable" in html
-    assert (tmp_path / "conv2" / "units" / "unit0001.jpg").is_file()
+    assert (tmp_path / "conv2" / "units" / "unit0000.jpg").is_file()
     assert (tmp_path / "detectors.png").is_file() and (
         tmp_path / "conv1" / "bargraph.png"
     ).is_file()

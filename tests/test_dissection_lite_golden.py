@@ -86,7 +86,7 @@ def assert_counts_equal_lite(d, layer: str, golden: Path, features) -> int:
     from cnnvis_jax.dissection.scoring import tally_rows
 
     r = d.layers[layer]
-    ours = {row["unit"]: row for row in tally_rows(r.counts, d.layout, r.scores, d.mode)}
+    ours = {row["netdissect_unit"]: row for row in tally_rows(r.counts, d.layout, r.scores, d.mode)}
     lite = read_tally(golden / "tally.csv")
     assert set(ours) == set(lite)
     near = near_threshold_pixels(d, layer, features)

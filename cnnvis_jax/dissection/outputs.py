@@ -7,9 +7,10 @@ Layout of ``out``::
     run.json                    settings, data set, layout, images, skipped files
     detectors.png / .csv        detectors (and unique detectors) per category per layer
     <layer>/tally.csv           NetDissect-Lite's columns, units by decreasing score
+                                (``unit`` from 0; ``netdissect_unit``, its number, from 1)
     <layer>/index.html          "k/U units covering m concepts", bar graph, unit list
     <layer>/bargraph.png        detector units per label, grouped by category
-    <layer>/units/unitNNNN.jpg  the unit's top images (segmentation size) with its mask
+    <layer>/units/unitNNNN.jpg  unit NNNN's (from 0) top images (segmentation size) with its mask
 """
 
 from __future__ import annotations
@@ -279,7 +280,7 @@ def layer_html(result, layout: LabelLayout, d: Dissection, unit_pictures: bool) 
         '<figure><img src="bargraph.png" alt="detector units per label"></figure>',
     ]
     if summary["constant_units"]:
-        shown = ", ".join(str(u + 1) for u in summary["constant_units"])
+        shown = ", ".join(str(u) for u in summary["constant_units"])
         parts.append(f"<p>{esc(f'constant units (no threshold, never detectors): {shown}')}</p>")
     head = ["unit", "label", "category", "IoU", "detector", "threshold"]
     if unit_pictures:
@@ -288,7 +289,7 @@ def layer_html(result, layout: LabelLayout, d: Dissection, unit_pictures: bool) 
     for u in s.order.tolist():
         cat = layout.categories[s.category[u]]
         cells = [
-            f'<td data-v="{u + 1}">{u + 1}</td>',
+            f'<td data-v="{u}">{u}</td>',
             f"<td>{esc(layout.names[s.label[u]])}</td>",
             f'<td><span style="color:{_color(cat)}">{esc(cat)}</span></td>',
             f'<td data-v="{s.score[u]:.6f}">{esc(f"{s.score[u]:.4f}")}</td>',
@@ -296,8 +297,8 @@ def layer_html(result, layout: LabelLayout, d: Dissection, unit_pictures: bool) 
             f"<td>{esc('constant' if th.constant[u] else f'{th.values[u]:.4g}')}</td>",
         ]
         if unit_pictures:
-            src = f"units/unit{u + 1:04d}.jpg"
-            cells.append(f'<td><img src="{esc(src)}" alt="{esc(f"unit {u + 1}")}"></td>')
+            src = f"units/unit{u:04d}.jpg"
+            cells.append(f'<td><img src="{esc(src)}" alt="{esc(f"unit {u}")}"></td>')
         rows.append("<tr>" + "".join(cells) + "</tr>")
     head_html = "".join(f"<th>{esc(h)}</th>" for h in head)
     parts.append(
@@ -343,9 +344,7 @@ def write_outputs(
                 part = slice(start, start + 64)
                 strips = unit_strips(pics, slot[part], masks[part])
                 for u, strip in enumerate(strips, start=start):
-                    Image.fromarray(strip).save(
-                        folder / "units" / f"unit{u + 1:04d}.jpg", quality=90
-                    )
+                    Image.fromarray(strip).save(folder / "units" / f"unit{u:04d}.jpg", quality=90)
         paths[f"{name}/html"] = folder / "index.html"
         paths[f"{name}/html"].write_text(layer_html(result, d.layout, d, pictures))
     paths["plot"] = detectors_plot(out / "detectors.png", d)

@@ -120,12 +120,17 @@ def score(counts: Counts, layout: LabelLayout, mode: str, iou_threshold: float =
 
 
 def tally_rows(counts: Counts, layout: LabelLayout, scores: Scores, mode: str) -> list[dict]:
-    """NetDissect-Lite's tally.csv rows (units by decreasing score, ``unit`` 1-based)."""
+    """NetDissect-Lite's tally.csv rows (units by decreasing score).
+
+    ``unit`` numbers units from 0, as every other file and command of this package
+    does; ``netdissect_unit`` (the second column) is NetDissect-Lite's own number, from
+    1, for comparing with its files."""
     ucat = counts.units_cat(mode)
     rows = []
     for u in scores.order.tolist():
         row = {
-            "unit": u + 1,
+            "unit": u,
+            "netdissect_unit": u + 1,
             "category": layout.categories[scores.category[u]],
             "label": layout.names[scores.label[u]],
             "score": float(scores.score[u]),
@@ -142,8 +147,9 @@ def tally_rows(counts: Counts, layout: LabelLayout, scores: Scores, mode: str) -
 
 
 def tally_fields(layout: LabelLayout) -> list[str]:
-    """tally.csv's columns, in NetDissect-Lite's order."""
-    fields = ["unit", "category", "label", "score"]
+    """tally.csv's columns: NetDissect-Lite's, in its order, with ``netdissect_unit``
+    (its 1-based unit number) after ``unit`` (0-based)."""
+    fields = ["unit", "netdissect_unit", "category", "label", "score"]
     for c in layout.categories:
         fields += [f"{c}-label", f"{c}-truth", f"{c}-activation", f"{c}-intersect", f"{c}-iou"]
     return fields

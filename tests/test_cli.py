@@ -156,3 +156,38 @@ def test_models_default_shows_the_default_network(capsys):
     assert main(["models", "default"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("conceptnet: input 64x64") and "conv5" in out
+
+
+@pytest.mark.parametrize("command", [["am", "--layer", "conv1", "--units", "0"],
+                                     ["dissect", "--layer", "conv1"], ["diagnose"],
+                                     ["survey"], ["train"]])  # fmt: skip
+def test_an_unusable_out_is_one_line_before_any_work(tmp_path, capsys, command):
+    a_file = tmp_path / "file"
+    a_file.write_text("")
+    for out, message in ((a_file, "is a file"), (a_file / "sub", "cannot write into --out"),
+                         ("", "empty string")):  # fmt: skip
+        assert main([*command, "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("cnnvis: error:") and len(err.strip().splitlines()) == 1, err
+        assert message in err, err
+
+
+def test_an_unwritable_out_or_cache_is_one_line(tmp_path, capsys, monkeypatch):
+    import errno
+    import tempfile
+
+    real = tempfile.NamedTemporaryFile
+
+    def read_only(*args, dir=None, **kwargs):
+        if str(dir).endswith("ro"):
+            raise OSError(errno.EROFS, "Read-only file system")
+        return real(*args, dir=dir, **kwargs)
+
+    monkeypatch.setattr(tempfile, "NamedTemporaryFile", read_only)
+    assert main(["diagnose", "--out", str(tmp_path / "ro")]) == 2
+    assert "Read-only file system" in capsys.readouterr().err
+    monkeypatch.setenv("CNNVIS_CACHE", str(tmp_path / "cache-ro"))
+    assert main(["diagnose", "--out", str(tmp_path / "ok")]) == 2
+    err = capsys.readouterr().err
+    assert "$CNNVIS_CACHE" in err and len(err.strip().splitlines()) == 1
+    assert main(["models"]) == 0  # listing models needs no writable cache

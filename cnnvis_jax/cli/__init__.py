@@ -56,10 +56,13 @@ def enable_compilation_cache() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from cnnvis_jax.cli.common import check_outputs
+
     parser = build_parser()
     args = parser.parse_args(argv)
-    enable_compilation_cache()
     try:
+        check_outputs(args)  # before any work
+        enable_compilation_cache()
         return int(args.func(args) or 0)
     except InputError as e:
         print(f"cnnvis: error: {e}", file=sys.stderr)
@@ -70,3 +73,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("cnnvis: interrupted; rerun the same command to resume.", file=sys.stderr)
         return 130
+    except OSError as e:  # a write failed mid-run (full disk, permissions)
+        where = f" {e.filename}" if e.filename else ""
+        print(
+            f"cnnvis: error: cannot write{where} ({e.strerror or e}); free space or fix "
+            "permissions and rerun (finished work is kept).",
+            file=sys.stderr,
+        )
+        return 2

@@ -58,7 +58,7 @@ def _add_models(sub) -> None:
     p = sub.add_parser("models", help="list the zoo, or one model's layers and receptive fields")
     p.add_argument("name", nargs="?", help="a zoo model name")
     p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_models)
+    p.set_defaults(func=cmd_models, needs_cache=False)
 
 
 # --- data ------------------------------------------------------------------------------
@@ -95,11 +95,11 @@ def _add_data(sub) -> None:
     g.add_argument("--val", type=int, default=200, help="validation images (tfds)")
     g.add_argument("--image-size", type=int, default=64)
     g.add_argument("--seed", type=int, default=0)
-    g.set_defaults(func=cmd_data_generate)
+    g.set_defaults(func=cmd_data_generate, needs_cache=False)
     i = dsub.add_parser("inspect", help="validate a data set fully and print its summary")
     i.add_argument("dataset", help="concepts | broden:DIR | folder:DIR")
     i.add_argument("--quiet", action="store_true")
-    i.set_defaults(func=cmd_data_inspect)
+    i.set_defaults(func=cmd_data_inspect, needs_cache=False)
 
 
 def add_commands(sub) -> None:

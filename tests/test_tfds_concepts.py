@@ -10,7 +10,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from cnnvis_jax.data import tfds_concepts
+from cnnvis_jax.data import concepts, tfds_concepts
 from cnnvis_jax.errors import DataError, InputError
 
 _ROUND_TRIP = textwrap.dedent(
@@ -109,3 +109,21 @@ def test_module_import_is_light():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "False"]
+
+
+def test_generated_tfds_data_is_read_by_the_commands(tmp_path, capsys):
+    from cnnvis_jax.cli import main
+    from cnnvis_jax.data import open_dataset
+
+    out = tmp_path / "tfds"
+    assert main(["data", "generate", "--format", "tfds", "--out", str(out), "--train", "6",
+                 "--val", "4", "--seed", "3"]) == 0  # fmt: skip
+    assert main(["data", "inspect", f"tfds:{out}"]) == 0
+    assert "split 'val', 4 images 64x64" in capsys.readouterr().out
+    source = open_dataset(f"tfds:{out}")
+    reference = concepts.ConceptSet(4, split="val", seed=3)
+    assert np.array_equal(source[2]["image"], reference[2]["image"])
+    assert len(open_dataset(f"tfds:{out}", split="train")) == 6
+    assert main(["diagnose", "--model", "conceptnet", "--dataset", f"tfds:{out}",
+                 "--out", str(tmp_path / "d"), "--quiet"]) == 0  # fmt: skip
+    assert (tmp_path / "d" / "diagnosis.json").is_file()

@@ -24,7 +24,7 @@ def add_dataset_arg(p: argparse.ArgumentParser, default: str = "concepts") -> No
     p.add_argument(
         "--dataset",
         default=default,
-        help="concepts | broden:DIR | folder:DIR (default: %(default)s)",
+        help="concepts | broden:DIR | folder:DIR | tfds:DIR | skimage (default: %(default)s)",
     )
 
 

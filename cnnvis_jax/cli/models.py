@@ -97,7 +97,7 @@ def _add_data(sub) -> None:
     g.add_argument("--seed", type=int, default=0)
     g.set_defaults(func=cmd_data_generate, needs_cache=False)
     i = dsub.add_parser("inspect", help="validate a data set fully and print its summary")
-    i.add_argument("dataset", help="concepts | broden:DIR | folder:DIR")
+    i.add_argument("dataset", help="concepts | broden:DIR | folder:DIR | tfds:DIR | skimage")
     i.add_argument("--quiet", action="store_true")
     i.set_defaults(func=cmd_data_inspect, needs_cache=False)
 

@@ -24,7 +24,7 @@ from cnnvis_jax.data.types import (
     Source,
     Vocabulary,
 )
-from cnnvis_jax.errors import InputError
+from cnnvis_jax.errors import DataError, InputError
 
 _LAZY = {
     "ConceptSet": "cnnvis_jax.data.concepts",
@@ -53,17 +53,19 @@ def __getattr__(name: str) -> Any:
 
 
 def parse_dataset(spec: str) -> tuple[str, str | None]:
-    """Split ``concepts`` / ``broden:DIR`` / ``folder:DIR`` / ``skimage[:NAMES]`` into
-    (kind, path); for ``skimage`` the "path" is the comma-separated image names or None."""
+    """Split ``concepts`` / ``broden:DIR`` / ``folder:DIR`` / ``tfds:DIR`` /
+    ``skimage[:NAMES]`` into (kind, path); for ``skimage`` the "path" is the
+    comma-separated image names or None."""
     kind, _, path = spec.partition(":")
     if kind == "concepts" and not path:
         return kind, None
-    if kind in ("broden", "folder") and path:
+    if kind in ("broden", "folder", "tfds") and path:
         return kind, path
     if kind == "skimage":
         return kind, path or None
     raise InputError(
-        f"unknown dataset {spec!r}; use 'concepts', 'broden:DIR', 'folder:DIR' or 'skimage' "
+        f"unknown dataset {spec!r}; use 'concepts', 'broden:DIR', 'folder:DIR', 'tfds:DIR' "
+        "(the concept set as written by `cnnvis data generate --format tfds`) or 'skimage' "
         "(scikit-image's bundled images; 'skimage:astronaut,coffee' for some of them)."
     )
 
@@ -80,9 +82,11 @@ def open_dataset(
     """The source named by a ``--dataset`` value.
 
     Args:
-      spec: ``concepts``, ``broden:DIR``, ``folder:DIR``, ``skimage`` or
-        ``skimage:NAME,NAME`` (see :mod:`cnnvis_jax.data.skimage_source`).
-      split: concept set split (default ``val``) or Broden split (default all).
+      spec: ``concepts``, ``broden:DIR``, ``folder:DIR``, ``tfds:DIR`` (the concept
+        set prepared by :func:`build_tfds`), ``skimage`` or ``skimage:NAME,NAME`` (see
+        :mod:`cnnvis_jax.data.skimage_source`).
+      split: concept set split (default ``val``; for ``tfds:DIR`` ``val`` when it was
+        prepared, else ``train``) or Broden split (default all).
       size: (H, W) images of an image folder or of scikit-image are resized/cropped
         to (default: each keeps its own size).
       count: number of concept images (default per split, see
@@ -105,6 +109,8 @@ def open_dataset(
         from cnnvis_jax.data.broden import BrodenSource
 
         return BrodenSource(path, split=split)
+    if kind == "tfds":
+        return _tfds_split(path, split)
     if kind == "skimage":
         from cnnvis_jax.data.skimage_source import SKIMAGE_NAMES, SkimageSource
 
@@ -115,9 +121,30 @@ def open_dataset(
     return FolderSource(path, size=size)
 
 
+def _tfds_split(path: str, split: str | None):
+    """The prepared TFDS concept set in ``path``: ``split``, else val (or train)."""
+    from cnnvis_jax.data.tfds_concepts import tfds_source
+
+    if split is not None:
+        return tfds_source(path, split)
+    try:
+        return tfds_source(path, "val")
+    except DataError:
+        raise
+    except InputError:  # no val split prepared
+        return tfds_source(path, "train")
+
+
 def inspect_dataset(spec: str, *, progress: bool = True) -> str:
     """Validate a data set fully (every row, every file) and return its summary."""
     kind, path = parse_dataset(spec)
+    if kind == "tfds":
+        source = _tfds_split(path, None)
+        return (
+            f"TFDS concept set {source.directory}: split {source.split!r}, {len(source)} "
+            f"images {source.image_size}x{source.image_size}, target {source.target!r}, "
+            f"classes ({len(source.class_names)}): {', '.join(source.class_names)}"
+        )
     if kind == "broden":
         from cnnvis_jax.data.broden import format_summary, validate
 

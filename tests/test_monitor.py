@@ -157,3 +157,18 @@ def test_cli_monitor_bad_arguments(trained_run, tmp_path, capsys):
     code = main(["monitor", "--run", str(trained_run), "--layer", "conv1", "--units", "40:50",
                  "--out", str(tmp_path)])  # fmt: skip
     assert code == 2 and "out of range" in capsys.readouterr().err
+
+
+def test_cli_monitor_default_run_from_any_folder(trained_run, tmp_path, monkeypatch, capsys):
+    import shutil
+
+    cache = tmp_path / "cache"
+    shutil.copytree(trained_run, cache / "conceptnet-default")  # as if make demo trained it
+    monkeypatch.setenv("CNNVIS_CACHE", str(cache))
+    monkeypatch.chdir(tmp_path)  # not the folder the run was trained from
+    code = main(["monitor", "--run", "default", "--layer", "conv1", "--units", "0", "--count",
+                 "8", "--quiet", "--out", str(tmp_path / "m")])  # fmt: skip
+    assert code == 0, capsys.readouterr().err
+    assert (
+        json.loads((tmp_path / "m" / "monitor.json").read_text())["summary"][0]["layer"] == "conv1"
+    )

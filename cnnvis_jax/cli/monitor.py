@@ -40,6 +40,18 @@ def _source_and_indices(args, size):
     return source, indices
 
 
+def _run_folder(run: str, *, progress: bool):
+    """``--run``: a training run folder, or ``default`` for the default model's run in
+    the cache (where ``make demo`` and ``--model default`` train it; trained now if
+    absent), from any working folder."""
+    if run != "default":
+        return run
+    from cnnvis_jax.default import default_model, default_run_dir
+
+    default_model(progress=progress)
+    return default_run_dir()
+
+
 def cmd_monitor(args) -> int:
     from cnnvis_jax.deconv.monitor import (
         monitor_record,
@@ -56,10 +68,11 @@ def cmd_monitor(args) -> int:
     if not layers:
         raise InputError("name the layers to monitor with --layer conv1 (or --layers conv1,conv5).")
     units = parse_units(args.units) if args.units is not None else None
-    final = load_trained(snapshot_paths(args.run)[-1][1])
+    run = _run_folder(args.run, progress=not args.quiet)
+    final = load_trained(snapshot_paths(run)[-1][1])
     source, indices = _source_and_indices(args, final.input.size)
     model, monitoring = monitor_run(
-        args.run,
+        run,
         source,
         layers,
         units,
@@ -135,7 +148,11 @@ def add_commands(sub) -> None:
         "monitor",
         help="training monitoring: projections of the same units at every saved epoch",
     )
-    p.add_argument("--run", required=True, help="run directory of `cnnvis train` (snapshots/)")
+    p.add_argument(
+        "--run", required=True,
+        help="run directory of `cnnvis train` (snapshots/), or 'default': the default model's "
+        "run in the cache",
+    )  # fmt: skip
     p.add_argument("--layer", action="append", help="layer to monitor (repeatable)")
     p.add_argument("--layers", action="append", help="comma-separated layers, e.g. conv1,conv5")
     p.add_argument(

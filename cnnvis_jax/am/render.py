@@ -20,9 +20,11 @@ image better than the best-so-far becomes the best).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import numbers
+import os
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
@@ -31,7 +33,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import PartitionSpec as P
 
-from cnnvis_jax import parallel
+from cnnvis_jax import checkpoint as checkpoint_mod
+from cnnvis_jax import interrupt, parallel
 from cnnvis_jax.am import objectives as obj_mod
 from cnnvis_jax.am.recipe import Recipe
 from cnnvis_jax.am.regularizers import ClipParams, StepContext
@@ -342,6 +345,7 @@ def render(
     steps: int | None = None,
     progress: bool = False,
     desc: str = "render",
+    checkpoint: str | os.PathLike | None = None,
 ) -> RenderResult:
     """Render activation-maximizing images.
 
@@ -362,6 +366,13 @@ def render(
         generator codes (U, B, D)); overrides ``init_images``.
       steps: override the recipe's step count.
       progress: show a progress bar (steps are then run in chunks).
+      checkpoint: a file (``.npz``) for resumable state: the steps run in 20 chunks,
+        the state is saved after each, and a later call with the same arguments
+        resumes from it and returns the same result as an uninterrupted one. Inside
+        such a call the first Ctrl-C (or SIGTERM) stops at the end of the current
+        chunk with :class:`cnnvis_jax.interrupt.Interrupted`, the state saved. The
+        file is kept (delete it once the result is stored). Not for MFV's centre
+        recipes, which run as before.
 
     Returns:
       A :class:`RenderResult` with leading axes (U,) for one recipe and seed, else
@@ -459,11 +470,32 @@ def render(
             ruled = model_with_rules(
                 model_r, "redirected", require_relu=False, explicit_conv_transpose=True
             )
-        chunk = max(1, math.ceil(total / 20)) if _progress_on(progress) else total
+        chunked = checkpoint is not None or _progress_on(progress)
+        chunk = max(1, math.ceil(total / 20)) if chunked else total
         trajectories = []
-        start = 0
-        with progress_bar(total, desc, enabled=progress, unit="step") as bar:
+        start = done = 0
+        fingerprint = ""
+        if checkpoint is not None:
+            fingerprint = checkpoint_mod.digest(
+                model.params, job_recipe, job_objectives, job_keys, job_images, job_params,
+                np.asarray([total, chunk, batch, n_jobs]),
+            ) + repr((recipe_axes, treedef))  # fmt: skip
+            saved = checkpoint_mod.load_tree(checkpoint, state, fingerprint)
+            if saved is not None:
+                restored, extra = saved
+                state = jax.tree_util.tree_map(
+                    lambda ref, v: jax.device_put(v, ref.sharding), state, restored
+                )
+                done = int(extra["done"])
+                trajectories.append(jnp.asarray(extra["trajectory"]))
+        guard = interrupt.graceful() if checkpoint is not None else contextlib.nullcontext()
+        with guard, progress_bar(total, desc, enabled=progress, unit="step") as bar:
+            bar.update(done)
             for plan in _plan(total, recipe_data.redirect_steps, chunk):
+                length = sum(n for n, _ in plan)
+                if start + length <= done:  # run before the checkpoint
+                    start += length
+                    continue
                 state, values = _advance_all(
                     model_r,
                     ruled,
@@ -475,9 +507,13 @@ def render(
                     recipe_axes=recipe_axes,
                 )
                 trajectories.append(values)
-                length = sum(n for n, _ in plan)
                 start += length
                 bar.update(length)
+                if checkpoint is not None:
+                    trajectories = [jnp.concatenate(trajectories, axis=1)]
+                    checkpoint_mod.save_tree(checkpoint, state, fingerprint,
+                                             trajectory=trajectories[0], done=start)  # fmt: skip
+                    interrupt.check(desc)
         trajectory = jnp.concatenate(trajectories, axis=1)
         out = _finish_all(model_r, job_recipe, job_objectives, state, recipe_axes=recipe_axes)
 

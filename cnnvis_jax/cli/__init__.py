@@ -56,7 +56,7 @@ def enable_compilation_cache() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from cnnvis_jax.cli.common import check_outputs
+    from cnnvis_jax.cli.common import check_outputs, release_locks
 
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -81,3 +81,5 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
+    finally:
+        release_locks()

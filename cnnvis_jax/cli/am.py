@@ -4,7 +4,8 @@
 [--seed S] --out DIR`` writes ``DIR/grid.png`` (the units in a labelled grid),
 ``DIR/unit_XXXX.png`` per unit, ``DIR/results.json`` (a list of ``{unit,
 start_activation, best_activation, final_activation, stopped_at_step}``) and
-``DIR/run.json`` (the arguments). A rerun with the same arguments reuses the files.
+``DIR/run.json`` (the arguments). A rerun with the same arguments reuses the files, or
+resumes an interrupted render; other arguments are refused unless ``--overwrite``.
 
 ``cnnvis mfv --model M --class C --facets K --out DIR`` writes ``DIR/facets.png``
 (top row: each facet's mean image; bottom row: its visualization), one
@@ -14,7 +15,6 @@ class per layer).
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -80,7 +80,7 @@ def _unit_label(unit: int, value: float, names) -> str:
 def cmd_am(args) -> int:
     from cnnvis_jax.am.presets import preset
     from cnnvis_jax.am.render import objectives_for_units, render
-    from cnnvis_jax.cli.common import load_model_arg
+    from cnnvis_jax.cli.common import load_model_arg, same_run
     from cnnvis_jax.deconv import parse_units
     from cnnvis_jax.report.files import warn_non_finite, write_json
     from cnnvis_jax.report.grid import image_grid, save_png
@@ -110,14 +110,14 @@ def cmd_am(args) -> int:
         "position": list(position) if position else None,
         "generator": args.generator,
     }
-    if (
-        (out / "run.json").exists()
-        and (out / "results.json").exists()
-        and (out / "grid.png").exists()
-    ):
-        if json.loads((out / "run.json").read_text()) == run:
-            print(f"{out}: already rendered with these arguments; reusing {out / 'grid.png'}")
-            return 0
+    same = same_run(out / "run.json", run, overwrite=args.overwrite)
+    if same and (out / "results.json").exists() and (out / "grid.png").exists():
+        print(f"{out}: already rendered with these arguments; reusing {out / 'grid.png'}")
+        return 0
+    checkpoint = out / ".render-checkpoint.npz"
+    if args.overwrite:
+        checkpoint.unlink(missing_ok=True)
+    write_json(out / "run.json", run)  # what the folder holds (or is computing)
     generator = load_generator(args.generator, model) if args.preset == "dgn" else None
     recipe = preset(args.preset, generator=generator)
     kind = args.objective or recipe.objective
@@ -130,6 +130,7 @@ def cmd_am(args) -> int:
         steps=args.steps,
         progress=not args.quiet,
         desc=f"{args.preset} {info.name}",
+        checkpoint=checkpoint,
     )
     names = model.class_names if info.name == model.logits_layer else None
     records = []
@@ -159,7 +160,7 @@ def cmd_am(args) -> int:
     save_png(grid, out / "grid.png")
     warn_non_finite(write_json(out / "results.json", records), out / "results.json",
                     f"layer {info.name}")  # fmt: skip
-    write_json(out / "run.json", run)
+    checkpoint.unlink(missing_ok=True)
     stopped = sum(r["stopped_at_step"] is not None for r in records)
     print(
         f"{info.name}: {len(units)} units with {args.preset} ({int(result.trajectory.shape[-2])} "
@@ -192,6 +193,8 @@ def add_am(sub) -> None:
         "--out", required=True, help="output folder (grid.png, unit_XXXX.png, results.json)"
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace what --out holds from a run with other arguments")  # fmt: skip
     p.set_defaults(func=cmd_am)
 
 

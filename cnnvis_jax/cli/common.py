@@ -76,6 +76,71 @@ def check_outputs(args) -> None:
     from cnnvis_jax.default import cache_dir
 
     if getattr(args, "out", None) is not None:
-        writable_folder(args.out, "--out")
+        lock_folder(writable_folder(args.out, "--out"))
     if getattr(args, "needs_cache", True):
         writable_folder(os.fspath(cache_dir()), "the cache ($CNNVIS_CACHE)")
+
+
+def same_run(path: Path, run: dict, *, overwrite: bool) -> bool:
+    """Whether ``path`` (a folder's ``run.json``) records ``run``: True when it does,
+    False when there is none (or ``overwrite``); a different run is refused.
+
+    Raises:
+      InputError: the folder holds a run with other arguments (naming them), unless
+        ``overwrite``.
+    """
+    import json
+
+    if overwrite or not path.exists():
+        return False
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, ValueError):
+        old = None
+    if old == run:
+        return True
+    if not isinstance(old, dict):
+        raise InputError(f"{path} is unreadable; delete it, or add --overwrite.")
+    changed = sorted(k for k in set(old) | set(run) if old.get(k) != run.get(k))
+    shown = "; ".join(f"{k}: {old.get(k)!r} then, {run.get(k)!r} now" for k in changed)
+    raise InputError(
+        f"{path.parent} holds a run with other arguments ({shown}); choose another --out, "
+        "rerun with the same arguments to resume, or add --overwrite."
+    )
+
+
+_LOCKS: list = []  # open lock files, held until the command ends
+
+
+def lock_folder(folder: Path) -> None:
+    """Hold ``folder/.cnnvis.lock`` until :func:`release_locks`, so that two commands
+    never write into one folder at once (the lock goes with the process, even when it
+    is killed).
+
+    Raises:
+      InputError: another running command holds the folder.
+    """
+    import fcntl
+
+    f = open(folder / ".cnnvis.lock", "a+")  # noqa: SIM115 (held open on purpose)
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.seek(0)
+        holder = f.read().strip() or "another process"
+        f.close()
+        raise InputError(
+            f"another cnnvis command ({holder}) is writing into {os.fspath(folder)!r}; wait "
+            "for it to finish or choose another --out."
+        ) from None
+    f.seek(0)
+    f.truncate()
+    f.write(f"pid {os.getpid()}")
+    f.flush()
+    _LOCKS.append(f)
+
+
+def release_locks() -> None:
+    """Release the folders locked by :func:`lock_folder`."""
+    while _LOCKS:
+        _LOCKS.pop().close()

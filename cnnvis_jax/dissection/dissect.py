@@ -25,6 +25,7 @@ import jax
 import numpy as np
 
 from cnnvis_jax import parallel
+from cnnvis_jax.checkpoint import load_arrays, save_arrays
 from cnnvis_jax.dissection import _mesh, sparse_tally
 from cnnvis_jax.dissection import thresholds as th
 from cnnvis_jax.dissection.labels import LabelLayout, label_layout, load_labelled
@@ -300,23 +301,13 @@ def _given_thresholds(model: Model, layers, given) -> dict[str, np.ndarray]:
 
 
 def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    tmp = path.with_suffix(".tmp.npz")
-    with open(tmp, "wb") as f:
-        np.savez(f, **arrays)
-    os.replace(tmp, path)
+    save_arrays(path, {k: v for k, v in arrays.items() if k != "fingerprint"},
+                str(arrays["fingerprint"]))  # fmt: skip
 
 
 def _load_npz(path: Path, fingerprint: str) -> dict[str, np.ndarray] | None:
-    if not path.is_file():
-        return None
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            data = {k: z[k] for k in z.files}
-    except (OSError, ValueError):
-        return None  # a torn or foreign file: start the pass again
-    if str(data.get("fingerprint", "")) != fingerprint:
-        return None
-    return data
+    data = load_arrays(path, fingerprint)
+    return None if data is None else {**data, "fingerprint": np.asarray(fingerprint)}
 
 
 # --- pass 1 ----------------------------------------------------------------------------

@@ -1,0 +1,110 @@
+"""Resumable state as ``.npz`` files: written atomically, read without pickle.
+
+A checkpoint holds named arrays plus a ``fingerprint`` string saying what produced
+it (settings, weights, data). :func:`load_arrays` returns None when there is no
+checkpoint or it belongs to other settings (the work starts from the beginning), and
+refuses a file that cannot be read (corrupt, or written by another version) with a
+message saying how to start fresh. :func:`save_tree` / :func:`load_tree` do the same
+for a pytree of arrays whose structure the caller knows.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+
+from cnnvis_jax.errors import InputError
+
+VERSION = "1"
+"""Layout version of the files; part of every fingerprint check."""
+
+
+def save_arrays(path: str | os.PathLike, arrays: dict[str, Any], fingerprint: str) -> Path:
+    """Write ``arrays`` and ``fingerprint`` to ``path`` (``.npz``) atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".partial")
+    with open(tmp, "wb") as f:
+        np.savez(f, fingerprint=np.asarray(fingerprint), version=np.asarray(VERSION),
+                 **{k: np.asarray(v) for k, v in arrays.items()})  # fmt: skip
+    os.replace(tmp, path)
+    return path
+
+
+def load_arrays(path: str | os.PathLike, fingerprint: str) -> dict[str, np.ndarray] | None:
+    """The arrays saved at ``path`` for ``fingerprint``; None when absent or made for
+    other settings.
+
+    Raises:
+      InputError: the file is not a readable checkpoint of this version.
+    """
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            data = {k: z[k] for k in z.files}
+        version = str(data.pop("version"))
+        saved = str(data.pop("fingerprint"))
+    except (OSError, ValueError, KeyError, EOFError) as e:
+        raise InputError(
+            f"checkpoint {os.fspath(path)} is corrupt or not a checkpoint ({e}); delete it "
+            "to start this work from the beginning."
+        ) from None
+    if version != VERSION:
+        raise InputError(
+            f"checkpoint {os.fspath(path)} was written by another version of cnnvis_jax "
+            f"(layout {version}, this one reads {VERSION}); delete it to start fresh."
+        )
+    return data if saved == fingerprint else None
+
+
+def save_tree(path: str | os.PathLike, tree: Any, fingerprint: str, **extra) -> Path:
+    """Save the leaves of ``tree`` (and ``extra`` arrays) as a checkpoint."""
+    leaves = jax.tree_util.tree_leaves(tree)
+    arrays = {f"leaf_{i:04d}": np.asarray(jax.device_get(v)) for i, v in enumerate(leaves)}
+    return save_arrays(path, {**arrays, **extra}, fingerprint)
+
+
+def load_tree(path: str | os.PathLike, like: Any, fingerprint: str):
+    """(tree shaped like ``like``, the extra arrays) from :func:`save_tree`, or None.
+
+    Raises:
+      InputError: an unreadable file, or leaves that do not match ``like``'s.
+    """
+    data = load_arrays(path, fingerprint)
+    if data is None:
+        return None
+    leaves, treedef = jax.tree_util.tree_flatten(like)
+    restored = []
+    for i, ref in enumerate(leaves):
+        value = data.pop(f"leaf_{i:04d}", None)
+        if value is None or value.shape != np.shape(ref) or value.dtype != np.asarray(ref).dtype:
+            raise InputError(
+                f"checkpoint {os.fspath(path)} does not match this work (leaf {i}); delete it "
+                "to start fresh."
+            )
+        restored.append(value)
+    if any(k.startswith("leaf_") for k in data):
+        raise InputError(
+            f"checkpoint {os.fspath(path)} does not match this work (extra leaves); delete it "
+            "to start fresh."
+        )
+    return jax.tree_util.tree_unflatten(treedef, restored), data
+
+
+def digest(*trees: Any) -> str:
+    """16 hex digits identifying the values of ``trees`` (shapes, dtypes, bytes)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for tree in trees:
+        for leaf in jax.tree_util.tree_leaves(tree):
+            a = np.ascontiguousarray(np.asarray(jax.device_get(leaf)))
+            h.update(str((a.dtype, a.shape)).encode())
+            h.update(a.tobytes())
+    return h.hexdigest()[:16]

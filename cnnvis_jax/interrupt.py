@@ -1,0 +1,71 @@
+"""Graceful interruption: Ctrl-C (SIGINT) or SIGTERM ends long work at a safe point.
+
+A long loop runs inside :func:`graceful` and calls :func:`check` after each step has
+saved its state: there the first SIGINT or SIGTERM only sets a flag, and
+:func:`check` raises :class:`Interrupted` (a :class:`KeyboardInterrupt`) at the next
+safe point; a second Ctrl-C raises :class:`KeyboardInterrupt` at once. Outside such
+loops nothing changes.
+
+An interrupt never lands inside a running XLA computation this way, which is what
+made interrupted commands crash instead of exiting.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+
+_requested = threading.Event()
+_depth = 0
+
+
+class Interrupted(KeyboardInterrupt):
+    """Raised by :func:`check` once work was interrupted; its state is saved."""
+
+
+def requested() -> bool:
+    """Whether an interrupt is pending."""
+    return _requested.is_set()
+
+
+def check(what: str = "work") -> None:
+    """Raise :class:`Interrupted` when an interrupt is pending (call it where the
+    state is saved and the loop can stop)."""
+    if _requested.is_set():
+        raise Interrupted(f"{what} interrupted; its state is saved")
+
+
+@contextlib.contextmanager
+def graceful():
+    """Turn the first SIGINT/SIGTERM into a pending interrupt (main thread only;
+    nested uses share the outermost one)."""
+    global _depth
+    if threading.current_thread() is not threading.main_thread() or _depth:
+        _depth += 1
+        try:
+            yield
+        finally:
+            _depth -= 1
+        return
+    _requested.clear()
+    previous = {}
+
+    def handler(signum, frame):
+        if _requested.is_set() and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # a second Ctrl-C: stop now
+        _requested.set()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        previous[sig] = signal.signal(sig, handler)
+    _depth = 1
+    try:
+        yield
+    finally:
+        _depth = 0
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+        pending = _requested.is_set()
+        _requested.clear()
+    if pending:  # interrupted after the last check: stop now, the work is saved
+        raise Interrupted("interrupted after the work finished")

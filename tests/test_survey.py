@@ -300,3 +300,27 @@ def test_trained_model_gets_curves_mfv_and_monitoring(trained_run, trained_conce
     )
     assert any("adversarial" in c for c in claims)
     check_findings_numbers(tmp_path)
+
+
+def test_vgg16_hed_on_natural_images_skips_what_does_not_apply(tmp_path):
+    """`cnnvis survey --model vgg16-hed --dataset skimage` in small: no classifier and no
+    concept labels, so the class sections, dissection, conditions and robustness are
+    notes, and the rest is drawn (HED's converted layout with random weights, 32 px)."""
+    from cnnvis_jax.data.skimage_source import SkimageSource
+    from cnnvis_jax.hub import convert
+    from cnnvis_jax.hub.vgg16_hed import build
+
+    backbone, _ = convert.split_head(convert.read_hed_h5(
+        convert.write_fake_h5(tmp_path / "fake.weights.h5", seed=1)))  # fmt: skip
+    model = build(backbone, size=(32, 32))
+    source = SkimageSource(["astronaut", "coffee", "chelsea", "rocket"], size=(32, 32))
+    config = dataclasses.replace(TINY, layers=2, sample_images=4, deconv_images=4,
+                                 diagnosis_images=4)  # fmt: skip
+    only = ["network", "am", "dissection", "conditions", "robustness"]
+    result = run_survey(model, source, tmp_path / "s", config, only=only, progress=False)
+    records = {s: json.loads((tmp_path / "s" / s / "record.json").read_text()) for s in only}
+    assert records["am"]["figures"] and "classes" not in records["am"]["data"]
+    assert any("no concept masks" in n for n in records["dissection"]["notes"])
+    assert any("not trained here" in n for n in records["conditions"]["notes"])
+    assert any("no classifier" in n for n in records["robustness"]["notes"])
+    assert result["findings"] is not None

@@ -41,6 +41,7 @@ from cnnvis_jax.dissection.upsample import layer_matrices, upsample
 from cnnvis_jax.errors import InputError
 from cnnvis_jax.features import to_model_input
 from cnnvis_jax.model import Model
+from cnnvis_jax.progress import progress_bar
 
 
 @dataclasses.dataclass
@@ -329,84 +330,98 @@ def net2vec(
         )
     thr = compute_thresholds(model, train_source, [layer], quantile=quantile, progress=progress)
     thresholds = float32_below(thr[layer].values)
-    train = collect(model, train_source, layer, thresholds, layout, np.arange(n_train))
-    val = collect(model, val_source, layer, thresholds, layout, np.arange(n_val))
-    pixel_labels = np.unique(train["pixel"])
-    pixel_labels = pixel_labels[(pixel_labels > 0) & layout.scored()[pixel_labels]]
-    present = presence(train["pixel"], train["scalar"], pixel_labels)
-    concepts = pixel_labels[present.sum(0) >= min_images]
-    if len(concepts) == 0:
-        raise InputError(
-            f"no pixel-level concept occurs in {min_images} or more training images; use "
-            "more images or lower min_images."
+    # one bar over the work after the thresholds: reading the images (2), the
+    # segmentation epochs, the single-unit tallies (2) and the classification epochs
+    total = 2 + epochs + 2 + epochs
+    with progress_bar(total, f"net2vec {layer}", enabled=progress, unit="step") as bar:
+        bar.set_postfix_str("reading images")
+        train = collect(model, train_source, layer, thresholds, layout, np.arange(n_train))
+        val = collect(model, val_source, layer, thresholds, layout, np.arange(n_val))
+        bar.update(2)
+        bar.set_postfix_str("segmentation epochs")
+        pixel_labels = np.unique(train["pixel"])
+        pixel_labels = pixel_labels[(pixel_labels > 0) & layout.scored()[pixel_labels]]
+        present = presence(train["pixel"], train["scalar"], pixel_labels)
+        concepts = pixel_labels[present.sum(0) >= min_images]
+        if len(concepts) == 0:
+            raise InputError(
+                f"no pixel-level concept occurs in {min_images} or more training images; use "
+                "more images or lower min_images."
+            )
+        h, w, n_units = model.layer(layer).shape
+        rows, cols = layer_matrices((h, w), layout.seg_size)
+        # alpha = 1 - mean concept-pixel fraction over training images containing it
+        frac = np.zeros(len(concepts))
+        for i, c in enumerate(concepts.tolist()):
+            has = (train["pixel"] == c).any(axis=1)  # (N, P)
+            rows_c = has.any(axis=1)
+            frac[i] = has[rows_c].mean()
+        alpha = 1.0 - frac
+        key = jax.random.PRNGKey(seed)
+        optimizer = _sgd(float(learning_rate), float(momentum))
+        params = (
+            jnp.zeros((n_units, len(concepts)), jnp.float32),
+            jnp.zeros(len(concepts), jnp.float32),
         )
-    h, w, n_units = model.layer(layer).shape
-    rows, cols = layer_matrices((h, w), layout.seg_size)
-    # alpha = 1 - mean concept-pixel fraction over training images containing it
-    frac = np.zeros(len(concepts))
-    for i, c in enumerate(concepts.tolist()):
-        has = (train["pixel"] == c).any(axis=1)  # (N, P)
-        rows_c = has.any(axis=1)
-        frac[i] = has[rows_c].mean()
-    alpha = 1.0 - frac
-    key = jax.random.PRNGKey(seed)
-    optimizer = _sgd(float(learning_rate), float(momentum))
-    params = (
-        jnp.zeros((n_units, len(concepts)), jnp.float32),
-        jnp.zeros(len(concepts), jnp.float32),
-    )
-    opt_state = optimizer.init(params)
-    dev = {k: jnp.asarray(v) for k, v in train.items()}
-    cj, aj = jnp.asarray(concepts, jnp.int32), jnp.asarray(alpha, jnp.float32)
-    losses = []
-    for _ in range(epochs):
-        key, sub = jax.random.split(key)
-        params, opt_state, loss = _seg_epoch(
-            params, opt_state, sub, dev["bits"], dev["pixel"], cj, aj, rows, cols,
-            optimizer=optimizer, batch=int(batch_size),
-        )  # fmt: skip
-        losses.append(float(loss))
-    iou = set_iou(params, val, cj, rows, cols)
-    # best single unit on train, evaluated on val, from the dissection tally
-    single = {}
-    for name, src in (("train", train_source), ("val", val_source)):
-        counts = compute_tally(model, src, layout, thr, progress=False)[layer]
-        lab = concepts
-        both = counts.both[:, lab].astype(np.float64)
-        single[name] = both / np.maximum(counts.units[:, None] + counts.labels[None, lab] - both, 1)
-    best_unit = single["train"].argmax(axis=0)
-    single_iou = single["val"][best_unit, np.arange(len(concepts))]
-    # classification variant (pixel and image-level concepts)
-    cls = np.unique(np.concatenate([train["pixel"].ravel(), train["scalar"].ravel()]))
-    cls = cls[(cls > 0) & layout.scored()[np.clip(cls, 0, None)]]
-    target_train = presence(train["pixel"], train["scalar"], cls)
-    keep = (target_train.sum(0) >= min_images) & (target_train.sum(0) <= n_train - min_images)
-    cls = cls[keep]
-    target_train = target_train[:, keep]
-    target_val = presence(val["pixel"], val["scalar"], cls)
-    cls_opt = _sgd(float(cls_learning_rate), float(momentum))
-    cparams = (jnp.zeros((n_units, len(cls)), jnp.float32), jnp.zeros(len(cls), jnp.float32))
-    cstate = cls_opt.init(cparams)
-    cls_losses = []
-    tt = jnp.asarray(target_train)
-    for _ in range(epochs if len(cls) else 0):
-        key, sub = jax.random.split(key)
-        cparams, cstate, loss = _cls_epoch(
-            cparams, cstate, sub, dev["bits"], tt, optimizer=cls_opt, batch=int(batch_size)
-        )
-        cls_losses.append(float(loss))
-    val_scores = np.asarray(cls_scores(cparams, jnp.asarray(val["bits"])))
-    cls_ap = average_precision(val_scores, target_val)
-    pooled_train = train["bits"].mean(axis=(1, 2))
-    pooled_val = val["bits"].mean(axis=(1, 2))
-    cls_single_unit = np.zeros(len(cls), np.int64)
-    cls_single_ap = np.zeros(len(cls))
-    for i in range(len(cls)):
-        aps = average_precision(pooled_train, np.repeat(target_train[:, i : i + 1], n_units, 1))
-        cls_single_unit[i] = int(np.argmax(aps))
-        cls_single_ap[i] = average_precision(
-            pooled_val[:, cls_single_unit[i] : cls_single_unit[i] + 1], target_val[:, i : i + 1]
-        )[0]
+        opt_state = optimizer.init(params)
+        dev = {k: jnp.asarray(v) for k, v in train.items()}
+        cj, aj = jnp.asarray(concepts, jnp.int32), jnp.asarray(alpha, jnp.float32)
+        losses = []
+        for _ in range(epochs):
+            key, sub = jax.random.split(key)
+            params, opt_state, loss = _seg_epoch(
+                params, opt_state, sub, dev["bits"], dev["pixel"], cj, aj, rows, cols,
+                optimizer=optimizer, batch=int(batch_size),
+            )  # fmt: skip
+            losses.append(float(loss))
+            bar.update(1)
+        bar.set_postfix_str("best single units")
+        iou = set_iou(params, val, cj, rows, cols)
+        # best single unit on train, evaluated on val, from the dissection tally
+        single = {}
+        for name, src in (("train", train_source), ("val", val_source)):
+            counts = compute_tally(model, src, layout, thr, progress=False)[layer]
+            lab = concepts
+            both = counts.both[:, lab].astype(np.float64)
+            single[name] = both / np.maximum(
+                counts.units[:, None] + counts.labels[None, lab] - both, 1
+            )
+            bar.update(1)
+        bar.set_postfix_str("classification epochs")
+        best_unit = single["train"].argmax(axis=0)
+        single_iou = single["val"][best_unit, np.arange(len(concepts))]
+        # classification variant (pixel and image-level concepts)
+        cls = np.unique(np.concatenate([train["pixel"].ravel(), train["scalar"].ravel()]))
+        cls = cls[(cls > 0) & layout.scored()[np.clip(cls, 0, None)]]
+        target_train = presence(train["pixel"], train["scalar"], cls)
+        keep = (target_train.sum(0) >= min_images) & (target_train.sum(0) <= n_train - min_images)
+        cls = cls[keep]
+        target_train = target_train[:, keep]
+        target_val = presence(val["pixel"], val["scalar"], cls)
+        cls_opt = _sgd(float(cls_learning_rate), float(momentum))
+        cparams = (jnp.zeros((n_units, len(cls)), jnp.float32), jnp.zeros(len(cls), jnp.float32))
+        cstate = cls_opt.init(cparams)
+        cls_losses = []
+        tt = jnp.asarray(target_train)
+        for _ in range(epochs if len(cls) else 0):
+            key, sub = jax.random.split(key)
+            cparams, cstate, loss = _cls_epoch(
+                cparams, cstate, sub, dev["bits"], tt, optimizer=cls_opt, batch=int(batch_size)
+            )
+            cls_losses.append(float(loss))
+            bar.update(1)
+        val_scores = np.asarray(cls_scores(cparams, jnp.asarray(val["bits"])))
+        cls_ap = average_precision(val_scores, target_val)
+        pooled_train = train["bits"].mean(axis=(1, 2))
+        pooled_val = val["bits"].mean(axis=(1, 2))
+        cls_single_unit = np.zeros(len(cls), np.int64)
+        cls_single_ap = np.zeros(len(cls))
+        for i in range(len(cls)):
+            aps = average_precision(pooled_train, np.repeat(target_train[:, i : i + 1], n_units, 1))
+            cls_single_unit[i] = int(np.argmax(aps))
+            cls_single_ap[i] = average_precision(
+                pooled_val[:, cls_single_unit[i] : cls_single_unit[i] + 1], target_val[:, i : i + 1]
+            )[0]
     return Net2VecResult(
         layer=layer,
         concepts=concepts,

@@ -104,6 +104,8 @@ def digest(*trees: Any) -> str:
     h = hashlib.sha256()
     for tree in trees:
         for leaf in jax.tree_util.tree_leaves(tree):
+            if jax.dtypes.issubdtype(getattr(leaf, "dtype", None), jax.dtypes.prng_key):
+                leaf = jax.random.key_data(leaf)  # typed PRNG keys hash as their data
             a = np.ascontiguousarray(np.asarray(jax.device_get(leaf)))
             h.update(str((a.dtype, a.shape)).encode())
             h.update(a.tobytes())

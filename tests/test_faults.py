@@ -124,3 +124,26 @@ def test_a_folder_in_use_is_refused(tmp_path, capsys):
         release_locks()
     err = capsys.readouterr().err
     assert f"pid {os.getpid()}" in err and "is writing into" in err
+
+
+def _invert(weights: Path, out: Path) -> list[str]:
+    return [sys.executable, "-m", "cnnvis_jax.cli", "invert", "--model", "conceptnet",
+            "--weights", str(weights), "--layer", "conv3", "--count", "1", "--preset",
+            "mahendran2015", "--steps", "300", "--quiet", "--out", str(out)]  # fmt: skip
+
+
+def test_invert_interrupted_then_rerun_gives_the_same_bytes(trained_run, tmp_path):
+    weights = trained_run / "weights.safetensors"
+    whole = tmp_path / "whole"
+    subprocess.run(_invert(weights, whole), check=True, capture_output=True)
+    out = tmp_path / "cut"
+    proc = subprocess.Popen(_invert(weights, out), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    _wait_for(out / ".invert-checkpoint" / "group0.npz", proc)
+    os.kill(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=240)
+    assert proc.returncode == 130 and "Traceback" not in err, err
+    assert not (out / "results.json").exists()
+    done = subprocess.run(_invert(weights, out), capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert _outputs(out) == _outputs(whole)

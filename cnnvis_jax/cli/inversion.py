@@ -19,6 +19,7 @@ trains (or resumes) one decoder into DIR.
 
 from __future__ import annotations
 
+import shutil
 import sys
 from pathlib import Path
 
@@ -90,7 +91,7 @@ def get_decoder(model, layer: str, path: str | None, *, progress: bool, model_fp
 def cmd_invert(args) -> int:
     import jax
 
-    from cnnvis_jax.cli.common import load_model_arg
+    from cnnvis_jax.cli.common import load_model_arg, same_run
     from cnnvis_jax.inversion.io import fingerprint
     from cnnvis_jax.inversion.metrics import normalized_error, normalized_image_error
     from cnnvis_jax.inversion.perturb import make_perturbation
@@ -108,6 +109,14 @@ def cmd_invert(args) -> int:
     model = load_model_arg(args)
     layer = model.resolve(args.layer)
     images, names = _images(args, model)
+    out = Path(args.out)
+    run = {k: v for k, v in sorted(vars(args).items())
+           if k not in ("func", "quiet", "overwrite", "out", "needs_cache")}  # fmt: skip
+    same_run(out / "run.json", run, overwrite=args.overwrite)  # other arguments: refused
+    checkpoint = out / ".invert-checkpoint"
+    if args.overwrite:
+        shutil.rmtree(checkpoint, ignore_errors=True)
+    write_json(out / "run.json", run)
     key = jax.random.key(args.seed)
     importance = _importance(model, layer) if args.perturb == "drop-least" else None
     transform = make_perturbation(
@@ -121,7 +130,7 @@ def cmd_invert(args) -> int:
         plan = resolve_plan(model, layer, args.preset, args.steps)
         result = invert_layers(
             model, {layer: target}, preset=plan, key=key, restarts=args.restarts,
-            progress=not args.quiet,
+            progress=not args.quiet, checkpoint=checkpoint,
         )[layer]  # fmt: skip
         recon, _ = result.best()
         finite = result.finite.any(axis=0)
@@ -138,8 +147,6 @@ def cmd_invert(args) -> int:
     shown = np.clip(recon, 0.0, 1.0)
     feat_err = normalized_error(features_of(model, shown, (layer,))[layer], original)
     img_err = normalized_image_error(shown, images)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     per_image = []
     for i, name in enumerate(names):
         file = f"reconstruction_{i:03d}.png"
@@ -163,6 +170,7 @@ def cmd_invert(args) -> int:
     save_png(grid, out / "reconstructions.png")
     warn_non_finite(write_json(out / "results.json", record), out / "results.json",
                     f"layer {layer}")  # fmt: skip
+    shutil.rmtree(checkpoint, ignore_errors=True)
     if record["non_finite"]:
         print(
             f"cnnvis: images {record['non_finite']} hit non-finite values; their last finite "
@@ -226,6 +234,8 @@ def add_commands(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="output folder (PNGs, results.json)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace what --out holds from a run with other arguments")  # fmt: skip
     p.set_defaults(func=cmd_invert)
 
     t = sub.add_parser("train-decoder", help="train an UpconvNet decoder for one layer")

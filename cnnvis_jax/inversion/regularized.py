@@ -28,10 +28,13 @@ other lanes go on; :func:`invert` warns naming the images.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
+import os
 import warnings
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import jax
@@ -201,30 +204,18 @@ def _centre(u: jax.Array, size: tuple[int, int], jitter: int) -> jax.Array:
 # --- the jitted core ---------------------------------------------------------------------
 
 
-def _lanes(
-    model: Model, keys, targets, masks, weights, lam_tv, lam_alpha, init, *, layers, plan, has_init
-):
-    """Run every lane; see the module docstring. Shapes: keys (L, 2); targets/masks
-    {layer: (L, *shape)}; weights {layer: (L,)}; lam_* (L,); init (L, H, W, 3) u-units.
-    Returns images01 (L, H, W, 3), error (L,), energy (L, steps), finite (L,).
-
-    Lanes are independent, so each step differentiates the *sum* of the lanes'
-    energies: one batched forward/backward gives every lane its own gradient. The
-    optimizers are elementwise and the random crops, priors and initializations are
-    vmapped per lane, so this equals a vmap of the single-lane loop.
-    """
+def _lane_math(model: Model, targets, masks, weights, lam_tv, lam_alpha, *, layers, plan):
+    """(to_image, feature_loss, priors, crop) of the lanes; see :func:`_lanes_steps`."""
     size = tuple(model.input.size)
     mean = jnp.asarray(input_mean(model))
-    params = model.params
     per_pixel = plan.convention == "ijcv16"
-    n_lanes = keys.shape[0]
 
     def to_image(crop):
         return mean + crop / 255.0
 
     def feature_loss(images01):  # (L, H, W, 3) -> (L,)
-        feats = model.apply(params, images01, layers)
-        total = jnp.zeros((n_lanes,), jnp.float32)
+        feats = model.apply(model.params, images01, layers)
+        total = jnp.zeros((images01.shape[0],), jnp.float32)
         for name in layers:
             d = feats[name] - targets[name]
             axes = tuple(range(1, d.ndim))
@@ -243,81 +234,165 @@ def _lanes(
             u, offsets
         )
 
-    k_init, k_run = jax.vmap(jax.random.split, out_axes=1)(keys)
-    finite = jnp.ones((n_lanes,), bool)
-    energies = []
-    u = None
-    prev_jitter = 1
-    for s, stage in enumerate(plan.stages):
-        J = int(stage.jitter)
-        canvas = (size[0] + J - 1, size[1] + J - 1)
-        if s == 0 and has_init:
-            u = jax.vmap(lambda v, J=J, c=canvas: _place(v, c, J))(init)
-        elif s == 0:
-            u = jax.vmap(lambda k, c=canvas: _initial_canvas(plan, k, (*c, 3)))(k_init)
-        else:
-            u = jax.vmap(
-                lambda v, J=J, c=canvas, pj=prev_jitter: _place(_centre(v, size, pj), c, J)
-            )(u)
-        prev_jitter = J
-        opt = _optimizer(plan, stage, size)
+    return to_image, feature_loss, priors, crop
 
-        def energy(u, offsets):  # per-lane energies (L,) and their sum
-            e = feature_loss(to_image(crop(u, offsets))) + priors(u)
-            return jnp.sum(e), e
 
-        def step(carry, ks, opt=opt, energy=energy, J=J):
-            u, state, ok_so_far = carry
-            offsets = jax.vmap(lambda k: jax.random.randint(k, (2,), 0, J))(ks)
-            (_, e), g = jax.value_and_grad(energy, has_aux=True)(u, offsets)
-            updates, new_state = opt.update(plan.grad_scale * g, state)
-            new_u = u + updates
-            if plan.bound is not None:
-                new_u = project_pixel_norm(new_u, plan.bound)
-            ok = ok_so_far & jnp.isfinite(e) & jnp.all(jnp.isfinite(new_u), axis=(1, 2, 3))
+def _canvas(size: tuple[int, int], jitter: int) -> tuple[int, int]:
+    return (size[0] + jitter - 1, size[1] + jitter - 1)
 
-            def keep(a, b):
-                if a.ndim == 0:
-                    return a
-                return jnp.where(ok.reshape((-1,) + (1,) * (a.ndim - 1)), a, b)
 
-            u = keep(new_u, u)
-            state = jax.tree_util.tree_map(keep, new_state, state)
-            return (u, state, ok), e
+@functools.partial(jax.jit, static_argnames=("plan", "has_init"))
+def _lanes_start(model: Model, keys, init, *, plan, has_init):
+    """The lanes' state at the first step: (canvas u, optimizer state, finite flags)."""
+    size = tuple(model.input.size)
+    stage = plan.stages[0]
+    J = int(stage.jitter)
+    canvas = _canvas(size, J)
+    k_init, _ = jax.vmap(jax.random.split, out_axes=1)(keys)
+    if has_init:
+        u = jax.vmap(lambda v: _place(v, canvas, J))(init)
+    else:
+        u = jax.vmap(lambda k: _initial_canvas(plan, k, (*canvas, 3)))(k_init)
+    return u, _optimizer(plan, stage, size).init(u), jnp.ones((keys.shape[0],), bool)
 
-        step_keys = jax.vmap(
-            lambda k, s=s, n=stage.steps: jax.random.split(jax.random.fold_in(k, s), n)
-        )(k_run)  # (L, steps)
-        (u, _, finite), e = jax.lax.scan(
-            step, (u, opt.init(u), finite), jnp.swapaxes(step_keys, 0, 1)
-        )
-        energies.append(e.T)
-    centre = jax.vmap(lambda v: _centre(v, size, prev_jitter))(u)
+
+@functools.partial(jax.jit, static_argnames=("plan", "stage"))
+def _lanes_enter(model: Model, u, *, plan, stage):
+    """Start stage ``stage`` (> 0) from the centre of the previous one, fresh optimizer."""
+    size = tuple(model.input.size)
+    J, before = int(plan.stages[stage].jitter), int(plan.stages[stage - 1].jitter)
+    u = jax.vmap(lambda v: _place(_centre(v, size, before), _canvas(size, J), J))(u)
+    return u, _optimizer(plan, plan.stages[stage], size).init(u)
+
+
+@functools.partial(jax.jit, static_argnames=("layers", "plan", "stage", "length"))
+def _lanes_steps(model, keys, targets, masks, weights, lam_tv, lam_alpha, carry, first, *,
+                 layers, plan, stage, length):  # fmt: skip
+    """Steps ``first .. first + length`` of stage ``stage`` for every lane.
+
+    Shapes: keys (L,) (or (L, 2) raw); targets/masks {layer: (L, *shape)}; weights
+    {layer: (L,)}; lam_* (L,); carry (u (L, Hc, Wc, 3) in u-units, optimizer state,
+    finite (L,)). Returns the new carry and the energies (L, length).
+
+    Lanes are independent, so each step differentiates the *sum* of the lanes'
+    energies: one batched forward/backward gives every lane its own gradient. The
+    optimizers are elementwise and the random crops, priors and initializations are
+    vmapped per lane, so this equals a vmap of the single-lane loop. Step ``t`` of a
+    stage uses the ``t``-th of the stage's step keys whatever the chunking, so running
+    a stage in one call or in several gives the same lanes.
+    """
+    to_image, feature_loss, priors, crop = _lane_math(
+        model, targets, masks, weights, lam_tv, lam_alpha, layers=layers, plan=plan
+    )
+    size = tuple(model.input.size)
+    st = plan.stages[stage]
+    J = int(st.jitter)
+    opt = _optimizer(plan, st, size)
+    _, k_run = jax.vmap(jax.random.split, out_axes=1)(keys)
+    step_keys = jax.vmap(lambda k: jax.random.split(jax.random.fold_in(k, stage), st.steps))(
+        k_run
+    )  # (L, steps)
+    chunk = step_keys[:, first + jnp.arange(length)]
+
+    def energy(u, offsets):  # per-lane energies (L,) and their sum
+        e = feature_loss(to_image(crop(u, offsets))) + priors(u)
+        return jnp.sum(e), e
+
+    def step(carry, ks):
+        u, state, ok_so_far = carry
+        offsets = jax.vmap(lambda k: jax.random.randint(k, (2,), 0, J))(ks)
+        (_, e), g = jax.value_and_grad(energy, has_aux=True)(u, offsets)
+        updates, new_state = opt.update(plan.grad_scale * g, state)
+        new_u = u + updates
+        if plan.bound is not None:
+            new_u = project_pixel_norm(new_u, plan.bound)
+        ok = ok_so_far & jnp.isfinite(e) & jnp.all(jnp.isfinite(new_u), axis=(1, 2, 3))
+
+        def keep(a, b):
+            if a.ndim == 0:
+                return a
+            return jnp.where(ok.reshape((-1,) + (1,) * (a.ndim - 1)), a, b)
+
+        u = keep(new_u, u)
+        state = jax.tree_util.tree_map(keep, new_state, state)
+        return (u, state, ok), e
+
+    carry, e = jax.lax.scan(step, carry, jnp.swapaxes(chunk, 0, 1))
+    return carry, e.T
+
+
+@functools.partial(jax.jit, static_argnames=("layers", "plan"))
+def _lanes_finish(model, targets, masks, weights, u, *, layers, plan):
+    """(images01 (L, H, W, 3), feature error (L,)) of the lanes' final canvases."""
+    zeros = jnp.zeros((u.shape[0],), jnp.float32)
+    to_image, feature_loss, _, _ = _lane_math(model, targets, masks, weights, zeros, zeros,
+                                              layers=layers, plan=plan)  # fmt: skip
+    size = tuple(model.input.size)
+    centre = jax.vmap(lambda v: _centre(v, size, int(plan.stages[-1].jitter)))(u)
     images = to_image(centre)
-    return images, feature_loss(images), jnp.concatenate(energies, axis=1), finite
-
-
-@functools.lru_cache(maxsize=32)
-def _compiled(layers: tuple[str, ...], plan: Plan, has_init: bool):
-    return jax.jit(functools.partial(_lanes, layers=layers, plan=plan, has_init=has_init))
+    return images, feature_loss(images)
 
 
 # --- public API ---------------------------------------------------------------------------
 
 
-def _run_group(model, lanes: dict, layers: tuple[str, ...], plan: Plan, has_init: bool):
-    fn = _compiled(layers, _structure(plan), has_init)
-    out = fn(
-        model_for_input_gradients(model),  # fast convolution gradients inside the scan
-        lanes["keys"],
-        lanes["targets"],
-        lanes["masks"],
-        lanes["weights"],
-        lanes["lam_tv"],
-        lanes["lam_alpha"],
-        lanes["init"],
-    )
-    return tuple(np.asarray(a) for a in out)
+def _run_group(model, lanes: dict, layers: tuple[str, ...], plan: Plan, has_init: bool, *,
+               checkpoint=None, desc: str = "invert"):  # fmt: skip
+    """Run one group of lanes: (images01, error, energy (L, steps), finite).
+
+    Each stage runs in one call, or, with ``checkpoint`` (a file), in about 20 chunks
+    over the whole schedule with the state saved after each; a later call with the
+    same lanes resumes from it, and a pending Ctrl-C stops after a saved chunk
+    (:mod:`cnnvis_jax.interrupt`).
+    """
+    from cnnvis_jax import checkpoint as checkpoint_mod
+    from cnnvis_jax import interrupt
+
+    plan = _structure(plan)
+    fast = model_for_input_gradients(model)  # fast convolution gradients inside the scan
+    args = (lanes["keys"], lanes["targets"], lanes["masks"], lanes["weights"],
+            lanes["lam_tv"], lanes["lam_alpha"])  # fmt: skip
+    total = sum(st.steps for st in plan.stages)
+    chunk = max(1, -(-total // 20)) if checkpoint is not None else total
+    carry = _lanes_start(fast, lanes["keys"], lanes["init"], plan=plan, has_init=has_init)
+    done, energies, fingerprint = 0, [], ""
+    if checkpoint is not None:
+        fingerprint = checkpoint_mod.digest(model.params, lanes) + repr((layers, plan))
+        raw = checkpoint_mod.load_arrays(checkpoint, fingerprint)
+        if raw is not None:  # rebuild the carry's shapes at the saved stage, then load it
+            like = carry
+            for s in range(1, int(raw["stage"]) + 1):
+                u, opt_state = _lanes_enter(fast, like[0], plan=plan, stage=s)
+                like = (u, opt_state, like[2])
+            restored, extra = checkpoint_mod.load_tree(checkpoint, like, fingerprint)
+            carry = jax.tree_util.tree_map(jnp.asarray, restored)
+            done = int(extra["done"])
+            energies = [np.asarray(extra["energy"])]
+    guard = interrupt.graceful() if checkpoint is not None else contextlib.nullcontext()
+    with guard:
+        step = 0
+        for s, st in enumerate(plan.stages):
+            if s > 0 and step >= done:  # (a resumed stage was entered before the save)
+                u, opt_state = _lanes_enter(fast, carry[0], plan=plan, stage=s)
+                carry = (u, opt_state, carry[2])
+            for first in range(0, st.steps, chunk):
+                length = min(chunk, st.steps - first)
+                if step + length <= done:
+                    step += length
+                    continue
+                carry, e = _lanes_steps(fast, *args, carry, jnp.int32(first), layers=layers,
+                                        plan=plan, stage=s, length=length)  # fmt: skip
+                energies.append(np.asarray(e))
+                step += length
+                if checkpoint is not None:
+                    energies = [np.concatenate(energies, axis=1)]
+                    checkpoint_mod.save_tree(checkpoint, carry, fingerprint, energy=energies[0],
+                                             done=step, stage=s)  # fmt: skip
+                    interrupt.check(desc)
+    images, error = _lanes_finish(fast, lanes["targets"], lanes["masks"], lanes["weights"],
+                                  carry[0], layers=layers, plan=plan)  # fmt: skip
+    energy = np.concatenate(energies, axis=1) if energies else np.zeros((len(error), 0))
+    return np.asarray(images), np.asarray(error), energy, np.asarray(carry[2])
 
 
 def _init_u(model: Model, init: Any, n: int) -> np.ndarray:
@@ -343,6 +418,7 @@ def invert_layers(
     init: Any = None,
     steps: int | None = None,
     progress: bool = False,
+    checkpoint: str | os.PathLike | None = None,
 ) -> dict[str, InversionResult]:
     """Invert several layers' targets at once: ``{layer: (N, *shape)}`` -> results.
 
@@ -351,6 +427,12 @@ def invert_layers(
     images. ``masks`` maps layers to masks (layer shape or target shape); ``init``
     float (N, H, W, 3) images in [0, 1] start the optimization instead of noise;
     ``steps`` rescales the schedules to that many steps (quick runs).
+
+    ``checkpoint`` (a folder) makes the work resumable: each group's state is saved
+    in ``group<k>.npz`` after each of about 20 chunks, a later call with the same
+    arguments resumes and returns the same result, and the first Ctrl-C (or SIGTERM)
+    stops after a saved chunk with :class:`cnnvis_jax.interrupt.Interrupted`. The
+    files are kept (delete the folder once the result is stored).
     """
     if not targets:
         raise InputError("no target layers given.")
@@ -417,8 +499,11 @@ def invert_layers(
                 lam_alpha=lam_alpha,
                 init=lane_init,
             )
+            group_file = (
+                None if checkpoint is None else Path(checkpoint) / f"group{len(results)}.npz"
+            )
             images, error, energy, finite = _run_group(
-                model, lanes, group_layers, structure, init_u is not None
+                model, lanes, group_layers, structure, init_u is not None, checkpoint=group_file
             )
             for i, name in enumerate(names):
                 sl = slice(i * lanes_per_layer, (i + 1) * lanes_per_layer)

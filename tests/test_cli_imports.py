@@ -23,7 +23,8 @@ def test_parsing_arguments_loads_no_jax_and_no_method_module():
     loaded = json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True,
                                        text=True, check=True).stdout)  # fmt: skip
     assert not [m for m in loaded if m == "jax" or m.startswith(("jax.", "flax"))], loaded
-    light = {"cnnvis_jax", "cnnvis_jax.catalog", "cnnvis_jax.errors", "cnnvis_jax.survey",
+    light = {"cnnvis_jax", "cnnvis_jax._lazy", "cnnvis_jax.catalog", "cnnvis_jax.errors",
+             "cnnvis_jax.survey",
              "cnnvis_jax.survey.config"}  # fmt: skip
     assert {m for m in loaded if not m.startswith("cnnvis_jax.cli")} <= light, loaded
 

@@ -12,9 +12,7 @@ on first use only.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
+from cnnvis_jax._lazy import lazy_getattr
 from cnnvis_jax.data.types import (
     CATEGORIES,
     IMAGE_LEVEL,
@@ -46,10 +44,7 @@ _LAZY = {
 DEFAULT_CONCEPT_COUNT = {"train": 10_000, "val": 2_000, "test": 2_000}
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'cnnvis_jax.data' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _LAZY)
 
 
 def parse_dataset(spec: str) -> tuple[str, str | None]:

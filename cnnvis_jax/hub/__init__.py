@@ -16,8 +16,7 @@ Names are imported on first use, so the command line (:mod:`cnnvis_jax.cli.hub`)
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from cnnvis_jax._lazy import lazy_getattr
 
 _LAZY = {
     "convert_h5": "cnnvis_jax.hub.convert",
@@ -42,10 +41,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'cnnvis_jax.hub' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _LAZY)
 
 
 __all__ = sorted(_LAZY)

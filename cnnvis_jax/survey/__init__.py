@@ -12,8 +12,7 @@ loading JAX.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from cnnvis_jax._lazy import lazy_getattr
 
 _LAZY = {
     "FULL": "cnnvis_jax.survey.config",
@@ -27,10 +26,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'cnnvis_jax.survey' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _LAZY)
 
 
 __all__ = sorted(_LAZY)

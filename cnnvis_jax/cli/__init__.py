@@ -60,10 +60,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     parser = build_parser()
     args = parser.parse_args(argv)
+    code = 1
     try:
         check_outputs(args)  # before any work
         enable_compilation_cache()
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        return code
     except InputError as e:
         print(f"cnnvis: error: {e}", file=sys.stderr)
         return 2
@@ -82,4 +84,4 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return 2
     finally:
-        release_locks()
+        release_locks(failed=code != 0)

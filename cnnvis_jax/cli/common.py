@@ -76,7 +76,11 @@ def check_outputs(args) -> None:
     from cnnvis_jax.default import cache_dir
 
     if getattr(args, "out", None) is not None:
-        lock_folder(writable_folder(args.out, "--out"))
+        existed = os.path.isdir(args.out)
+        folder = writable_folder(args.out, "--out")
+        lock_folder(folder)
+        if not existed:
+            _CREATED.append(folder)
     if getattr(args, "needs_cache", True):
         writable_folder(os.fspath(cache_dir()), "the cache ($CNNVIS_CACHE)")
 
@@ -110,6 +114,7 @@ def same_run(path: Path, run: dict, *, overwrite: bool) -> bool:
 
 
 _LOCKS: list = []  # open lock files, held until the command ends
+_CREATED: list[Path] = []  # output folders this command created
 
 
 def lock_folder(folder: Path) -> None:
@@ -140,7 +145,14 @@ def lock_folder(folder: Path) -> None:
     _LOCKS.append(f)
 
 
-def release_locks() -> None:
-    """Release the folders locked by :func:`lock_folder`."""
+def release_locks(*, failed: bool = False) -> None:
+    """Release the folders locked by :func:`lock_folder`; after a command that failed,
+    remove the output folders it created and left empty (no litter from a typo)."""
     while _LOCKS:
-        _LOCKS.pop().close()
+        f = _LOCKS.pop()
+        f.close()
+    while _CREATED:
+        folder = _CREATED.pop()
+        if failed and [p.name for p in folder.iterdir()] == [".cnnvis.lock"]:
+            (folder / ".cnnvis.lock").unlink()
+            folder.rmdir()

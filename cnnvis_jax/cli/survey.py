@@ -21,17 +21,33 @@ def _run_dir(model_name: str):
     return default_run_dir()
 
 
+def _at_size(model, size: int):
+    """``model`` surveyed on ``size`` x ``size`` images (fully convolutional models)."""
+    from cnnvis_jax.dissection.dissect import at_image_size
+    from cnnvis_jax.errors import InputError
+
+    if model.input.fixed_size and (size, size) != tuple(model.input.size):
+        h, w = model.input.size
+        raise InputError(
+            f"--size: model {model.name!r} takes only {h}x{w} images (a fully connected "
+            "layer fixes the size); omit --size."
+        )
+    return at_image_size(model, model.layer_names, size)
+
+
 def cmd_survey(args) -> int:
     from cnnvis_jax.cli.common import load_model_arg
     from cnnvis_jax.data import open_dataset
     from cnnvis_jax.errors import InputError
     from cnnvis_jax.survey import FULL, QUICK, parse_only, run_survey
 
-    if not args.out or not args.out.strip():
-        raise InputError("--out must name a folder, got an empty string.")
+    if args.size is not None and args.size < 16:
+        raise InputError(f"--size must be at least 16 pixels, got {args.size}.")
     only = parse_only(args.only) if args.only else None
     config = dataclasses.replace(FULL if args.full else QUICK, seed=args.seed)
     model = load_model_arg(args)
+    if args.size is not None:
+        model = _at_size(model, args.size)
     count = max(config.sample_images, config.deconv_images, config.dissection_images,
                 config.diagnosis_images)  # fmt: skip
     source = open_dataset(args.dataset, count=count, size=tuple(model.input.size))
@@ -60,6 +76,11 @@ def add_commands(sub) -> None:
         "--rerun", action="store_true", help="run the selected stages again even if finished"
     )
     p.add_argument("--seed", type=int, default=0, help="PRNG seed (default %(default)s)")
+    p.add_argument(
+        "--size", type=int,
+        help="image size for a fully convolutional model (e.g. 96 for vgg16-hed on a CPU; "
+        "default: the model's own)",
+    )  # fmt: skip
     p.add_argument("--out", required=True, help="the survey folder (index.html and files)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_survey)

@@ -106,3 +106,22 @@ def test_a_model_without_classifier_is_refused(linear, images):
     plain = linear.replace(class_names=None, logits_layer=None)
     with pytest.raises(InputError, match="no classifier"):
         attack(plain, images, fgsm(0.1), key=jax.random.key(0))
+
+
+def test_attack_command(tmp_path, capsys):
+    import json
+
+    from cnnvis_jax.cli import main
+
+    out = tmp_path / "a"
+    assert main(["attack", "--model", "conceptnet", "--count", "3", "--steps", "2",
+                 "--out", str(out)]) == 0  # fmt: skip
+    record = json.loads((out / "results.json").read_text())
+    assert record["attack"] == "pgd" and record["images"] == 3 and record["steps"] == 2
+    assert record["epsilon"] == pytest.approx(8 / 255)
+    assert (out / "examples.png").is_file()
+    for bad, message in ((["--epsilon", "0"], "--epsilon"), (["--count", "0"], "--count"),
+                         (["--model", "vgg16-hed"], "")):  # fmt: skip
+        code = main(["attack", *bad, "--out", str(tmp_path / "b")])
+        err = capsys.readouterr().err
+        assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err

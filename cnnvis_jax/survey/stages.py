@@ -370,8 +370,6 @@ def deconv(ctx: Context, out: Path) -> dict:
 
 
 def inversion(ctx: Context, out: Path) -> dict:
-    from cnnvis_jax.inversion import invert_images
-
     model, cfg = ctx.model, ctx.config
     layers = tuple(info.name for info in model.layers if info.name in ctx.layers) + tuple(
         info.name for info in model.layers if not info.spatial
@@ -382,15 +380,11 @@ def inversion(ctx: Context, out: Path) -> dict:
     for preset in cfg.inversion_presets:
         tiles, labels = [image[0]], ["original"]
         data["feature_error"][preset], data["pixel_error"][preset] = {}, {}
+        results = _invert_each(ctx, image, layers, preset, notes)
         for layer in layers:
-            try:
-                results = invert_images(model, image, [layer], preset=preset,
-                                        key=jax.random.key(cfg.seed), steps=cfg.inversion_steps,
-                                        progress=ctx.progress)  # fmt: skip
-            except InputError as e:  # e.g. all-zero features: nothing to match
-                notes.append(f"{preset}, {layer}: not inverted ({e})")
+            if layer not in results:
                 continue
-            best, error = results[model.resolve(layer)].best()
+            best, error = results[layer].best()
             shown = np.clip(best[0], 0.0, 1.0)
             pixel = _pixel_error(best[0], image[0])
             data["feature_error"][preset][layer] = round(float(error[0]), 4)
@@ -419,6 +413,32 @@ def inversion(ctx: Context, out: Path) -> dict:
         notes,
         data,
     )
+
+
+def _invert_each(ctx: Context, image: np.ndarray, layers, preset: str, notes: list) -> dict:
+    """{layer: InversionResult} of ``image`` from each of ``layers`` with ``preset``: one
+    call (layers sharing a schedule run as one program); a layer that cannot be
+    inverted (e.g. all-zero features) gets a note instead."""
+    from cnnvis_jax.inversion import invert_images
+
+    cfg, model = ctx.config, ctx.model
+
+    def run(names):
+        found = invert_images(model, image, list(names), preset=preset,
+                              key=jax.random.key(cfg.seed), steps=cfg.inversion_steps,
+                              progress=ctx.progress)  # fmt: skip
+        return {layer: found[model.resolve(layer)] for layer in names}
+
+    try:
+        return run(layers)
+    except InputError:  # find which layer, and keep the others
+        results = {}
+        for layer in layers:
+            try:
+                results.update(run([layer]))
+            except InputError as e:
+                notes.append(f"{preset}, {layer}: not inverted ({e})")
+        return results
 
 
 def _pixel_error(reconstruction: np.ndarray, image: np.ndarray) -> float:

@@ -10,7 +10,9 @@ for a pytree of arrays whose structure the caller knows.
 
 from __future__ import annotations
 
+import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -110,3 +112,20 @@ def digest(*trees: Any) -> str:
             h.update(str((a.dtype, a.shape)).encode())
             h.update(a.tobytes())
     return h.hexdigest()[:16]
+
+
+def even_chunk(lengths: Sequence[int], parts: int = 20) -> int:
+    """Steps per chunk when work of consecutive segments of ``lengths`` steps runs in
+    about ``parts`` chunks: the largest divisor of every length not above
+    ``ceil(total / parts)``, so that every chunk has one length and lies inside one
+    segment (one compiled program instead of one per distinct chunk); the plain
+    ``ceil(total / parts)`` when that divisor would make more than ``5 * parts`` chunks.
+    """
+    lengths = [int(n) for n in lengths if int(n) > 0]
+    total = sum(lengths)
+    if total == 0:
+        return 1
+    want = max(1, -(-total // parts))
+    g = math.gcd(*lengths)
+    best = max(d for d in range(1, min(g, want) + 1) if g % d == 0)
+    return best if total // best <= 5 * parts else want

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import math
 import numbers
 import os
 from collections.abc import Sequence
@@ -471,7 +470,8 @@ def render(
                 model_r, "redirected", require_relu=False, explicit_conv_transpose=True
             )
         chunked = checkpoint is not None or _progress_on(progress)
-        chunk = max(1, math.ceil(total / 20)) if chunked else total
+        redirect = min(recipe_data.redirect_steps, total)
+        chunk = checkpoint_mod.even_chunk([redirect, total - redirect]) if chunked else total
         trajectories = []
         start = done = 0
         fingerprint = ""

@@ -353,7 +353,8 @@ def _run_group(model, lanes: dict, layers: tuple[str, ...], plan: Plan, has_init
     args = (lanes["keys"], lanes["targets"], lanes["masks"], lanes["weights"],
             lanes["lam_tv"], lanes["lam_alpha"])  # fmt: skip
     total = sum(st.steps for st in plan.stages)
-    chunk = max(1, -(-total // 20)) if checkpoint is not None else total
+    chunk = (checkpoint_mod.even_chunk([st.steps for st in plan.stages])
+             if checkpoint is not None else total)  # fmt: skip
     carry = _lanes_start(fast, lanes["keys"], lanes["init"], plan=plan, has_init=has_init)
     done, energies, fingerprint = 0, [], ""
     if checkpoint is not None:

@@ -179,7 +179,7 @@ def example_grid(result: Adversarial, indices, class_names=None) -> np.ndarray:
     labels = ([f"clean: {name(c)}" for c in result.attacked[idx]]
               + [f"{result.attack.name}: {name(c)}" for c in result.predicted[idx]]
               + [f"x{0.5 / result.attack.epsilon:.0f} perturbation"] * len(idx))  # fmt: skip
-    scale = max(1, 96 // result.images.shape[1])
+    scale = max(1, 128 // result.images.shape[1])
     return image_grid(tiles, ncols=len(idx), labels=labels, scale=scale)
 
 

@@ -67,7 +67,7 @@ def _rows_what_it_sees(ctx: Context, result, chosen: np.ndarray, notes: list):
         best = np.clip(inverted.best()[0], 0.0, 1.0)
         n = len(chosen)
         tiles += [best[:n], best[n:]]
-        labels += [f"inverted {layer} clean"] * n + [f"inverted {layer} adv"] * n
+        labels += [f"inv. {layer} clean"] * n + [f"inv. {layer} adv"] * n
     except InputError as e:
         notes.append(f"inversions skipped: {e}")
     return tiles, labels
@@ -165,7 +165,7 @@ def robustness(ctx: Context, out: Path) -> dict:
         labels = ([f"clean: {names[c]}" for c in result.attacked[chosen]]
                   + [f"adv: {names[c]}" for c in result.predicted[chosen]]
                   + ["perturbation"] * len(chosen) + extra_labels)  # fmt: skip
-        scale = max(1, 96 // tiles.shape[1])
+        scale = max(1, 128 // tiles.shape[1])  # room for the labels under small images
         grid = image_grid(tiles, ncols=len(chosen), labels=labels, scale=scale)
     save_png(grid, out / "robustness.png")
     figures = [("robustness.png", f"PGD at {max(cfg.robustness_epsilons)}/255: clean and "

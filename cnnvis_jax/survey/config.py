@@ -6,7 +6,7 @@ import dataclasses
 
 from cnnvis_jax.errors import InputError, did_you_mean
 
-REVISION = 1
+REVISION = 2
 """Version of what the stages draw; part of every stage's fingerprint, so a survey
 folder made by an older version re-runs its stages instead of mixing the two."""
 

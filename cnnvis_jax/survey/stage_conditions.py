@@ -29,7 +29,6 @@ import numpy as np
 from cnnvis_jax.survey.config import VARIANTS
 from cnnvis_jax.survey.stages import Context, _record, _table, survey_layers
 
-INITIALIZATIONS = ("baseline", "seed1", "seed2")
 FIRST_LAYER = ("conv1_11x11_stride4", "conv1_7x7_stride2")
 
 

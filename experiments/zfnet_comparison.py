@@ -38,13 +38,12 @@ import numpy as np
 from cnnvis_jax.data import open_dataset
 from cnnvis_jax.deconv import aliasing, diagnose, diagnosis_record, save_diagnosis
 from cnnvis_jax.default import cache_dir
+from cnnvis_jax.survey.config import VARIANTS
 from cnnvis_jax.train import TrainConfig, load_trained, train
 
-ARMS = {
-    "conv1_11x11_stride4": dict(conv1_kernel=11, conv1_stride=4),
-    "conv1_7x7_stride2": dict(conv1_kernel=7, conv1_stride=2),
-}
-"""Arm name -> the TrainConfig fields that differ from the default recipe."""
+ARMS = {name: dict(VARIANTS[name]) for name in ("conv1_11x11_stride4", "conv1_7x7_stride2")}
+"""Arm name -> the TrainConfig fields that differ from the default recipe (the survey's
+training conditions of the same names)."""
 
 
 def default_out() -> Path:

@@ -15,8 +15,10 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 ## The survey of the default model (trained once into the cache where --model default
-## finds it): every method, one report at survey/index.html.
+## finds it; a process of its own, so the survey starts fresh): every method, one
+## report at survey/index.html.
 demo: $(STAMP)
+	$(BIN)/python -c "import cnnvis_jax; cnnvis_jax.default_model()"
 	$(BIN)/cnnvis survey --model default --quick --out survey
 
 lint: $(STAMP)

@@ -69,37 +69,38 @@ def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 240.0) -> Non
         time.sleep(0.05)
 
 
-@pytest.fixture(scope="module")
-def uninterrupted(trained_run, tmp_path_factory):
-    out = tmp_path_factory.mktemp("am_whole")
-    subprocess.run(_am(trained_run / "weights.safetensors", out), check=True,
-                   capture_output=True)  # fmt: skip
-    return _outputs(out)
-
-
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL])  # SIGTERM: as SIGINT
-def test_am_interrupted_then_rerun_gives_the_same_bytes(trained_run, tmp_path, uninterrupted,
-                                                       sig):  # fmt: skip
+def test_am_interrupted_and_killed_then_rerun_gives_the_same_bytes(trained_run, tmp_path):
+    """Ctrl-C, then kill -9 of the rerun, then a rerun to the end: the same files as an
+    uninterrupted run."""
     weights = trained_run / "weights.safetensors"
+    whole = tmp_path / "whole"
+    subprocess.run(_am(weights, whole), check=True, capture_output=True)
     out = tmp_path / "am"
-    proc = subprocess.Popen(_am(weights, out), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)  # fmt: skip
-    _wait_for(out / ".render-checkpoint.npz", proc)
-    os.kill(proc.pid, sig)
-    _, err = proc.communicate(timeout=240)
-    if sig == signal.SIGKILL:
-        assert proc.returncode == -signal.SIGKILL
-    else:
-        assert proc.returncode == 130, err
-        assert err.strip().splitlines()[-1] == (
-            "cnnvis: interrupted; rerun the same command to resume."
-        ), err
-        assert "Traceback" not in err
-    assert not (out / "results.json").exists()
+    checkpoint = out / ".render-checkpoint.npz"
+    for sig in (signal.SIGINT, signal.SIGKILL):
+        proc = subprocess.Popen(_am(weights, out), stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)  # fmt: skip
+        before = np.load(checkpoint)["done"] if checkpoint.exists() else -1
+        end = time.monotonic() + 240
+        while not (checkpoint.exists() and np.load(checkpoint)["done"] > before):
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < end, "no checkpoint appeared"
+            time.sleep(0.05)
+        os.kill(proc.pid, sig)
+        _, err = proc.communicate(timeout=240)
+        if sig == signal.SIGKILL:
+            assert proc.returncode == -signal.SIGKILL
+        else:
+            assert proc.returncode == 130, err
+            assert err.strip().splitlines()[-1] == (
+                "cnnvis: interrupted; rerun the same command to resume."
+            ), err
+            assert "Traceback" not in err
+        assert not (out / "results.json").exists()
     done = subprocess.run(_am(weights, out), capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
-    assert _outputs(out) == uninterrupted
-    assert not (out / ".render-checkpoint.npz").exists()
+    assert _outputs(out) == _outputs(whole)
+    assert not checkpoint.exists()
 
 
 def test_other_arguments_into_the_same_folder_are_refused(trained_run, tmp_path, capsys):

@@ -291,12 +291,12 @@ def test_trained_model_gets_curves_mfv_and_monitoring(trained_run, trained_conce
     robustness = json.loads((tmp_path / "robustness" / "record.json").read_text())["data"]
     assert set(robustness["attacks"]) == {"fgsm_eps2", "pgd_eps2", "fgsm_eps8", "pgd_eps8"}
     assert "clean_accuracy" in robustness["attacks"]["pgd_eps8"]  # the concept set has labels
-    assert (
-        "by_category" in robustness.get("detectors", {"by_category": None})
-        or not json.loads((tmp_path / "dissection" / "record.json").read_text())["data"][
-            "detectors"
-        ]["units"]
-    )
+    dissected = json.loads((tmp_path / "dissection" / "record.json").read_text())["data"]
+    if dissected["detectors"]["units"]:  # detectors exist: they are compared clean vs attacked
+        assert robustness["detectors"]["layer"] == dissected["detectors"]["layer"]
+        assert robustness["detectors"]["by_category"]
+    else:
+        assert "detectors" not in robustness
     assert any("adversarial" in c for c in claims)
     check_findings_numbers(tmp_path)
 

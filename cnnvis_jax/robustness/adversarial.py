@@ -73,9 +73,10 @@ class Attack:
         if not np.isfinite(self.step_size) or self.step_size <= 0:
             raise InputError(f"step_size must be > 0, got {self.step_size}.")
 
-    def update_rule(self) -> optax.GradientTransformation:
-        """The step as an optax transformation: ``-step_size * sign(gradient)``."""
-        return optax.chain(optax.scale_by_sign(), optax.scale(-self.step_size))
+
+def sign_descent(step_size) -> optax.GradientTransformation:
+    """The attacks' update as an optax transformation: ``-step_size * sign(gradient)``."""
+    return optax.chain(optax.scale_by_sign(), optax.scale(-step_size))
 
 
 def fgsm(epsilon: float) -> Attack:
@@ -164,9 +165,13 @@ def perturbation_picture(result: Adversarial) -> np.ndarray:
     return np.clip(0.5 + delta, 0.0, 1.0).astype(np.float32)
 
 
-def example_grid(result: Adversarial, indices, class_names=None) -> np.ndarray:
+def example_grid(
+    result: Adversarial, indices, class_names=None, *, extra_rows=(), extra_labels=()
+) -> np.ndarray:
     """A grid with one column per image of ``indices`` and three rows: the clean
-    image (its class), the adversarial one (the new class) and the perturbation."""
+    image (its class), the adversarial one (the new class) and the perturbation; then
+    ``extra_rows`` (arrays (len(indices), H, W, 3) in [0, 1]) with ``extra_labels``
+    (one per tile)."""
     from cnnvis_jax.report.grid import image_grid
 
     idx = np.asarray(list(indices), int)
@@ -175,11 +180,12 @@ def example_grid(result: Adversarial, indices, class_names=None) -> np.ndarray:
         return class_names[int(c)] if class_names is not None else str(int(c))
 
     tiles = np.concatenate([result.clean[idx], result.images[idx],
-                            perturbation_picture(result)[idx]])  # fmt: skip
+                            perturbation_picture(result)[idx], *extra_rows])  # fmt: skip
     labels = ([f"clean: {name(c)}" for c in result.attacked[idx]]
               + [f"{result.attack.name}: {name(c)}" for c in result.predicted[idx]]
-              + [f"x{0.5 / result.attack.epsilon:.0f} perturbation"] * len(idx))  # fmt: skip
-    scale = max(1, 128 // result.images.shape[1])
+              + [f"x{0.5 / result.attack.epsilon:.0f} perturbation"] * len(idx)
+              + list(extra_labels))  # fmt: skip
+    scale = max(1, 128 // result.images.shape[1])  # room for the labels under small images
     return image_grid(tiles, ncols=len(idx), labels=labels, scale=scale)
 
 
@@ -205,7 +211,7 @@ def _attack_batch(model, clean, key, epsilon, step_size, *, steps, random_start)
     def project(x):
         return jnp.clip(jnp.clip(x, clean - epsilon, clean + epsilon), 0.0, 1.0)
 
-    rule = optax.chain(optax.scale_by_sign(), optax.scale(-step_size))
+    rule = sign_descent(step_size)
     noise = jax.random.uniform(key, clean.shape, clean.dtype, -1.0, 1.0) * epsilon
     start = project(clean + noise) if random_start else clean
     clean_margin = margin_of(clean)
@@ -214,21 +220,20 @@ def _attack_batch(model, clean, key, epsilon, step_size, *, steps, random_start)
         per_image = margin_of(x)
         return per_image.sum(), per_image
 
+    def keep_better(x, value, best, best_margin):
+        better = value < best_margin
+        return jnp.where(better[:, None, None, None], x, best), jnp.minimum(value, best_margin)
+
     def step(_, carry):
         x, state, best, best_margin = carry
         (_, value), grad = jax.value_and_grad(total, has_aux=True)(x)
-        better = value < best_margin
-        best = jnp.where(better[:, None, None, None], x, best)
-        best_margin = jnp.minimum(value, best_margin)
+        best, best_margin = keep_better(x, value, best, best_margin)
         updates, state = rule.update(grad, state, x)
         return project(optax.apply_updates(x, updates)), state, best, best_margin
 
     init = (start, rule.init(start), start, jnp.full(attacked.shape, jnp.inf))
     x, _, best, best_margin = jax.lax.fori_loop(0, steps, step, init)
-    final_margin = margin_of(x)
-    better = final_margin < best_margin
-    best = jnp.where(better[:, None, None, None], x, best)
-    best_margin = jnp.minimum(final_margin, best_margin)
+    best, best_margin = keep_better(x, margin_of(x), best, best_margin)
     predicted = jnp.argmax(_logits(model, best), axis=1)
     return best, attacked, predicted, clean_margin, best_margin
 

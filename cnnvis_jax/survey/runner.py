@@ -21,7 +21,6 @@ finished.
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import os
 import shutil
@@ -29,9 +28,6 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
-
-import jax
-import numpy as np
 
 from cnnvis_jax.errors import CnnvisError, InputError
 from cnnvis_jax.model import Model
@@ -48,12 +44,9 @@ class OutputError(CnnvisError):
 
 def weights_digest(model: Model) -> str:
     """16 hex digits identifying the model's parameters."""
-    h = hashlib.sha256()
-    for leaf in jax.tree_util.tree_leaves(model.params):
-        a = np.ascontiguousarray(np.asarray(leaf))
-        h.update(str((a.dtype, a.shape)).encode())
-        h.update(a.tobytes())
-    return h.hexdigest()[:16]
+    from cnnvis_jax.checkpoint import digest
+
+    return digest(model.params)
 
 
 def describe_source(source: Any) -> str:

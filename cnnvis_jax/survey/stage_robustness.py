@@ -19,8 +19,15 @@ import jax
 import numpy as np
 
 from cnnvis_jax.errors import InputError
-from cnnvis_jax.report.grid import image_grid, rescale_each, save_png
-from cnnvis_jax.survey.stages import Context, _images01, _indices, _record, _table
+from cnnvis_jax.report.grid import rescale_each, save_png
+from cnnvis_jax.survey.stages import (
+    Context,
+    _images01,
+    _indices,
+    _record,
+    _table,
+    unit_maxima,
+)
 
 SHOWN = 4
 """Fooled images drawn in the figure."""
@@ -34,14 +41,6 @@ def _labels(ctx: Context, indices) -> np.ndarray | None:
     return np.array([int(ctx.source[int(i)]["target"]) for i in indices])
 
 
-def _unit_maxima(model, images01, layer: str) -> np.ndarray:
-    """float (N, U): each unit's maximum over positions."""
-    from cnnvis_jax.inversion.regularized import features_of
-
-    acts = features_of(model, images01, (layer,))[model.resolve(layer)]
-    return acts.reshape(len(acts), -1, acts.shape[-1]).max(axis=1)
-
-
 def _rows_what_it_sees(ctx: Context, result, chosen: np.ndarray, notes: list):
     """Tiles and labels of the DeconvNet and inversion rows for ``chosen`` images."""
     from cnnvis_jax.deconv import project
@@ -50,7 +49,7 @@ def _rows_what_it_sees(ctx: Context, result, chosen: np.ndarray, notes: list):
     model, cfg, layer = ctx.model, ctx.config, ctx.layers[-1]
     clean, adv = result.clean[chosen], result.images[chosen]
     tiles, labels = [], []
-    units = _unit_maxima(model, clean, layer).argmax(axis=1)
+    units = unit_maxima(model, clean, layer).argmax(axis=1)
     try:
         pairs = [project(model, model.params, np.stack([c, a]), layer, [int(u)]).projections[0]
                  for c, a, u in zip(clean, adv, units)]  # fmt: skip
@@ -80,8 +79,8 @@ def _detectors(ctx: Context, result, layer_detectors: dict, names) -> dict[str, 
     units = layer_detectors["units"]
     if not units:
         return None
-    clean = _unit_maxima(model, result.clean, layer)
-    adv = _unit_maxima(model, result.images, layer)
+    clean = unit_maxima(model, result.clean, layer)
+    adv = unit_maxima(model, result.images, layer)
     by_category: dict[str, dict] = {}
     for unit, _label, category, _iou in units:
         entry = by_category.setdefault(category, {"units": 0, "clean": 0.0, "adversarial": 0.0})
@@ -155,18 +154,8 @@ def robustness(ctx: Context, out: Path) -> dict:
     chosen = (fooled if len(fooled) else np.arange(len(indices)))[:SHOWN]
     notes = [f"{len(indices)} images; the attacked class is the network's prediction on the "
              "clean image; per-image classes and margins: <attack>/results.json."]  # fmt: skip
-    grid = example_grid(result, chosen, names)
     extra, extra_labels = _rows_what_it_sees(ctx, result, chosen, notes)
-    if extra:
-        from cnnvis_jax.robustness.adversarial import perturbation_picture
-
-        tiles = np.concatenate([result.clean[chosen], result.images[chosen],
-                                perturbation_picture(result)[chosen], *extra])  # fmt: skip
-        labels = ([f"clean: {names[c]}" for c in result.attacked[chosen]]
-                  + [f"adv: {names[c]}" for c in result.predicted[chosen]]
-                  + ["perturbation"] * len(chosen) + extra_labels)  # fmt: skip
-        scale = max(1, 128 // tiles.shape[1])  # room for the labels under small images
-        grid = image_grid(tiles, ncols=len(chosen), labels=labels, scale=scale)
+    grid = example_grid(result, chosen, names, extra_rows=extra, extra_labels=extra_labels)
     save_png(grid, out / "robustness.png")
     figures = [("robustness.png", f"PGD at {max(cfg.robustness_epsilons)}/255: clean and "
                 "adversarial images, the perturbation (magnified), DeconvNet projections of "

@@ -211,13 +211,17 @@ def objective_layer(model: Model, layer: str) -> str:
     return pre if pre in names else layer
 
 
-def _peaks(model: Model, images01: np.ndarray, layer: str, units) -> np.ndarray:
-    """float (N,): unit ``units[n]``'s maximum over positions on image ``n``."""
+def unit_maxima(model: Model, images01: np.ndarray, layer: str) -> np.ndarray:
+    """float (N, U): each unit's maximum over positions on each image."""
     from cnnvis_jax.inversion.regularized import features_of
 
     acts = features_of(model, images01, (layer,))[model.resolve(layer)]
-    picked = acts[np.arange(len(units)), ..., np.asarray(units)]
-    return picked.reshape(len(units), -1).max(axis=1)
+    return acts.reshape(len(acts), -1, acts.shape[-1]).max(axis=1)
+
+
+def _peaks(model: Model, images01: np.ndarray, layer: str, units) -> np.ndarray:
+    """float (N,): unit ``units[n]``'s maximum over positions on image ``n``."""
+    return unit_maxima(model, images01, layer)[np.arange(len(units)), np.asarray(units)]
 
 
 def am(ctx: Context, out: Path) -> dict:

@@ -65,11 +65,40 @@ def load_arrays(path: str | os.PathLike, fingerprint: str) -> dict[str, np.ndarr
     return data if saved == fingerprint else None
 
 
+def tree_arrays(tree: Any, prefix: str = "leaf") -> dict[str, np.ndarray]:
+    """The leaves of ``tree`` as named host arrays (``{prefix}_0000``, ...)."""
+    leaves = jax.tree_util.tree_leaves(tree)
+    return {f"{prefix}_{i:04d}": np.asarray(jax.device_get(v)) for i, v in enumerate(leaves)}
+
+
+def tree_from(data: dict, like: Any, path: str | os.PathLike, prefix: str = "leaf"):
+    """Pop the leaves :func:`tree_arrays` named from ``data`` into a tree shaped like
+    ``like``.
+
+    Raises:
+      InputError: leaves missing, extra, or of another shape or dtype than ``like``'s.
+    """
+    leaves, treedef = jax.tree_util.tree_flatten(like)
+    restored = []
+    for i, ref in enumerate(leaves):
+        value = data.pop(f"{prefix}_{i:04d}", None)
+        if value is None or value.shape != np.shape(ref) or value.dtype != np.asarray(ref).dtype:
+            raise InputError(
+                f"checkpoint {os.fspath(path)} does not match this work (leaf {i}); delete it "
+                "to start fresh."
+            )
+        restored.append(value)
+    if any(k.startswith(f"{prefix}_") for k in data):
+        raise InputError(
+            f"checkpoint {os.fspath(path)} does not match this work (extra leaves); delete it "
+            "to start fresh."
+        )
+    return jax.tree_util.tree_unflatten(treedef, restored)
+
+
 def save_tree(path: str | os.PathLike, tree: Any, fingerprint: str, **extra) -> Path:
     """Save the leaves of ``tree`` (and ``extra`` arrays) as a checkpoint."""
-    leaves = jax.tree_util.tree_leaves(tree)
-    arrays = {f"leaf_{i:04d}": np.asarray(jax.device_get(v)) for i, v in enumerate(leaves)}
-    return save_arrays(path, {**arrays, **extra}, fingerprint)
+    return save_arrays(path, {**tree_arrays(tree), **extra}, fingerprint)
 
 
 def load_tree(path: str | os.PathLike, like: Any, fingerprint: str):
@@ -81,22 +110,7 @@ def load_tree(path: str | os.PathLike, like: Any, fingerprint: str):
     data = load_arrays(path, fingerprint)
     if data is None:
         return None
-    leaves, treedef = jax.tree_util.tree_flatten(like)
-    restored = []
-    for i, ref in enumerate(leaves):
-        value = data.pop(f"leaf_{i:04d}", None)
-        if value is None or value.shape != np.shape(ref) or value.dtype != np.asarray(ref).dtype:
-            raise InputError(
-                f"checkpoint {os.fspath(path)} does not match this work (leaf {i}); delete it "
-                "to start fresh."
-            )
-        restored.append(value)
-    if any(k.startswith("leaf_") for k in data):
-        raise InputError(
-            f"checkpoint {os.fspath(path)} does not match this work (extra leaves); delete it "
-            "to start fresh."
-        )
-    return jax.tree_util.tree_unflatten(treedef, restored), data
+    return tree_from(data, like, path), data
 
 
 def digest(*trees: Any) -> str:
@@ -129,3 +143,49 @@ def even_chunk(lengths: Sequence[int], parts: int = 20) -> int:
     g = math.gcd(*lengths)
     best = max(d for d in range(1, min(g, want) + 1) if g % d == 0)
     return best if total // best <= 5 * parts else want
+
+
+INTERVAL_S = 10.0
+"""Seconds between the saves of a :class:`Periodic` checkpoint (0: after every step)."""
+
+
+class Periodic:
+    """Saves a loop's state every :data:`INTERVAL_S` seconds, and at once when an
+    interrupt is pending, then lets the interrupt stop the loop
+    (:func:`cnnvis_jax.interrupt.check`). With ``path`` None it does nothing.
+
+    Use inside :func:`cnnvis_jax.interrupt.graceful`::
+
+        saver = Periodic(path, fingerprint)
+        state = saver.load()             # dict of arrays, or None: start afresh
+        for step in ...:
+            ...
+            saver.step({"done": step + 1, ...}, "what")
+    """
+
+    def __init__(self, path: str | os.PathLike | None, fingerprint: str):
+        self.path = None if path is None else Path(path)
+        self.fingerprint = fingerprint
+        self._last = None
+
+    def load(self) -> dict[str, np.ndarray] | None:
+        """The saved arrays for this fingerprint, or None."""
+        return None if self.path is None else load_arrays(self.path, self.fingerprint)
+
+    def step(self, arrays, what: str = "work", *, force: bool = False) -> None:
+        """After a step: save ``arrays`` (a dict of arrays, or a callable returning
+        one, called only when saving) when due, forced or interrupted; then raise
+        :class:`~cnnvis_jax.interrupt.Interrupted` if an interrupt is pending."""
+        import time
+
+        from cnnvis_jax import interrupt
+
+        if self.path is None:
+            return
+        now = time.monotonic()
+        if self._last is None:
+            self._last = now
+        if force or interrupt.requested() or now - self._last >= INTERVAL_S:
+            save_arrays(self.path, arrays() if callable(arrays) else arrays, self.fingerprint)
+            self._last = now
+        interrupt.check(what)

@@ -5,7 +5,7 @@ honoured (a property test over the training options)."""
 from __future__ import annotations
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from cnnvis_jax.cli import main
@@ -82,3 +82,91 @@ def test_training_numbers_are_honoured_or_refused(epochs, train_size, val_size, 
     else:
         assert code == 2 and "config" not in seen
         assert err.startswith("cnnvis: error:") and len(err.strip().splitlines()) == 1, err
+
+
+class _Captured(BaseException):
+    """Raised by a stand-in for the library call: the command got this far."""
+
+
+def _capture(monkeypatch, module, name: str, seen: dict) -> None:
+    def stand_in(*args, **kwargs):
+        seen.update(kwargs, args=args)
+        raise _Captured
+
+    monkeypatch.setattr(module, name, stand_in)
+
+
+@pytest.fixture(scope="module")
+def small_model():
+    from cnnvis_jax.models import load
+
+    with pytest.warns(UserWarning, match="random weights"):
+        return load("conceptnet")
+
+
+def _run_or_refused(argv, valid: bool, seen: dict, capsys) -> None:
+    if valid:
+        with pytest.raises(_Captured):
+            main(argv)
+    else:
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("cnnvis: error:") and len(err.strip().splitlines()) == 1, err
+        assert not seen, "the work started with a refused value"
+
+
+@settings(max_examples=25, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])  # fmt: skip
+@given(command=st.sampled_from(["am", "deconv", "invert", "net2vec"]),
+       steps=st.integers(-2, 3000), count=st.integers(-2, 90), batch=st.integers(-2, 128),
+       top=st.integers(-2, 12))  # fmt: skip
+@example(command="am", steps=7, count=1, batch=1, top=1)
+@example(command="deconv", steps=1, count=5, batch=3, top=2)
+@example(command="invert", steps=9, count=2, batch=1, top=2)
+@example(command="net2vec", steps=3, count=20, batch=5, top=1)
+def test_method_numbers_are_honoured_or_refused(command, steps, count, batch, top, small_model,
+                                                tmp_path_factory, monkeypatch, capsys):  # fmt: skip
+    """The value given reaches the library call unchanged, or the command refuses it
+    in one line before any work."""
+    from importlib import import_module
+
+    render_module = import_module("cnnvis_jax.am.render")  # modules, not the functions
+    deconv_module = import_module("cnnvis_jax.deconv")  # of the same names
+    net2vec_module = import_module("cnnvis_jax.dissection.net2vec")
+    inversion_module = import_module("cnnvis_jax.inversion.regularized")
+    for name in ("common", "deconv", "inversion"):
+        module = import_module(f"cnnvis_jax.cli.{name}")
+        monkeypatch.setattr(module, "load_model_arg", lambda args: small_model, raising=False)
+    out = str(tmp_path_factory.mktemp("numbers"))
+    seen: dict = {}
+    base = [command, "--model", "conceptnet", "--quiet", "--out", out]
+    if command == "am":
+        _capture(monkeypatch, render_module, "render", seen)
+        argv = [*base, "--layer", "conv2", "--units", "0", "--steps", str(steps)]
+        _run_or_refused(argv, steps >= 1, seen, capsys)
+        assert not seen or seen["steps"] == steps
+    elif command == "deconv":
+        _capture(monkeypatch, deconv_module, "deconv_layer", seen)
+        argv = [*base, "--layer", "conv2", "--units", "0", "--top", str(top), "--count",
+                str(count), "--batch-size", str(batch)]  # fmt: skip
+        _run_or_refused(argv, min(top, count, batch) >= 1, seen, capsys)
+        if seen:
+            assert (seen["k"], seen["batch_size"]) == (top, batch)
+            assert seen["indices"] is None or len(seen["indices"]) == count
+    elif command == "invert":
+        _capture(monkeypatch, inversion_module, "invert_layers", seen)
+        argv = [*base, "--layer", "conv2", "--count", str(min(count, 6)), "--steps", str(steps),
+                "--restarts", str(min(top, 3))]  # fmt: skip
+        _run_or_refused(argv, min(count, steps, top) >= 1, seen, capsys)
+        if seen:
+            assert seen["preset"].steps == steps and seen["restarts"] == min(top, 3)
+            assert len(next(iter(seen["args"][1].values()))) == min(count, 6)
+    else:
+        _capture(monkeypatch, net2vec_module, "net2vec", seen)
+        epochs = max(min(steps, 40), -2)
+        argv = [*base, "--layer", "conv2", "--epochs", str(epochs), "--batch-size", str(batch),
+                "--train-count", str(count + 10), "--val-count", str(count)]  # fmt: skip
+        _run_or_refused(argv, min(epochs, batch, count) >= 1, seen, capsys)
+        if seen:
+            assert (seen["epochs"], seen["batch_size"]) == (epochs, batch)
+            assert (len(seen["args"][1]), len(seen["args"][2])) == (count + 10, count)

@@ -133,7 +133,8 @@ def _invert(weights: Path, out: Path) -> list[str]:
             "mahendran2015", "--steps", "300", "--quiet", "--out", str(out)]  # fmt: skip
 
 
-def test_invert_interrupted_then_rerun_gives_the_same_bytes(trained_run, tmp_path):
+def test_invert_terminated_then_rerun_gives_the_same_bytes(trained_run, tmp_path):
+    """SIGTERM (what a scheduler sends) stops like Ctrl-C: state saved, exit 130."""
     weights = trained_run / "weights.safetensors"
     whole = tmp_path / "whole"
     subprocess.run(_invert(weights, whole), check=True, capture_output=True)
@@ -141,7 +142,7 @@ def test_invert_interrupted_then_rerun_gives_the_same_bytes(trained_run, tmp_pat
     proc = subprocess.Popen(_invert(weights, out), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)  # fmt: skip
     _wait_for(out / ".invert-checkpoint" / "group0.npz", proc)
-    os.kill(proc.pid, signal.SIGINT)
+    os.kill(proc.pid, signal.SIGTERM)
     _, err = proc.communicate(timeout=240)
     assert proc.returncode == 130 and "Traceback" not in err, err
     assert not (out / "results.json").exists()

@@ -19,12 +19,15 @@ Chambolle's algorithm for the same energy instead of split Bregman.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from cnnvis_jax import checkpoint as checkpoint_mod
+from cnnvis_jax import interrupt
 from cnnvis_jax.am._tree import normal
 from cnnvis_jax.am.params import Pixel, mean255
 from cnnvis_jax.am.recipe import Octave, Recipe
@@ -52,14 +55,17 @@ def _init_job(model, recipe: Recipe, key, init_images, batch):
     )
 
 
-def _octave_job(model, recipe: Recipe, objective, state, start, *, index: int):
+def _octave_job(model, recipe: Recipe, objective, state, start, first, *, index: int,
+                length: int, zoom: bool):  # fmt: skip
+    """Steps ``[first, first + length)`` of octave ``index`` (which began at global
+    step ``start``); ``zoom``: this chunk opens the octave, so the canvas is zoomed."""
     octave: Octave = recipe.center.octaves[index]
     contract = model.input
     param = recipe.param
     h, w = contract.size
     canvas = state["canvas"]
     b, ch, cw, _ = canvas.shape
-    if octave.scale != 1.0:
+    if zoom and octave.scale != 1.0:
         ch, cw = round(ch * octave.scale), round(cw * octave.scale)
         canvas = jax.image.resize(canvas, (b, ch, cw, 3), method="cubic")
     margin = round(octave.margin * h / recipe.center.reference_size)
@@ -111,7 +117,8 @@ def _octave_job(model, recipe: Recipe, objective, state, start, *, index: int):
         stopped_at = jnp.where(running & ~finite, (start + i).astype(jnp.int32), stopped_at)
         return (canvas, stopped_at), jnp.where(active, values, jnp.nan)
 
-    (canvas, stopped_at), values = jax.lax.scan(body, (canvas, state["stopped_at"]), jnp.arange(n))
+    steps = first + jnp.arange(length)
+    (canvas, stopped_at), values = jax.lax.scan(body, (canvas, state["stopped_at"]), steps)
     return dict(state, canvas=canvas, stopped_at=stopped_at), values
 
 
@@ -124,11 +131,14 @@ def _init_all(model, recipe, keys, init_images, *, batch, recipe_axes):
     )(model, recipe, keys, init_images)
 
 
-@functools.partial(jax.jit, static_argnames=("index", "recipe_axes"))
-def _octave_all(model, recipe, objectives, state, start, *, index, recipe_axes):
+@functools.partial(jax.jit, static_argnames=("index", "length", "zoom", "recipe_axes"))
+def _octave_all(model, recipe, objectives, state, start, first, *, index, length, zoom,
+                recipe_axes):  # fmt: skip
     axes = _axes_tree(recipe, recipe_axes)
-    fn = functools.partial(_octave_job, index=index)
-    return jax.vmap(fn, in_axes=(None, axes, 0, 0, None))(model, recipe, objectives, state, start)
+    fn = functools.partial(_octave_job, index=index, length=length, zoom=zoom)
+    return jax.vmap(fn, in_axes=(None, axes, 0, 0, None, None))(
+        model, recipe, objectives, state, start, first
+    )
 
 
 @functools.partial(jax.jit, static_argnames=("recipe_axes",))
@@ -155,28 +165,68 @@ def _finish_all(model, recipe, objectives, state, *, recipe_axes):
     return jax.vmap(one, in_axes=(None, axes, 0, 0))(model, recipe, objectives, state)
 
 
+def _chunks(octaves, chunk: int):
+    """``(octave index, octave start, first step in it, length)`` for every chunk."""
+    start = 0
+    for index, octave in enumerate(octaves):
+        for first in range(0, octave.iterations, chunk):
+            yield index, start, first, min(chunk, octave.iterations - first)
+        start += octave.iterations
+
+
 def render_center(
-    model, recipe, objectives, keys, init_images, *, batch, recipe_axes, progress, desc
-):
+    model, recipe, objectives, keys, init_images, *, batch, recipe_axes, progress, desc,
+    checkpoint=None, fingerprint: str = "",
+):  # fmt: skip
     """Run the center-bias octaves of ``recipe`` for every job (arrays already placed
-    on the device mesh). Returns ``(outputs dict, trajectory (J, steps, B))``."""
+    on the device mesh). Returns ``(outputs dict, trajectory (J, steps, B))``.
+
+    With ``checkpoint`` (a ``.npz`` path) the octaves run in chunks of equal length,
+    the state (the canvas, whose size grows with the octaves) is saved after each, a
+    call with the same ``fingerprint`` resumes from it, and Ctrl-C / SIGTERM stop at
+    the end of a chunk with :class:`~cnnvis_jax.interrupt.Interrupted`.
+    """
     if not isinstance(recipe.param, Pixel) or recipe.param.space != "caffe":
         raise InputError("center-bias recipes need a Pixel(space='caffe') parameterization.")
     state = _init_all(model, recipe, keys, init_images, batch=batch, recipe_axes=recipe_axes)
-    trajectories, start = [], 0
-    with progress_bar(recipe.center.steps, desc, enabled=progress, unit="step") as bar:
-        for index, octave in enumerate(recipe.center.octaves):
+    octaves = recipe.center.octaves
+    total = recipe.center.steps
+    chunk = max(o.iterations for o in octaves)
+    if checkpoint is not None:
+        chunk = checkpoint_mod.even_chunk([o.iterations for o in octaves])
+    trajectories, done = [], 0
+    if checkpoint is not None:
+        saved = checkpoint_mod.load_arrays(checkpoint, fingerprint + f"/center{chunk}")
+        if saved is not None:
+            done = int(saved.pop("done"))
+            trajectories.append(jnp.asarray(saved.pop("trajectory")))
+            state = {k: jax.device_put(saved[k], state[k].sharding) for k in state}
+    guard = interrupt.graceful() if checkpoint is not None else contextlib.nullcontext()
+    with guard, progress_bar(total, desc, enabled=progress, unit="step") as bar:
+        bar.update(done)
+        for index, start, first, length in _chunks(octaves, chunk):
+            if start + first + length <= done:  # run before the checkpoint
+                continue
             state, values = _octave_all(
                 model,
                 recipe,
                 objectives,
                 state,
                 jnp.asarray(start, jnp.int32),
+                jnp.asarray(first, jnp.int32),
                 index=index,
+                length=length,
+                zoom=first == 0,
                 recipe_axes=recipe_axes,
             )
             trajectories.append(values)
-            start += octave.iterations
-            bar.update(octave.iterations)
+            bar.update(length)
+            if checkpoint is not None:
+                trajectories = [jnp.concatenate(trajectories, axis=1)]
+                arrays = {k: jax.device_get(v) for k, v in state.items()}
+                checkpoint_mod.save_arrays(checkpoint, {**arrays, "trajectory": trajectories[0],
+                                           "done": start + first + length},
+                                           fingerprint + f"/center{chunk}")  # fmt: skip
+                interrupt.check(desc)
     out = _finish_all(model, recipe, objectives, state, recipe_axes=recipe_axes)
     return out, jnp.concatenate(trajectories, axis=1)

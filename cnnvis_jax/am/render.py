@@ -370,8 +370,8 @@ def render(
         resumes from it and returns the same result as an uninterrupted one. Inside
         such a call the first Ctrl-C (or SIGTERM) stops at the end of the current
         chunk with :class:`cnnvis_jax.interrupt.Interrupted`, the state saved. The
-        file is kept (delete it once the result is stored). Not for MFV's centre
-        recipes, which run as before.
+        file is kept (delete it once the result is stored). MFV's centre recipes
+        save after chunks of their octaves the same way.
 
     Returns:
       A :class:`RenderResult` with leading axes (U,) for one recipe and seed, else
@@ -440,6 +440,12 @@ def render(
     job_images = None if job_images is None else put_jobs(job_images)
     job_params = None if job_params is None else put_jobs(job_params)
 
+    def fingerprint(total: int, chunk: int) -> str:
+        return checkpoint_mod.digest(
+            model.params, job_recipe, job_objectives, job_keys, job_images, job_params,
+            np.asarray([total, chunk, batch, n_jobs]),
+        ) + repr((recipe_axes, treedef))  # fmt: skip
+
     if recipe_data.center is not None:
         out, trajectory = render_center(
             model_r,
@@ -451,6 +457,8 @@ def render(
             recipe_axes=recipe_axes,
             progress=progress,
             desc=desc,
+            checkpoint=checkpoint,
+            fingerprint="" if checkpoint is None else fingerprint(recipe_data.center.steps, 0),
         )
     else:
         state = _init_all(
@@ -474,13 +482,9 @@ def render(
         chunk = checkpoint_mod.even_chunk([redirect, total - redirect]) if chunked else total
         trajectories = []
         start = done = 0
-        fingerprint = ""
         if checkpoint is not None:
-            fingerprint = checkpoint_mod.digest(
-                model.params, job_recipe, job_objectives, job_keys, job_images, job_params,
-                np.asarray([total, chunk, batch, n_jobs]),
-            ) + repr((recipe_axes, treedef))  # fmt: skip
-            saved = checkpoint_mod.load_tree(checkpoint, state, fingerprint)
+            mark = fingerprint(total, chunk)
+            saved = checkpoint_mod.load_tree(checkpoint, state, mark)
             if saved is not None:
                 restored, extra = saved
                 state = jax.tree_util.tree_map(
@@ -511,7 +515,7 @@ def render(
                 bar.update(length)
                 if checkpoint is not None:
                     trajectories = [jnp.concatenate(trajectories, axis=1)]
-                    checkpoint_mod.save_tree(checkpoint, state, fingerprint,
+                    checkpoint_mod.save_tree(checkpoint, state, mark,
                                              trajectory=trajectories[0], done=start)  # fmt: skip
                     interrupt.check(desc)
         trajectory = jnp.concatenate(trajectories, axis=1)

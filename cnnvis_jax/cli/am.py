@@ -10,7 +10,8 @@ resumes an interrupted render; other arguments are refused unless ``--overwrite`
 ``cnnvis mfv --model M --class C --facets K --out DIR`` writes ``DIR/facets.png``
 (top row: each facet's mean image; bottom row: its visualization), one
 ``DIR/facet_XX.json`` per facet and ``DIR/diversity.json`` (facet diversity of the
-class per layer).
+class per layer). Like ``am`` it resumes an interrupted render and refuses other
+arguments into the same folder unless ``--overwrite``.
 """
 
 from __future__ import annotations
@@ -216,17 +217,44 @@ def _class_index(model, text: str) -> int:
 
 def cmd_mfv(args) -> int:
     from cnnvis_jax.am.mfv import facet_diversity, facets, render_facets
-    from cnnvis_jax.cli.common import load_model_arg
+    from cnnvis_jax.cli.common import load_model_arg, same_run
     from cnnvis_jax.data import open_dataset
     from cnnvis_jax.report.files import write_json
     from cnnvis_jax.report.grid import image_grid, save_png
 
-    if args.facets < 1 or args.per_facet < 1 or args.images < 1:
-        raise InputError("--facets, --per-facet and --images must be at least 1.")
+    for name in ("facets", "per_facet", "images", "steps"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise InputError(f"--{name.replace('_', '-')} must be at least 1, got {value}.")
     if args.preset not in ("mfv-mean", "mfv-center"):
         raise InputError(f"--preset for mfv must be mfv-mean or mfv-center, got {args.preset!r}.")
     model = load_model_arg(args)
     index = _class_index(model, args.class_)
+    out = Path(args.out)
+    run = {
+        key: getattr(args, key)
+        for key in (
+            "model",
+            "weights",
+            "facets",
+            "per_facet",
+            "layer",
+            "images",
+            "preset",
+            "steps",
+            "seed",
+            "dataset",
+        )  # fmt: skip
+    }
+    run["class"] = index
+    same = same_run(out / "run.json", run, overwrite=args.overwrite)
+    if same and (out / "diversity.json").exists() and (out / "facets.png").exists():
+        print(f"{out}: already rendered with these arguments; reusing {out / 'facets.png'}")
+        return 0
+    checkpoint = out / ".facets-checkpoint.npz"
+    if args.overwrite:
+        checkpoint.unlink(missing_ok=True)
+    write_json(out / "run.json", run)
     source = open_dataset(args.dataset, split="train", count=args.images, size=model.input.size)
     found = facets(
         model,
@@ -239,10 +267,8 @@ def cmd_mfv(args) -> int:
         seed=args.seed,
         progress=not args.quiet,
     )
-    result = render_facets(
-        model, found, recipe=args.preset, key=args.seed, steps=args.steps, progress=not args.quiet
-    )
-    out = Path(args.out)
+    result = render_facets(model, found, recipe=args.preset, key=args.seed, steps=args.steps,
+                           progress=not args.quiet, checkpoint=checkpoint)  # fmt: skip
     k = len(found.mean_images)
     top = [f"f{f} n={int(found.sizes[f])}" for f in range(k)]
     bottom = [f"f{f} {float(result.final_activation[f, 0]):.3g}" for f in range(k)]
@@ -268,6 +294,7 @@ def cmd_mfv(args) -> int:
     layers = [n for n in layers if n.startswith(("conv", "fc"))] or list(model.layer_names)
     diversity = facet_diversity(model, source, found.indices, layers, k=args.facets, seed=args.seed)
     write_json(out / "diversity.json", {"class": index, "facets": k, "diversity": diversity})
+    checkpoint.unlink(missing_ok=True)
     print(
         f"class {model.class_names[index]!r}: {k} facets from {found.indices.size} images; "
         f"wrote {out / 'facets.png'}, facet_XX.json and diversity.json"
@@ -291,6 +318,8 @@ def add_mfv(sub) -> None:
     add_dataset_arg(p)
     p.add_argument("--out", required=True, help="output folder (facets.png, facet_XX.json)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace what --out holds from a run with other arguments")  # fmt: skip
     p.set_defaults(func=cmd_mfv)
 
 

@@ -1,4 +1,9 @@
-"""``cnnvis deconv``: top images per unit, their projections and patches."""
+"""``cnnvis deconv``: top images per unit, their projections and patches.
+
+The pass over the data and the projections are checkpointed under
+``DIR/.deconv-checkpoint``: a rerun of the same command resumes (Ctrl-C exits 130);
+other arguments into the same folder are refused unless ``--overwrite``.
+"""
 
 from __future__ import annotations
 
@@ -7,10 +12,15 @@ from cnnvis_jax.errors import InputError
 
 
 def cmd_deconv(args) -> int:
+    import shutil
+    from pathlib import Path
+
     import numpy as np
 
+    from cnnvis_jax.cli.common import same_run
     from cnnvis_jax.data import open_dataset
     from cnnvis_jax.deconv import deconv_layer, parse_units, save_outputs
+    from cnnvis_jax.report.files import write_json
 
     if args.count is not None and args.count < 1:
         raise InputError(f"--count must be at least 1, got {args.count}.")
@@ -21,6 +31,18 @@ def cmd_deconv(args) -> int:
     model = load_model_arg(args)
     layer = model.layer(args.layer)
     units = parse_units(args.units, layer.channels)
+    out = Path(args.out)
+    run = {key: getattr(args, key) for key in ("model", "weights", "top", "rule", "pool",
+                                               "dataset", "count", "batch_size")}  # fmt: skip
+    run.update(layer=layer.name, units=list(units))
+    same = same_run(out / "run.json", run, overwrite=args.overwrite)
+    if same and (out / "results.json").exists():
+        print(f"{out}: already computed with these arguments; reusing {out / 'results.json'}")
+        return 0
+    checkpoint = out / ".deconv-checkpoint"
+    if args.overwrite:
+        shutil.rmtree(checkpoint, ignore_errors=True)
+    write_json(out / "run.json", run)
     source = open_dataset(args.dataset, count=args.count, size=model.input.size)
     indices = None
     if args.count is not None and args.count < len(source):
@@ -36,8 +58,10 @@ def cmd_deconv(args) -> int:
         batch_size=args.batch_size,
         indices=indices,
         progress=not args.quiet,
+        checkpoint=checkpoint,
     )
     png, record = save_outputs(args.out, result)
+    shutil.rmtree(checkpoint, ignore_errors=True)
     print(f"{layer.name}: top {args.top} of {len(units)} units ({args.rule}, {args.pool}); "
           f"wrote {png} and {record}")  # fmt: skip
     return 0
@@ -69,4 +93,6 @@ def add_commands(sub) -> None:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--out", required=True, help="output folder (<layer>.png, results.json)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace what --out holds from a run with other arguments")  # fmt: skip
     p.set_defaults(func=cmd_deconv)

@@ -2,7 +2,8 @@
 
 ``cnnvis dissect --model M [--weights W] --dataset concepts|broden:DIR --layers
 conv1,conv5 [--mode lite|original] [--quantile 0.005] [--iou 0.04] --out DIR`` writes
-the files of :mod:`~cnnvis_jax.dissection.outputs`; pass-1 results and partial tallies
+the files of :mod:`~cnnvis_jax.dissection.outputs` and ``timings.json`` (seconds per
+phase: model load, dissection, report); pass-1 results and partial tallies
 are checkpointed under ``DIR/checkpoint`` so a rerun of the same command resumes
 (or reuses a finished run).
 
@@ -60,7 +61,11 @@ def read_thresholds(path: str):
 
 
 def cmd_dissect(args) -> int:
+    import time
+
     import numpy as np
+
+    from cnnvis_jax.report.files import write_json
 
     from cnnvis_jax.cli.common import load_model_arg
     from cnnvis_jax.dissection.dissect import dissect, dissection_model, spatial_layers
@@ -72,7 +77,15 @@ def cmd_dissect(args) -> int:
     _positive("checkpoint-every", args.checkpoint_every)
     if args.feature_memory is not None and args.feature_memory < 0:
         raise InputError(f"--feature-memory must be >= 0 (MB), got {args.feature_memory}.")
+    clock = [time.perf_counter()]
+    seconds = {}
+
+    def lap(phase: str) -> None:
+        clock.append(time.perf_counter())
+        seconds[phase] = clock[-1] - clock[-2]
+
     model = load_model_arg(args)
+    lap("load_model")
     layers = spatial_layers(model, args.layers)
     given = None
     if args.thresholds:
@@ -108,11 +121,14 @@ def cmd_dissect(args) -> int:
         checkpoint_every=args.checkpoint_every,
         progress=not args.quiet,
     )
+    lap("dissect")
     extra = {"model": model.name, "weights": args.weights, "dataset": args.dataset}
     model = dissection_model(model, source, layers, args.preprocess)
     write_outputs(
         out, result, model=model if not args.no_pictures else None, source=source, extra=extra
     )
+    lap("report")
+    write_json(out / "timings.json", {"seconds": seconds})
     for name, s in result.summary().items():
         unique = ", ".join(f"{c} {n}" for c, n in s["unique"].items())
         print(f"{name}: {s['detectors']}/{s['units']} units covering {s['concepts']} concepts "
@@ -124,8 +140,9 @@ def cmd_dissect(args) -> int:
 
 
 def cmd_net2vec(args) -> int:
-    from cnnvis_jax.cli.common import load_model_arg
+    from cnnvis_jax.cli.common import load_model_arg, same_run
     from cnnvis_jax.dissection.net2vec import net2vec, write_net2vec
+    from cnnvis_jax.report.files import write_json
 
     for name in ("epochs", "batch_size", "train_count", "val_count"):
         _positive(name.replace("_", "-"), getattr(args, name))
@@ -135,6 +152,17 @@ def cmd_net2vec(args) -> int:
     concepts = parse_dataset(args.dataset)[0] == "concepts"
     if not concepts and (args.train_count or args.val_count):
         raise InputError("--train-count/--val-count apply to the concept set only.")
+    out = Path(args.out)
+    run = {key: getattr(args, key) for key in ("model", "weights", "dataset", "layer", "quantile",
+           "epochs", "batch_size", "lr", "momentum", "train_count", "val_count", "seed")}  # fmt: skip
+    same = same_run(out / "run.json", run, overwrite=args.overwrite)
+    if same and (out / "net2vec.json").exists():
+        print(f"{out}: already trained with these arguments; reusing {out / 'net2vec.json'}")
+        return 0
+    checkpoint = out / ".net2vec-checkpoint.npz"
+    if args.overwrite:
+        checkpoint.unlink(missing_ok=True)
+    write_json(out / "run.json", run)
     train = open_labelled(args.dataset, "train", (args.train_count or 2000) if concepts else None)
     val = open_labelled(args.dataset, "val", (args.val_count or 1000) if concepts else None)
     result = net2vec(
@@ -149,8 +177,10 @@ def cmd_net2vec(args) -> int:
         momentum=args.momentum,
         seed=args.seed,
         progress=not args.quiet,
+        checkpoint=checkpoint,
     )
     record = write_net2vec(args.out, result)
+    checkpoint.unlink(missing_ok=True)
     s = record["summary"]
     print(f"{result.layer}: Net2Vec set IoU {s['mean_net2vec_iou']:.4f} vs best single unit "
           f"{s['mean_single_iou']:.4f} over {s['concepts']} concepts (better for "
@@ -216,4 +246,6 @@ def add_commands(sub) -> None:
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--out", required=True)
     q.add_argument("--quiet", action="store_true")
+    q.add_argument("--overwrite", action="store_true",
+                   help="replace what --out holds from a run with other arguments")  # fmt: skip
     q.set_defaults(func=cmd_net2vec)

@@ -41,6 +41,7 @@ import numpy as np
 from cnnvis_jax.data import concepts
 from cnnvis_jax.data.types import Sample, Vocabulary
 from cnnvis_jax.errors import DataError, InputError
+from cnnvis_jax.report.files import write_json
 
 DATASET_NAME = "cnnvis_concepts"
 VERSION = "1.0.0"
@@ -239,7 +240,7 @@ def build_tfds(
         "counts": counts,
         "class_names": list(_class_names(target)),
     }
-    (out / _META_FILE).write_text(json.dumps(meta, indent=1))
+    write_json(out / _META_FILE, meta)
     return out
 
 

@@ -165,21 +165,24 @@ def deconv_layer(
     batch_size: int = 64,
     indices: Sequence[int] | None = None,
     progress: bool = True,
+    checkpoint: str | os.PathLike | None = None,
 ) -> DeconvResult:
     """Top-k images of each unit over ``source``, their projections, patches and figure.
 
     See :func:`~cnnvis_jax.deconv.top_activations` (``units``, ``k``, ``batch_size``,
     ``indices``) and :func:`~cnnvis_jax.deconv.project` (``rule``, ``pool``). The
-    rule and pool are checked before the data set is streamed.
+    rule and pool are checked before the data set is streamed. ``checkpoint``: a
+    folder for the resumable state of the pass over the data (``topk.npz``) and of
+    the projections (``project.npz``); delete it once the result is stored.
     """
     ruled_model(model, rule, pool)  # fail fast on a bad rule or pool
+    folder = None if checkpoint is None else Path(checkpoint)
     topk = top_activations(
         model, source, layer, units, k=k, batch_size=batch_size, indices=indices,
-        progress=progress,
+        progress=progress, checkpoint=folder and folder / "topk.npz",
     )  # fmt: skip
-    projection = project_top(
-        model, source, topk, rule=rule, pool=pool, batch_size=batch_size, progress=progress
-    )
+    projection = project_top(model, source, topk, rule=rule, pool=pool, batch_size=batch_size,
+                             progress=progress, checkpoint=folder and folder / "project.npz")  # fmt: skip
     patches = crop_patches(source, topk, model, fill=FILL)
     figure = layer_figure(model, topk, projection, patches)
     return DeconvResult(topk, projection, patches, figure, rule, pool)

@@ -33,7 +33,6 @@ means the layer was still changing at the previous snapshot.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from collections.abc import Sequence
@@ -48,6 +47,7 @@ from cnnvis_jax.deconv.projection import check_units, project_top, projectable_l
 from cnnvis_jax.deconv.topk import TopK, crop_patches, cut_windows, field_boxes, top_activations
 from cnnvis_jax.errors import InputError
 from cnnvis_jax.model import Model
+from cnnvis_jax.report.files import write_json
 
 __all__ = [
     "LayerMonitor",
@@ -467,5 +467,5 @@ def save_monitoring(
     out_dir.mkdir(parents=True, exist_ok=True)
     png = save_png(monitor_figure(model, monitoring), out_dir / "monitor.png")
     record = out_dir / "monitor.json"
-    record.write_text(json.dumps(monitor_record(monitoring), indent=1))
+    write_json(record, monitor_record(monitoring))
     return png, record

@@ -22,6 +22,7 @@ set of a given size. The result is the gradient with respect to the images in
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from collections.abc import Sequence
 from typing import Any, NamedTuple
@@ -31,7 +32,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import PartitionSpec as P
 
-from cnnvis_jax import parallel
+from cnnvis_jax import checkpoint as checkpoint_mod
+from cnnvis_jax import interrupt, parallel
 from cnnvis_jax.errors import InputError
 from cnnvis_jax.features import iterate_batches, to_model_input
 from cnnvis_jax.model import LayerInfo, Model, check_images
@@ -321,6 +323,7 @@ def project_top(
     pool: str = "switches",
     batch_size: int = 64,
     progress: bool = True,
+    checkpoint: Any = None,
 ) -> Projection:
     """Projections of every unit of ``topk`` at each of its top images and positions.
 
@@ -328,6 +331,11 @@ def project_top(
     position (U, k, 2)). Each (unit, image) pair has its own one-hot cotangent, so a
     batch of pairs needs one forward and one backward pass. Images come from
     ``source`` (uint8, resized to the model's size as in feature extraction).
+
+    ``checkpoint``: a ``.npz`` file; the projections done are saved every few
+    seconds (:class:`~cnnvis_jax.checkpoint.Periodic`) and a call with the same
+    arguments resumes after them; Ctrl-C / SIGTERM stop after the current batch with
+    :class:`~cnnvis_jax.interrupt.Interrupted`.
 
     Returns:
       A :class:`Projection` whose arrays have (U, k) in place of (U, N); its
@@ -353,18 +361,37 @@ def project_top(
     size = max(1, min(int(batch_size), pair_images.size))
     given = pair_positions if info.spatial else None
     parts: list[tuple[np.ndarray, ...]] = []
-    with progress_bar(pair_images.size, f"project {info.name}", enabled=progress) as bar:
-        for start, (_, valid, batch) in zip(
-            range(0, pair_images.size, size), iterate_batches(source, size, pair_images)
-        ):
+    mark = ""
+    if checkpoint is not None:
+        mark = checkpoint_mod.digest(ruled.params, pair_units, pair_images, pair_positions)
+        mark += f"/{info.name}/{rule}/{pool}/{size}"
+    saver = checkpoint_mod.Periodic(checkpoint, mark)
+    saved = saver.load()
+    done = 0
+    if saved is not None:
+        parts.append((saved["projections"], saved["where"], saved["values"]))
+        done = len(saved["values"])
+    names = ("projections", "where", "values")
+    guard = interrupt.graceful() if checkpoint is not None else contextlib.nullcontext()
+    with guard, progress_bar(pair_images.size, f"project {info.name}", enabled=progress) as bar:
+        bar.update(done)
+        rest = pair_images[done:]
+        batches = iterate_batches(source, size, rest) if rest.size else ()
+        for start, (_, valid, batch) in zip(range(done, pair_images.size, size), batches):
             count = int(valid.sum())
             chunk_units = parallel.pad_axis(pair_units[start : start + count], size)[None]
             chunk_positions = None
             if given is not None:
                 chunk_positions = parallel.pad_axis(given[start : start + count], size)[None]
             out = _run(ruled, batch["image"], chunk_units, chunk_positions, info.name)
-            parts.append(tuple(a[0, :count] for a in out))
+            parts.append(tuple(np.asarray(a[0, :count]) for a in out))
             bar.update(count)
+
+            def state():
+                parts[:] = [tuple(np.concatenate(p) for p in zip(*parts))]
+                return dict(zip(names, parts[0]))
+
+            saver.step(state, f"project {info.name}")
     projections, where, values = (np.concatenate(p) for p in zip(*parts))
     h, w = projections.shape[1:3]
     return Projection(

@@ -20,7 +20,9 @@ the field's full size, so the unit's centre stays at the patch's centre.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import os
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
@@ -30,7 +32,8 @@ import numpy as np
 from jax import lax
 from jax.sharding import PartitionSpec as P
 
-from cnnvis_jax import parallel
+from cnnvis_jax import checkpoint as checkpoint_mod
+from cnnvis_jax import interrupt, parallel
 from cnnvis_jax.deconv.projection import check_units, projectable_layer
 from cnnvis_jax.errors import InputError
 from cnnvis_jax.features import iterate_batches, load_batch, to_model_input
@@ -127,6 +130,7 @@ def top_activations(
     batch_size: int = 64,
     indices: Sequence[int] | None = None,
     progress: bool = True,
+    checkpoint: str | os.PathLike | None = None,
 ) -> TopK:
     """The top-``k`` images of each unit of ``layer`` over ``source``, in one pass.
 
@@ -141,6 +145,12 @@ def top_activations(
         count; the last batch is padded and masked).
       indices: the source indices to consider (default: all of them).
       progress: show a progress bar.
+      checkpoint: a ``.npz`` file for resumable state: the running top-k is saved
+        every few seconds (:class:`~cnnvis_jax.checkpoint.Periodic`), a call with the
+        same arguments resumes after the last saved batch, and inside such a call
+        Ctrl-C / SIGTERM stop after the current batch with
+        :class:`~cnnvis_jax.interrupt.Interrupted`. The result equals an
+        uninterrupted pass (the merge is order-independent).
 
     Returns:
       A :class:`TopK`; ties ordered by smaller image index, then smaller position.
@@ -184,8 +194,22 @@ def top_activations(
         replicated,
     )
     device_units = parallel.put(jnp.asarray(unit_array), replicated)
-    with progress_bar(count, f"top-{k} {info.name}", enabled=progress) as bar:
-        for batch_indices, valid, batch in iterate_batches(source, size, indices):
+    order = np.arange(count) if indices is None else np.asarray(indices, np.int64)
+    mark = ""
+    if checkpoint is not None:
+        mark = checkpoint_mod.digest(model.params, unit_array, order) + f"/{info.name}/{k}"
+    saver = checkpoint_mod.Periodic(checkpoint, mark)
+    done = 0
+    saved = saver.load()
+    if saved is not None:
+        state = parallel.put(tuple(jnp.asarray(saved[n]) for n in ("values", "image", "flat")),
+                             replicated)  # fmt: skip
+        done = int(saved["done"])
+    guard = interrupt.graceful() if checkpoint is not None else contextlib.nullcontext()
+    with guard, progress_bar(count, f"top-{k} {info.name}", enabled=progress) as bar:
+        bar.update(done)
+        rest = order[done:]
+        for batch_indices, valid, batch in iterate_batches(source, size, rest) if rest.size else ():
             state = step(
                 placed,
                 state,
@@ -194,7 +218,10 @@ def top_activations(
                 parallel.put(valid, split),
                 device_units,
             )
+            done += int(valid.sum())
             bar.update(int(valid.sum()))
+            saver.step(dict(zip(("values", "image", "flat"), state), done=done),
+                       f"top-{k} {info.name}")  # fmt: skip
     values, image, flat = (np.asarray(a) for a in state)
     if info.spatial:
         width = info.shape[1]

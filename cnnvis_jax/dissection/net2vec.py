@@ -25,6 +25,7 @@ in memory (bits and small integers), as Net2Vec trains for many epochs.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 from typing import Any
@@ -34,6 +35,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from cnnvis_jax import checkpoint as checkpoint_mod
+from cnnvis_jax import interrupt
 from cnnvis_jax.dissection.dissect import compute_tally, compute_thresholds, spatial_layers
 from cnnvis_jax.dissection.labels import LabelLayout, label_layout, load_labelled
 from cnnvis_jax.dissection.thresholds import float32_below
@@ -279,6 +282,12 @@ def _sgd(learning_rate: float, momentum: float) -> optax.GradientTransformation:
     return optax.sgd(learning_rate, momentum=momentum)
 
 
+def _seg_state(params, opt_state, key, losses) -> dict[str, np.ndarray]:
+    """The segmentation phase's resumable state as named arrays."""
+    state = checkpoint_mod.tree_arrays((params, opt_state), "seg")
+    return {**state, "key": np.asarray(key), "losses": np.asarray(losses)}
+
+
 def net2vec(
     model: Model,
     train_source: Any,
@@ -295,6 +304,7 @@ def net2vec(
     categories: Any = None,
     seed: int = 0,
     progress: bool = True,
+    checkpoint: Any = None,
 ) -> Net2VecResult:
     """Train and evaluate Net2Vec embeddings for one layer (see the module docstring).
 
@@ -308,6 +318,12 @@ def net2vec(
       min_images: concepts need this many training images containing them.
       categories: categories whose labels are concepts (default all).
       seed: PRNG seed of the shuffling.
+      checkpoint: a ``.npz`` file for resumable state: the embeddings, optimizer
+        states and losses are saved every few seconds between epochs
+        (:class:`~cnnvis_jax.checkpoint.Periodic`), a call with the same arguments
+        resumes after the last saved epoch with the same result, and inside such a
+        call Ctrl-C / SIGTERM stop after the current epoch with
+        :class:`~cnnvis_jax.interrupt.Interrupted`.
 
     Raises:
       InputError: a fully connected layer, unlabelled data, no concept with enough
@@ -333,7 +349,8 @@ def net2vec(
     # one bar over the work after the thresholds: reading the images (2), the
     # segmentation epochs, the single-unit tallies (2) and the classification epochs
     total = 2 + epochs + 2 + epochs
-    with progress_bar(total, f"net2vec {layer}", enabled=progress, unit="step") as bar:
+    guard = interrupt.graceful() if checkpoint is not None else contextlib.nullcontext()
+    with guard, progress_bar(total, f"net2vec {layer}", enabled=progress, unit="step") as bar:
         bar.set_postfix_str("reading images")
         train = collect(model, train_source, layer, thresholds, layout, np.arange(n_train))
         val = collect(model, val_source, layer, thresholds, layout, np.arange(n_val))
@@ -366,8 +383,20 @@ def net2vec(
         opt_state = optimizer.init(params)
         dev = {k: jnp.asarray(v) for k, v in train.items()}
         cj, aj = jnp.asarray(concepts, jnp.int32), jnp.asarray(alpha, jnp.float32)
-        losses = []
-        for _ in range(epochs):
+        mark = ""
+        if checkpoint is not None:
+            mark = checkpoint_mod.digest(model.params, thresholds, concepts, train["bits"])
+            mark += repr((layer, epochs, batch_size, learning_rate, momentum, cls_learning_rate,
+                          min_images, seed, n_train, n_val))  # fmt: skip
+        saver = checkpoint_mod.Periodic(checkpoint, mark)
+        saved = saver.load() or {}
+        losses = [float(v) for v in saved.get("losses", [])]
+        if losses:
+            key = jnp.asarray(saved["key"])
+            params, opt_state = checkpoint_mod.tree_from(saved, (params, opt_state), checkpoint,
+                                                         "seg")  # fmt: skip
+            bar.update(len(losses))
+        for _ in range(len(losses), epochs):
             key, sub = jax.random.split(key)
             params, opt_state, loss = _seg_epoch(
                 params, opt_state, sub, dev["bits"], dev["pixel"], cj, aj, rows, cols,
@@ -375,6 +404,9 @@ def net2vec(
             )  # fmt: skip
             losses.append(float(loss))
             bar.update(1)
+            saver.step(_seg_state(params, opt_state, key, losses), "net2vec",
+                       force=len(losses) == epochs)  # fmt: skip
+        seg_saved = _seg_state(params, opt_state, key, losses)
         bar.set_postfix_str("best single units")
         iou = set_iou(params, val, cj, rows, cols)
         # best single unit on train, evaluated on val, from the dissection tally
@@ -401,15 +433,23 @@ def net2vec(
         cls_opt = _sgd(float(cls_learning_rate), float(momentum))
         cparams = (jnp.zeros((n_units, len(cls)), jnp.float32), jnp.zeros(len(cls), jnp.float32))
         cstate = cls_opt.init(cparams)
-        cls_losses = []
+        cls_losses = [float(v) for v in saved.get("cls_losses", [])]
+        if cls_losses:
+            key = jnp.asarray(saved["cls_key"])
+            cparams, cstate = checkpoint_mod.tree_from(saved, (cparams, cstate), checkpoint,
+                                                       "cls")  # fmt: skip
+            bar.update(len(cls_losses))
         tt = jnp.asarray(target_train)
-        for _ in range(epochs if len(cls) else 0):
+        for _ in range(len(cls_losses), epochs if len(cls) else 0):
             key, sub = jax.random.split(key)
             cparams, cstate, loss = _cls_epoch(
                 cparams, cstate, sub, dev["bits"], tt, optimizer=cls_opt, batch=int(batch_size)
             )
             cls_losses.append(float(loss))
             bar.update(1)
+            cls_state = checkpoint_mod.tree_arrays((cparams, cstate), "cls")
+            saver.step({**seg_saved, **cls_state, "cls_key": key,
+                        "cls_losses": np.asarray(cls_losses)}, "net2vec")  # fmt: skip
         val_scores = np.asarray(cls_scores(cparams, jnp.asarray(val["bits"])))
         cls_ap = average_precision(val_scores, target_val)
         pooled_train = train["bits"].mean(axis=(1, 2))
@@ -448,6 +488,7 @@ def write_net2vec(out, result: Net2VecResult) -> dict[str, Any]:
     """``net2vec.csv`` (table), ``net2vec.json`` (summary + rows + classification),
     ``net2vec.png`` (set IoU single unit vs combination per concept), ``index.html``."""
     import csv
+    import io
     import json
     from pathlib import Path
 
@@ -456,17 +497,18 @@ def write_net2vec(out, result: Net2VecResult) -> dict[str, Any]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from cnnvis_jax.report.files import save_figure, write_json, write_text
     from cnnvis_jax.report.html import esc, page, table
 
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     rows = result.rows()
-    with open(out / "net2vec.csv", "w", newline="") as f:
-        writer = csv.DictWriter(
-            f, ["concept", "label", "alpha", "single_unit", "single_iou", "net2vec_iou"]
-        )
-        writer.writeheader()
-        writer.writerows(rows)
+    buffer = io.StringIO(newline="")
+    writer = csv.DictWriter(
+        buffer, ["concept", "label", "alpha", "single_unit", "single_iou", "net2vec_iou"]
+    )
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(out / "net2vec.csv", buffer.getvalue())
     cls_rows = [
         {"concept": n, "single_unit": int(u), "single_ap": float(s), "net2vec_ap": float(a)}
         for n, u, s, a in zip(
@@ -475,7 +517,7 @@ def write_net2vec(out, result: Net2VecResult) -> dict[str, Any]:
     ]
     record = {"summary": result.summary(), "segmentation": rows, "classification": cls_rows,
               "loss": result.loss.tolist(), "classification_loss": result.cls_loss.tolist()}  # fmt: skip
-    (out / "net2vec.json").write_text(json.dumps(record, indent=2))
+    write_json(out / "net2vec.json", record)
     order = np.argsort(-result.set_iou, kind="stable")
     fig, ax = plt.subplots(figsize=(max(5.0, 0.3 * len(order) + 1.5), 3.4))
     x = np.arange(len(order))
@@ -485,8 +527,7 @@ def write_net2vec(out, result: Net2VecResult) -> dict[str, Any]:
     ax.set(ylabel="set IoU (validation)", title=f"{result.layer}: single unit vs Net2Vec")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(out / "net2vec.png", dpi=100)
-    plt.close(fig)
+    save_figure(fig, out / "net2vec.png")
     s = result.summary()
     body = (
         f"<p>{esc(json.dumps(s))}</p>"
@@ -513,5 +554,5 @@ def write_net2vec(out, result: Net2VecResult) -> dict[str, Any]:
             ],
         )  # fmt: skip
     )
-    (out / "index.html").write_text(page(f"Net2Vec: {result.layer}", body))
+    write_text(out / "index.html", page(f"Net2Vec: {result.layer}", body))
     return record

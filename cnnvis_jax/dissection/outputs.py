@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import csv
 import functools
-import json
+import io
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,7 @@ from cnnvis_jax.dissection.thresholds import NO_IMAGE, float32_below
 from cnnvis_jax.dissection.upsample import layer_matrices, upsample
 from cnnvis_jax.features import load_batch, to_model_input
 from cnnvis_jax.model import Model
+from cnnvis_jax.report.files import save_figure, write_json, write_text
 from cnnvis_jax.report.html import esc, page
 
 CATEGORY_COLORS = {
@@ -54,13 +55,12 @@ def _color(category: str) -> str:
 
 def write_tally_csv(path: Path, result, layout: LabelLayout, mode: str) -> Path:
     """NetDissect-Lite's tally.csv for one layer."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     rows = tally_rows(result.counts, layout, result.scores, mode)
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, tally_fields(layout))
-        writer.writeheader()
-        writer.writerows(rows)
-    return path
+    buffer = io.StringIO(newline="")
+    writer = csv.DictWriter(buffer, tally_fields(layout))
+    writer.writeheader()
+    writer.writerows(rows)
+    return write_text(path, buffer.getvalue())
 
 
 def run_record(d: Dissection, extra: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -207,9 +207,7 @@ def bargraph(path: Path, result, layout: LabelLayout) -> Path:
         ax.text(0.5, 0.5, "no detectors", ha="center", va="center", transform=ax.transAxes)
     ax.set(ylabel="units", title=f"{result.layer}: detector units per label")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path)
     return path
 
 
@@ -238,9 +236,7 @@ def detectors_plot(path: Path, d: Dissection) -> Path:
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path)
     return path
 
 
@@ -326,9 +322,9 @@ def write_outputs(
     out.mkdir(parents=True, exist_ok=True)
     paths = {}
     paths["summary"] = out / "summary.json"
-    paths["summary"].write_text(json.dumps(d.summary(), indent=2))
+    write_json(paths["summary"], d.summary())
     paths["run"] = out / "run.json"
-    paths["run"].write_text(json.dumps(run_record(d, extra), indent=2))
+    write_json(paths["run"], run_record(d, extra))
     pictures = model is not None and source is not None
     for name, result in d.layers.items():
         folder = out / name
@@ -346,22 +342,22 @@ def write_outputs(
                 for u, strip in enumerate(strips, start=start):
                     Image.fromarray(strip).save(folder / "units" / f"unit{u:04d}.jpg", quality=90)
         paths[f"{name}/html"] = folder / "index.html"
-        paths[f"{name}/html"].write_text(layer_html(result, d.layout, d, pictures))
+        write_text(paths[f"{name}/html"], layer_html(result, d.layout, d, pictures))
     paths["plot"] = detectors_plot(out / "detectors.png", d)
     summary = d.summary()
-    with open(out / "detectors.csv", "w", newline="") as f:
-        writer = csv.writer(f)
+    buffer = io.StringIO(newline="")
+    writer = csv.writer(buffer)
+    writer.writerow(
+        ["layer", "units", "detectors", "concepts"]
+        + [f"unique-{c}" for c in d.layout.categories]
+        + [f"detectors-{c}" for c in d.layout.categories]
+    )
+    for name in d.layers:
+        s = summary[name]
         writer.writerow(
-            ["layer", "units", "detectors", "concepts"]
-            + [f"unique-{c}" for c in d.layout.categories]
-            + [f"detectors-{c}" for c in d.layout.categories]
+            [name, s["units"], s["detectors"], s["concepts"]]
+            + [s["unique"][c] for c in d.layout.categories]
+            + [s["detectors_per_category"][c] for c in d.layout.categories]
         )
-        for name in d.layers:
-            s = summary[name]
-            writer.writerow(
-                [name, s["units"], s["detectors"], s["concepts"]]
-                + [s["unique"][c] for c in d.layout.categories]
-                + [s["detectors_per_category"][c] for c in d.layout.categories]
-            )
-    paths["detectors_csv"] = out / "detectors.csv"
+    paths["detectors_csv"] = write_text(out / "detectors.csv", buffer.getvalue())
     return paths

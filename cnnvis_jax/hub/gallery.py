@@ -26,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -34,9 +35,11 @@ from typing import Any
 import jax
 import numpy as np
 
+from cnnvis_jax import interrupt
 from cnnvis_jax.errors import InputError
 from cnnvis_jax.model import Model
 from cnnvis_jax.report import html
+from cnnvis_jax.report.files import write_json, write_text
 from cnnvis_jax.report.grid import image_grid, save_png
 
 GALLERY_LAYERS = ("conv1_2", "conv2_2", "conv3_3", "conv4_3", "conv5_3")
@@ -171,7 +174,7 @@ def _am_figure(model, layer, units, config: GalleryConfig, out: Path, progress: 
     objectives = objectives_for_units(model, layer, [int(u) for u in units], kind=recipe.objective)
     result = render(
         model, objectives, recipe, int(config.seed), steps=config.am_steps,
-        progress=progress, desc=f"AM {layer}",
+        progress=progress, desc=f"AM {layer}", checkpoint=out / _CHECKPOINTS / f"am_{layer}.npz",
     )  # fmt: skip
     images = np.clip(result.images[:, 0], 0, 1)
     labels = [f"{layer} u{int(u)}" for u in units]
@@ -193,6 +196,7 @@ def _deconv_figure(model, source, layer, units, config: GalleryConfig, out: Path
     result = deconv_layer(
         model, source, layer, [int(u) for u in units], k=k, rule="deconvnet",
         batch_size=config.batch_size, progress=progress,
+        checkpoint=out / _CHECKPOINTS / f"deconv_{layer}",
     )  # fmt: skip
     save_png(result.figure, out / f"deconv_{layer}.png")
     return {
@@ -203,15 +207,16 @@ def _deconv_figure(model, source, layer, units, config: GalleryConfig, out: Path
 
 def _inversion_figure(model, source, config: GalleryConfig, out: Path, names, progress) -> dict:
     layers = tuple(config.inversion_layers or config.layers)
-    from cnnvis_jax.inversion import invert_images
+    from cnnvis_jax.inversion import features_of, invert_layers
 
     index = int(config.inversion_image)
     if not 0 <= index < len(source):
         raise InputError(f"inversion image {index} is out of range (0..{len(source) - 1}).")
     image = _image01(source, index, model.input.size)
-    results = invert_images(
-        model, image[None], list(layers), preset=config.inversion_preset,
+    results = invert_layers(
+        model, features_of(model, image[None], layers), preset=config.inversion_preset,
         key=jax.random.key(config.seed), steps=config.inversion_steps, progress=progress,
+        checkpoint=out / _CHECKPOINTS / "inversion",
     )  # fmt: skip
     tiles, labels, errors = [image], [f"original ({names[index]})"], {}
     for layer in layers:
@@ -281,8 +286,20 @@ def run_gallery(
     source's ``names`` or indices). The ``edges`` part needs ``vgg16-hed``; its
     head is read from ``weights`` (the file the model came from; default the cache).
     Returns the record written to ``gallery.json``.
+
+    The work resumes: ``gallery.json`` is rewritten after every figure, a call with
+    the same settings keeps the figures an earlier (interrupted) call finished, and
+    the figure in progress resumes from its checkpoint (``out/.gallery-checkpoint``).
+    Ctrl-C or SIGTERM stop at the next saved point with
+    :class:`~cnnvis_jax.interrupt.Interrupted`.
     """
-    out = Path(out)
+    with interrupt.graceful():
+        record = _run_gallery(model, source, Path(out), config, names, weights, progress)
+    shutil.rmtree(Path(out) / _CHECKPOINTS, ignore_errors=True)
+    return record
+
+
+def _run_gallery(model, source, out: Path, config: GalleryConfig, names, weights, progress):
     out.mkdir(parents=True, exist_ok=True)
     inversion_layers = tuple(config.inversion_layers or config.layers)
     for layer in (*config.layers, *inversion_layers):
@@ -298,15 +315,23 @@ def run_gallery(
         "missing": [],
     }
     previous = _previous(out, record)
+    finished = previous.get("config") == record["config"]  # an interrupted run of these settings
+
+    def done(entry: dict, key: str, png: str) -> bool:
+        """Whether ``entry[key]`` is a figure an earlier call drew and kept."""
+        return key in entry and (out / png).is_file()
+
     for key in ("edges", "inversion"):
-        if key in previous and key not in config.parts:
-            record[key] = previous[key]
+        if key in previous and (key not in config.parts or finished):
+            if done(previous, key, f"{key}.png"):
+                record[key] = previous[key]
     parts = set(config.parts)
-    if "edges" in parts:
+    if "edges" in parts and "edges" not in record:
         if model.name == "vgg16-hed":
             start = time.perf_counter()
             record["edges"] = _edges_figure(model, source, out, names, weights)
             record["seconds"]["edges"] = time.perf_counter() - start
+            _saved(out, record)
         else:
             record["missing"].append(f"edges: only vgg16-hed has HED's edge head, not {model.name}")
     for layer in config.layers:
@@ -315,26 +340,35 @@ def run_gallery(
             model, source, layer, config.units, batch_size=config.batch_size
         )
         info: dict[str, Any] = {"units": units.tolist(), "max_activation": maxima.tolist()}
+        record["layers"][layer] = info
         kept = previous.get("layers", {}).get(layer, {})
-        if kept.get("units") == info["units"]:  # figures of an earlier run with other parts
-            info.update({k: v for k, v in kept.items() if k in ("am", "deconv")})
+        if kept.get("units") == info["units"]:  # figures of an earlier run
+            info.update({k: v for k, v in kept.items()
+                         if k in ("am", "deconv") and (finished or k not in parts)
+                         and done(kept, k, f"{k}_{layer}.png")})  # fmt: skip
         record["seconds"][f"units_{layer}"] = time.perf_counter() - start
-        if "deconv" in parts:
+        if "deconv" in parts and "deconv" not in info:
             start = time.perf_counter()
             info["deconv"] = _deconv_figure(model, source, layer, units, config, out, progress)
             record["seconds"][f"deconv_{layer}"] = time.perf_counter() - start
-        if "am" in parts:
+            _saved(out, record)
+        if "am" in parts and "am" not in info:
             start = time.perf_counter()
             info["am"] = _am_figure(model, layer, units, config, out, progress)
             record["seconds"][f"am_{layer}"] = time.perf_counter() - start
-        record["layers"][layer] = info
-        _write(out, record)
-    if "inversion" in parts:
+            _saved(out, record)
+    if "inversion" in parts and "inversion" not in record:
         start = time.perf_counter()
         record["inversion"] = _inversion_figure(model, source, config, out, names, progress)
         record["seconds"]["inversion"] = time.perf_counter() - start
     _write(out, record)
     return record
+
+
+def _saved(out: Path, record: dict) -> None:
+    """Write the record of the figures drawn so far, then stop if interrupted."""
+    _write(out, record)
+    interrupt.check("gallery")
 
 
 def _previous(out: Path, record: dict) -> dict:
@@ -348,9 +382,13 @@ def _previous(out: Path, record: dict) -> dict:
     return old if same and isinstance(old, dict) else {}
 
 
+_CHECKPOINTS = ".gallery-checkpoint"
+"""Folder (inside the output folder) of the figure in progress's resumable state."""
+
+
 def _write(out: Path, record: dict) -> None:
-    (out / "gallery.json").write_text(json.dumps(record, indent=1))
-    (out / "index.html").write_text(_page(record))
+    write_json(out / "gallery.json", record)
+    write_text(out / "index.html", _page(record))
 
 
 __all__ = ["GALLERY_LAYERS", "PARTS", "ArraySource", "GalleryConfig", "choose_units", "run_gallery"]

@@ -21,6 +21,7 @@ import numpy as np
 from cnnvis_jax.errors import InputError, WeightsError
 from cnnvis_jax.inversion.decoder import Decoder, DecoderDesign
 from cnnvis_jax.model import Model
+from cnnvis_jax.report.files import write_json
 
 __all__ = ["DECODER_FILE", "check_decoder", "fingerprint", "load_decoder", "save_decoder"]
 
@@ -71,7 +72,7 @@ def save_decoder(decoder: Decoder, path: str | os.PathLike, extra: dict | None =
     tmp = target.with_suffix(".tmp")
     save_file(tensors, str(tmp), metadata={META_KEY: json.dumps(record)})
     os.replace(tmp, target)
-    target.with_suffix(".json").write_text(json.dumps(record, indent=2))
+    write_json(target.with_suffix(".json"), record)
     return target
 
 

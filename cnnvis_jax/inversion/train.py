@@ -40,13 +40,14 @@ import optax
 import orbax.checkpoint as ocp
 from jax.sharding import PartitionSpec as P
 
-from cnnvis_jax import parallel
+from cnnvis_jax import interrupt, parallel
 from cnnvis_jax.errors import InputError
 from cnnvis_jax.features import prefetched, to_model_input
 from cnnvis_jax.inversion.decoder import Decoder, design, forward, init_params
 from cnnvis_jax.inversion.io import DECODER_FILE, fingerprint, save_decoder
 from cnnvis_jax.model import Model
 from cnnvis_jax.progress import progress_bar
+from cnnvis_jax.report.files import write_json
 
 __all__ = ["DecoderConfig", "feature_scale", "train_decoder"]
 
@@ -149,7 +150,7 @@ def _check_run_dir(out: Path, record: dict) -> None:
                 "a new --out directory, or the same arguments to resume it."
             )
     out.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(record, indent=2))
+    write_json(path, record)
 
 
 def train_decoder(
@@ -236,7 +237,8 @@ def train_decoder(
     start = time.perf_counter()
     done_now = 0
     try:
-        with progress_bar(config.steps, f"decoder {layer}", enabled=progress, unit="step") as bar:
+        with interrupt.graceful(), progress_bar(config.steps, f"decoder {layer}",
+                                                enabled=progress, unit="step") as bar:  # fmt: skip
             bar.update(step)
             for images in prefetched(
                 lambda s: source.batch(batch_indices(config, s, n))["image"],
@@ -255,6 +257,9 @@ def train_decoder(
                     return {"interrupted": True, "step": step}
                 if config.checkpoint_every and step % config.checkpoint_every == 0:
                     save()
+                if interrupt.requested():  # Ctrl-C / SIGTERM: save, then stop
+                    save(wait=True)
+                interrupt.check(f"decoder {layer}")
             save()
     finally:
         manager.wait_until_finished()

@@ -25,6 +25,19 @@ def write_text(path: str | os.PathLike, text: str) -> Path:
     return path
 
 
+def save_figure(fig: Any, path: str | os.PathLike, dpi: int = 100) -> Path:
+    """Save the matplotlib figure ``fig`` as PNG at ``path`` atomically and close it."""
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    fig.savefig(partial, dpi=dpi, format="png")
+    plt.close(fig)
+    os.replace(partial, path)
+    return path
+
+
 def strict(value: Any) -> tuple[Any, int]:
     """``value`` as strict JSON data, and how many non-finite numbers it held.
 

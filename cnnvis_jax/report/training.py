@@ -3,12 +3,12 @@ first-layer filters, as PNGs and one HTML page (``DIR/report/index.html``)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from cnnvis_jax.report.files import save_figure, write_json, write_text
 from cnnvis_jax.report.grid import image_grid, label_colors, rescale_each, save_png
 from cnnvis_jax.report.html import esc, figure, page, table
 
@@ -34,9 +34,7 @@ def plot_curves(history: list[dict[str, Any]], path: Path) -> Path:
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path)
     return path
 
 
@@ -116,8 +114,6 @@ def write_training_report(run_dir, metrics: dict[str, Any], module, val_set) -> 
         + esc(", ".join(metrics["class_names"]))
         + "</p>"
     )
-    (out / "index.html").write_text(page("ConceptNet training report", body))
-    (out / "report.json").write_text(
-        json.dumps({"files": ["curves.png", "samples.png", "filters.png"]})
-    )
+    write_text(out / "index.html", page("ConceptNet training report", body))
+    write_json(out / "report.json", {"files": ["curves.png", "samples.png", "filters.png"]})
     return out / "index.html"

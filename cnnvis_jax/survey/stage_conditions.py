@@ -189,6 +189,7 @@ def _conditions_chart(path: Path, variants: dict, categories: list[str]) -> None
     import matplotlib.pyplot as plt
 
     from cnnvis_jax.dissection.outputs import CATEGORY_COLORS
+    from cnnvis_jax.report.files import save_figure
 
     names = list(variants)
     fig, (bars, lines) = plt.subplots(1, 2, figsize=(11, 3.8))
@@ -208,6 +209,4 @@ def _conditions_chart(path: Path, variants: dict, categories: list[str]) -> None
     lines.set(ylabel="unique detectors", title="per layer")
     lines.legend(fontsize=7)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path)

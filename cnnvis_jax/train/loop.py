@@ -33,6 +33,7 @@ from flax import nnx
 from cnnvis_jax.errors import InputError
 from cnnvis_jax.features import iterate_batches, prefetched
 from cnnvis_jax.progress import progress_bar
+from cnnvis_jax.report.files import write_json
 from cnnvis_jax.train.config import TrainConfig
 from cnnvis_jax.zoo import conceptnet
 
@@ -256,7 +257,7 @@ def _check_config(run_dir: Path, config: TrainConfig) -> None:
                 "--out directory, or the same arguments to resume it."
             )
     run_dir.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(config.to_json(), indent=2))
+    write_json(path, config.to_json())
 
 
 def train(
@@ -395,7 +396,7 @@ def train(
         "history": history,
         "snapshots": [f"snapshots/epoch_{e:03d}.safetensors" for e in config.kept_epochs],
     }
-    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    write_json(run_dir / "metrics.json", metrics)
     if report:
         from cnnvis_jax.report.training import write_training_report
 

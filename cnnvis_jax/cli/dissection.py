@@ -65,11 +65,10 @@ def cmd_dissect(args) -> int:
 
     import numpy as np
 
-    from cnnvis_jax.report.files import write_json
-
     from cnnvis_jax.cli.common import load_model_arg
     from cnnvis_jax.dissection.dissect import dissect, dissection_model, spatial_layers
     from cnnvis_jax.dissection.outputs import write_outputs
+    from cnnvis_jax.report.files import write_json
 
     _positive("count", args.count)
     _positive("batch-size", args.batch_size)

@@ -24,13 +24,23 @@ that every term keeps its published weight relative to the others.
 
 ``mahendran2016`` (IJCV'16, nnpreimage)::
 
-    E(u) = ‖Φ − Φ0‖²/‖Φ0‖² + λ_β TV^β(u)/(H W) + λ_α Σ_ij ‖u_ij‖^α/(H W)
-    α = 6, β = 2, B = 80, B+ = 160, λ_α = (1/B)^α, λ_β = (6.5/B)^β;
+    E(u) = C ‖Φ − Φ0‖²/‖Φ0‖² + λ_β TV^β(u)/(H W) + λ_α Σ_ij ‖u_ij‖^α/(H W)
+    C = 300, α = 6, β = 2, B = 80, B+ = 160, λ_α = (1/B)^α, λ_β = (6.5/B)^β;
     lr = 0.05 B²/α, times H·W in the step; G = 0.9 G + g², v = 0.9 v − g/(1/lr + √G);
     300 iterations with jitter J = max(round(stride/4), 1) (stride of the layer's
     receptive field), then 50 at 0.1 lr with J = 1 starting from the first result;
     every pixel's colour norm projected to ≤ B+; init uniform, scaled so its 95%
     quantile is B/√3.
+
+C is the code's ``objectiveWeight`` (``exp_inversion.m`` divides it by ‖Φ0‖²); the
+authors' inversion experiments run every layer with C ∈ {1, 20, 100, 300}
+(``exp_all.m``). With C = 1 (the code's bare default) the priors outweigh the data
+term by two orders of magnitude at the original image, and even conv1 comes out
+blurred and washed out, at the published image size too; the preset uses C = 300,
+the published value that reconstructs conv1 nearly exactly (see ``docs/inversion.md``,
+"mahendran2016: the authors' energy, term by term"). No constant depends on the
+image size: TV and the α-norm are per-pixel averages and B, V = B/6.5 are per-pixel
+scales of the 0-255 image.
 """
 
 from __future__ import annotations
@@ -88,6 +98,9 @@ class Plan:
       init_scale: B of the initialization.
       stages: the runs; a later stage starts from the centre of the previous one
         with fresh optimizer state.
+      data_weight: C, the multiplier of the normalized data term
+        ``‖mask(Φ − Φ0)‖²/‖mask Φ0‖²`` in E (IJCV'16's ``objectiveWeight``; 1 for
+        CVPR'15). The reported feature error is the normalized term without C.
     """
 
     convention: str
@@ -102,6 +115,7 @@ class Plan:
     init: str
     init_scale: float
     stages: tuple[Stage, ...]
+    data_weight: float = 1.0
     name: str = "custom"
 
     def __post_init__(self):
@@ -113,6 +127,8 @@ class Plan:
             raise InputError(f"plan init must be 'gaussian' or 'uniform', got {self.init!r}.")
         if not self.stages:
             raise InputError("a plan needs at least one stage.")
+        if not self.data_weight > 0:
+            raise InputError(f"plan data_weight (C) must be positive, got {self.data_weight!r}.")
 
     @property
     def optimizer(self) -> str:
@@ -237,8 +253,12 @@ class Mahendran2015:
 
 @dataclasses.dataclass(frozen=True)
 class Mahendran2016:
-    """IJCV'16 constants (see module docstring); derived λ's and lr are properties."""
+    """IJCV'16 constants (see module docstring); derived λ's and lr are properties.
 
+    ``C`` weighs the normalized data term (the code's ``objectiveWeight``): one of
+    the published 1, 20, 100, 300; larger is sharper and closer to the target."""
+
+    C: float = 300.0
     alpha: float = 6.0
     beta: float = 2.0
     B: float = 80.0
@@ -287,6 +307,7 @@ class Mahendran2016:
                 Stage(((lr, self.fast_steps),), self.jitter_for(model, layer)),
                 Stage(((self.slow_factor * lr, self.slow_steps),), 1),
             ),
+            data_weight=self.C,
             name=self.name,
         )
 

@@ -2,15 +2,17 @@
 
 For target features Φ0 of one layer, minimize over the canvas ``u``::
 
-    E(u) = Σ mask·(Φ(image(crop(u))) − Φ0)² / ‖mask·Φ0‖² + λ_TV·TV^β(u) + λ_α·N_α(u)
+    E(u) = C·Σ mask·(Φ(image(crop(u))) − Φ0)² / ‖mask·Φ0‖² + λ_TV·TV^β(u) + λ_α·N_α(u)
 
 ``u`` is in the papers' units, the mean-subtracted image on the 0-255 scale:
 ``image01 = mean + u / 255`` with ``mean`` the model's input mean in [0, 1] units
 (what the network subtracts), so the published B, B+ and λ's apply unchanged. The
 canvas is ``J − 1`` pixels larger than the image when the plan jitters (J > 1);
 each step differentiates a random ``H × W`` crop of it; the result is the central
-crop. The priors and the optimizers follow the :class:`~.presets.Plan`'s convention
-(:mod:`.regularizers`, :mod:`.optim`).
+crop. C is the plan's ``data_weight`` (1 for CVPR'15, IJCV'16's ``objectiveWeight``).
+The priors and the optimizers follow the :class:`~.presets.Plan`'s convention
+(:mod:`.regularizers`, :mod:`.optim`); :func:`energy_terms` evaluates E's terms with
+the same code as the loop.
 
 Structure of the computation: one jitted program per group of layers that share a
 canvas shape and a schedule, with the steps in a ``lax.scan``. A *lane* is one
@@ -57,6 +59,7 @@ from cnnvis_jax.rules import model_for_input_gradients
 __all__ = [
     "InversionResult",
     "check_target",
+    "energy_terms",
     "input_mean",
     "invert",
     "invert_images",
@@ -73,7 +76,8 @@ class InversionResult(NamedTuple):
         no box constraint); clip for display.
       feature_error: float32 (R, N), ``Σ mask(Φ(x*) − Φ0)² / ‖mask Φ0‖²`` against
         the target that was inverted.
-      energy: float32 (R, N, steps), the objective E at every step.
+      energy: float32 (R, N, steps), the objective E at every step (with the
+        plan's data weight C; the feature error is without it).
       finite: bool (R, N), False where the lane hit non-finite values (it kept its
         last finite iterate).
       layer: canonical layer name.
@@ -167,7 +171,7 @@ def check_target(
 
 def _structure(plan: Plan) -> Plan:
     """The plan without its per-lane numbers (what must be equal to share a program)."""
-    return dataclasses.replace(plan, lambda_alpha=0.0, lambda_tv=0.0, name="")
+    return dataclasses.replace(plan, lambda_alpha=0.0, lambda_tv=0.0, data_weight=1.0, name="")
 
 
 def _optimizer(plan: Plan, stage, size: tuple[int, int]):
@@ -205,7 +209,8 @@ def _centre(u: jax.Array, size: tuple[int, int], jitter: int) -> jax.Array:
 
 
 def _lane_math(model: Model, targets, masks, weights, lam_tv, lam_alpha, *, layers, plan):
-    """(to_image, feature_loss, priors, crop) of the lanes; see :func:`_lanes_steps`."""
+    """(to_image, feature_loss, priors, crop, prior_terms) of the lanes; see
+    :func:`_lanes_steps` and :func:`energy_terms`."""
     size = tuple(model.input.size)
     mean = jnp.asarray(input_mean(model))
     per_pixel = plan.convention == "ijcv16"
@@ -222,19 +227,22 @@ def _lane_math(model: Model, targets, masks, weights, lam_tv, lam_alpha, *, laye
             total = total + weights[name] * jnp.sum(masks[name] * d * d, axis=axes)
         return total
 
-    def priors(u):  # (L, Hc, Wc, 3) -> (L,)
+    def prior_terms(u):  # (L, Hc, Wc, 3) -> (λ_TV·TV^β (L,), λ_α·N_α (L,))
         if per_pixel:
-            return lam_tv * tv_beta(u, plan.beta, per_pixel=True) + lam_alpha * alpha_norm_pixels(
-                u, plan.alpha
-            )
-        return lam_tv * tv_beta(u, plan.beta) + lam_alpha * alpha_norm_values(u, plan.alpha)
+            return (lam_tv * tv_beta(u, plan.beta, per_pixel=True),
+                    lam_alpha * alpha_norm_pixels(u, plan.alpha))  # fmt: skip
+        return lam_tv * tv_beta(u, plan.beta), lam_alpha * alpha_norm_values(u, plan.alpha)
+
+    def priors(u):  # (L, Hc, Wc, 3) -> (L,)
+        tv, alpha = prior_terms(u)
+        return tv + alpha
 
     def crop(u, offsets):
         return jax.vmap(lambda v, o: jax.lax.dynamic_slice(v, (o[0], o[1], 0), (*size, 3)))(
             u, offsets
         )
 
-    return to_image, feature_loss, priors, crop
+    return to_image, feature_loss, priors, crop, prior_terms
 
 
 def _canvas(size: tuple[int, int], jitter: int) -> tuple[int, int]:
@@ -266,13 +274,14 @@ def _lanes_enter(model: Model, u, *, plan, stage):
 
 
 @functools.partial(jax.jit, static_argnames=("layers", "plan", "stage", "length"))
-def _lanes_steps(model, keys, targets, masks, weights, lam_tv, lam_alpha, carry, first, *,
-                 layers, plan, stage, length):  # fmt: skip
+def _lanes_steps(model, keys, targets, masks, weights, lam_tv, lam_alpha, data_weight, carry,
+                 first, *, layers, plan, stage, length):  # fmt: skip
     """Steps ``first .. first + length`` of stage ``stage`` for every lane.
 
     Shapes: keys (L,) (or (L, 2) raw); targets/masks {layer: (L, *shape)}; weights
-    {layer: (L,)}; lam_* (L,); carry (u (L, Hc, Wc, 3) in u-units, optimizer state,
-    finite (L,)). Returns the new carry and the energies (L, length).
+    {layer: (L,)} (1/‖mask Φ0‖²); lam_* and data_weight (C) (L,); carry (u (L, Hc, Wc,
+    3) in u-units, optimizer state, finite (L,)). Returns the new carry and the
+    energies (L, length).
 
     Lanes are independent, so each step differentiates the *sum* of the lanes'
     energies: one batched forward/backward gives every lane its own gradient. The
@@ -281,7 +290,7 @@ def _lanes_steps(model, keys, targets, masks, weights, lam_tv, lam_alpha, carry,
     stage uses the ``t``-th of the stage's step keys whatever the chunking, so running
     a stage in one call or in several gives the same lanes.
     """
-    to_image, feature_loss, priors, crop = _lane_math(
+    to_image, feature_loss, priors, crop, _ = _lane_math(
         model, targets, masks, weights, lam_tv, lam_alpha, layers=layers, plan=plan
     )
     size = tuple(model.input.size)
@@ -295,7 +304,7 @@ def _lanes_steps(model, keys, targets, masks, weights, lam_tv, lam_alpha, carry,
     chunk = step_keys[:, first + jnp.arange(length)]
 
     def energy(u, offsets):  # per-lane energies (L,) and their sum
-        e = feature_loss(to_image(crop(u, offsets))) + priors(u)
+        e = data_weight * feature_loss(to_image(crop(u, offsets))) + priors(u)
         return jnp.sum(e), e
 
     def step(carry, ks):
@@ -325,8 +334,8 @@ def _lanes_steps(model, keys, targets, masks, weights, lam_tv, lam_alpha, carry,
 def _lanes_finish(model, targets, masks, weights, u, *, layers, plan):
     """(images01 (L, H, W, 3), feature error (L,)) of the lanes' final canvases."""
     zeros = jnp.zeros((u.shape[0],), jnp.float32)
-    to_image, feature_loss, _, _ = _lane_math(model, targets, masks, weights, zeros, zeros,
-                                              layers=layers, plan=plan)  # fmt: skip
+    to_image, feature_loss, _, _, _ = _lane_math(model, targets, masks, weights, zeros, zeros,
+                                                 layers=layers, plan=plan)  # fmt: skip
     size = tuple(model.input.size)
     centre = jax.vmap(lambda v: _centre(v, size, int(plan.stages[-1].jitter)))(u)
     images = to_image(centre)
@@ -351,7 +360,7 @@ def _run_group(model, lanes: dict, layers: tuple[str, ...], plan: Plan, has_init
     plan = _structure(plan)
     fast = model_for_input_gradients(model)  # fast convolution gradients inside the scan
     args = (lanes["keys"], lanes["targets"], lanes["masks"], lanes["weights"],
-            lanes["lam_tv"], lanes["lam_alpha"])  # fmt: skip
+            lanes["lam_tv"], lanes["lam_alpha"], lanes["data_weight"])  # fmt: skip
     total = sum(st.steps for st in plan.stages)
     chunk = (checkpoint_mod.even_chunk([st.steps for st in plan.stages])
              if checkpoint is not None else total)  # fmt: skip
@@ -468,6 +477,7 @@ def invert_layers(
             lane_weights = {m: np.zeros(total, np.float32) for m in names}
             lam_tv = np.zeros(total, np.float32)
             lam_alpha = np.zeros(total, np.float32)
+            data_weight = np.zeros(total, np.float32)
             for i, name in enumerate(names):
                 t, m = checked[name]
                 sl = slice(i * lanes_per_layer, (i + 1) * lanes_per_layer)
@@ -477,6 +487,7 @@ def invert_layers(
                 lane_weights[name][sl] = np.tile(1.0 / norm2, restarts).astype(np.float32)
                 lam_tv[sl] = plans[name].lambda_tv
                 lam_alpha[sl] = plans[name].lambda_alpha
+                data_weight[sl] = plans[name].data_weight
             layer_ids = np.repeat(np.asarray([order[m] for m in names]), lanes_per_layer)
             restart_ids = np.tile(np.repeat(np.arange(restarts), n), len(names))
             image_ids = np.tile(np.arange(n), restarts * len(names))
@@ -498,6 +509,7 @@ def invert_layers(
                 weights=lane_weights,
                 lam_tv=lam_tv,
                 lam_alpha=lam_alpha,
+                data_weight=data_weight,
                 init=lane_init,
             )
             group_file = (
@@ -548,6 +560,60 @@ def invert(
         init=init, steps=steps,
     )  # fmt: skip
     return next(iter(out.values()))
+
+
+def energy_terms(
+    model: Model,
+    layer: str,
+    target: Any,
+    canvas: Any,
+    *,
+    preset: Any = "mahendran2016",
+    offset: tuple[int, int] = (0, 0),
+    mask: Any = None,
+) -> dict[str, np.ndarray]:
+    """The terms of the energy E that :func:`invert` minimizes, by the loop's own code.
+
+    ``canvas`` float (N, Hc, Wc, 3) (or one (Hc, Wc, 3)) is the inversion variable in
+    the papers' units, ``u = (image01 − mean)·255`` with Hc ≥ H, Wc ≥ W (a jittered
+    canvas is ``J − 1`` pixels larger); the data term sees its H × W crop at
+    ``offset`` (row, column), the priors the whole canvas. ``target`` (N, *shape)
+    and ``mask`` as for :func:`invert`; ``preset`` a name, a preset or a plan.
+
+    Returns float32 (N,) arrays: ``feature_error`` (Σ mask(Φ − Φ0)²/‖mask Φ0‖²),
+    ``data`` (C times it), ``tv`` (λ_TV·TV^β), ``alpha`` (λ_α·N_α) and ``total``
+    (their sum, the value :attr:`InversionResult.energy` records at a step).
+    """
+    name = model.resolve(layer)
+    plan = resolve_plan(model, name, preset)
+    t, m = check_target(model, name, target, mask)
+    u = jnp.asarray(np.asarray(canvas, np.float32))
+    if u.ndim == 3:
+        u = u[None]
+    size = tuple(model.input.size)
+    row, col = (int(v) for v in offset)
+    if (u.ndim != 4 or u.shape[0] != t.shape[0] or u.shape[-1] != 3 or row < 0 or col < 0
+            or u.shape[1] < size[0] + row or u.shape[2] < size[1] + col):  # fmt: skip
+        raise InputError(
+            f"canvas has shape {tuple(np.shape(canvas))}; it must be ({t.shape[0]}, Hc, Wc, 3) "
+            f"with room for the {size[0]}x{size[1]} image at offset {(row, col)}."
+        )
+    n = t.shape[0]
+    norm2 = np.sum((t * m).reshape(n, -1).astype(np.float64) ** 2, axis=1)
+    weights = {name: jnp.asarray((1.0 / norm2).astype(np.float32))}
+    lam_tv = jnp.full((n,), plan.lambda_tv, jnp.float32)
+    lam_alpha = jnp.full((n,), plan.lambda_alpha, jnp.float32)
+    to_image, feature_loss, _, crop, prior_terms = _lane_math(
+        model, {name: jnp.asarray(t)}, {name: jnp.asarray(m)}, weights, lam_tv, lam_alpha,
+        layers=(name,), plan=plan,
+    )  # fmt: skip
+    offsets = jnp.tile(jnp.asarray([[row, col]], jnp.int32), (n, 1))
+    error = feature_loss(to_image(crop(u, offsets)))
+    tv, alpha = prior_terms(u)
+    data = jnp.float32(plan.data_weight) * error
+    out = {"feature_error": error, "data": data, "tv": tv, "alpha": alpha,
+           "total": data + tv + alpha}  # fmt: skip
+    return {k: np.asarray(v, np.float32) for k, v in out.items()}
 
 
 @functools.lru_cache(maxsize=16)

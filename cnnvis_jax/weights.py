@@ -386,8 +386,13 @@ def infer_num_classes(name: str, state_dict: Mapping[str, Any], **variant) -> in
     """
     from cnnvis_jax.zoo import registry
 
-    if registry.entry(name).num_classes is None:
+    e = registry.entry(name)
+    if e.num_classes is None:
         return None
+    for prefix in (e.logits, *e.aliases.get(e.logits, ())):  # the logits layer's own key
+        shape = tuple(getattr(state_dict.get(f"{prefix}.weight"), "shape", ()))
+        if len(shape) == 2:
+            return int(shape[0])
     keys = _logits_keys(name, tuple(sorted(variant.items())))
     for key in sorted(keys, key=lambda k: not k.endswith("weight")):
         if key in state_dict:

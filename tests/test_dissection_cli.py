@@ -71,9 +71,9 @@ def test_outputs_have_lite_columns_summary_and_escaped_html(tiny, source, tmp_pa
     assert "<b>car&co</b>" not in html
     assert "units covering" in html and "sortable" in html
     assert (tmp_path / "conv2" / "units" / "unit0000.jpg").is_file()
-    assert (tmp_path / "detectors.png").is_file() and (
-        tmp_path / "conv1" / "bargraph.png"
-    ).is_file()
+    assert (tmp_path / "detectors.png").is_file()  # two layers: the plot across them
+    svg = (tmp_path / "conv1" / "bargraph.svg").read_text()
+    assert svg.startswith("<svg") and "detector units per label" in svg
     # detectors per category are consistent with the scores
     assert sum(summary["conv2"]["detectors_per_category"].values()) == summary["conv2"]["detectors"]
     orig = d.rescore(mode="original", iou_threshold=0.04)

@@ -5,11 +5,12 @@ Layout of ``out``::
 
     summary.json                {layer: {units, detectors, unique: {category: n}, ...}}
     run.json                    settings, data set, layout, images, skipped files
-    detectors.png / .csv        detectors (and unique detectors) per category per layer
+    detectors.csv               detectors (and unique detectors) per category per layer
+    detectors.png               the same as a plot (when more than one layer)
     <layer>/tally.csv           NetDissect-Lite's columns, units by decreasing score
                                 (``unit`` from 0; ``netdissect_unit``, its number, from 1)
     <layer>/index.html          "k/U units covering m concepts", bar graph, unit list
-    <layer>/bargraph.png        detector units per label, grouped by category
+    <layer>/bargraph.svg        detector units per label, grouped by category
     <layer>/units/unitNNNN.jpg  unit NNNN's (from 0) top images (segmentation size) with its mask
 """
 
@@ -18,6 +19,8 @@ from __future__ import annotations
 import csv
 import functools
 import io
+import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +38,7 @@ from cnnvis_jax.features import load_batch, to_model_input
 from cnnvis_jax.model import Model
 from cnnvis_jax.report.files import save_figure, write_json, write_text
 from cnnvis_jax.report.html import esc, page
+from cnnvis_jax.report.svg import bar_chart
 
 CATEGORY_COLORS = {
     "object": "#1f77b4",
@@ -170,23 +174,36 @@ def unit_strips(
     segmentation size, dimmed to 30% outside the mask with its outline in yellow, side
     by side on white (empty slots black). ``pictures``, ``slot``, ``masks`` as
     :func:`top_image_masks` returns them."""
-    n_units, k, sh, sw = masks.shape
-    small = np.zeros((len(pictures) + 1, sh, sw, 3), np.uint8)  # last row: empty slot
+    small = pictures
+    if pictures.shape[1:3] != masks.shape[2:]:
+        small = small_pictures(pictures, masks.shape[2:])[:-1]
+    small = np.concatenate([small, np.zeros((1, *small.shape[1:]), np.uint8)])  # empty slot
+    return np.asarray(_strips(small, np.where(slot < 0, len(pictures), slot), masks, gap))
+
+
+def _save_jpeg(image: np.ndarray, path: Path) -> None:
+    """Write uint8 ``image`` as a JPEG (quality 90) atomically."""
+    partial = path.with_name(path.name + ".partial")
+    Image.fromarray(image).save(partial, format="JPEG", quality=90)
+    os.replace(partial, path)
+
+
+def small_pictures(pictures: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """uint8 (M + 1, h, w, 3): ``pictures`` (M, H, W, 3) resized (bilinear) to
+    ``size`` = (h, w), plus a black last row for empty slots."""
+    sh, sw = size
+    small = np.zeros((len(pictures) + 1, sh, sw, 3), np.uint8)
     for i, im in enumerate(pictures):
         small[i] = np.asarray(Image.fromarray(im).resize((sw, sh), Image.BILINEAR))
-    return np.asarray(_strips(small, np.where(slot < 0, len(pictures), slot), masks, gap))
+    return small
 
 
 # --- figures -----------------------------------------------------------------------------
 
 
 def bargraph(path: Path, result, layout: LabelLayout) -> Path:
-    """Detector units per label, grouped by category (NetDissect's bar graph)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    """Detector units per label, grouped by category (NetDissect's bar graph), as SVG;
+    a layer without detectors gets a chart saying so."""
     s = result.scores
     bars = []
     for ci, c in enumerate(layout.categories):
@@ -196,19 +213,10 @@ def bargraph(path: Path, result, layout: LabelLayout) -> Path:
             if counts[lab] == 0:
                 break
             bars.append((c, layout.names[lab], int(counts[lab])))
-    fig, ax = plt.subplots(figsize=(max(4.0, 0.28 * len(bars) + 1.5), 3.2))
-    if bars:
-        ax.bar(range(len(bars)), [b[2] for b in bars], color=[_color(b[0]) for b in bars])
-        ax.set_xticks(range(len(bars)), [b[1] for b in bars], rotation=90, fontsize=7)
-        for c in dict.fromkeys(b[0] for b in bars):  # legend entries, one per category
-            ax.bar([0], [0], color=_color(c), label=c)
-        ax.legend(fontsize=7)
-    else:
-        ax.text(0.5, 0.5, "no detectors", ha="center", va="center", transform=ax.transAxes)
-    ax.set(ylabel="units", title=f"{result.layer}: detector units per label")
-    fig.tight_layout()
-    save_figure(fig, path)
-    return path
+    colors = {c: _color(c) for c in layout.categories}
+    chart = bar_chart(bars, colors, title=f"{result.layer}: detector units per label",
+                      ylabel="units", empty="no detectors")  # fmt: skip
+    return write_text(path, chart)
 
 
 def detectors_plot(path: Path, d: Dissection) -> Path:
@@ -273,7 +281,7 @@ def layer_html(result, layout: LabelLayout, d: Dissection, unit_pictures: bool) 
     parts = [
         f"<h2>{esc(header)}</h2>",
         f"<p>{esc(f'mode {d.mode}, quantile {d.quantile:g}, {d.images} images; unique detectors: {unique}')}</p>",
-        '<figure><img src="bargraph.png" alt="detector units per label"></figure>',
+        '<figure><img src="bargraph.svg" alt="detector units per label"></figure>',
     ]
     if summary["constant_units"]:
         shown = ", ".join(str(u) for u in summary["constant_units"])
@@ -329,21 +337,25 @@ def write_outputs(
     for name, result in d.layers.items():
         folder = out / name
         paths[f"{name}/tally"] = write_tally_csv(folder / "tally.csv", result, d.layout, d.mode)
-        bargraph(folder / "bargraph.png", result, d.layout)
+        bargraph(folder / "bargraph.svg", result, d.layout)
         if pictures:
             feats = None if d.features is None else d.features.get(name)
             pics, slot, masks = top_image_masks(
                 model, source, result, d.layout.seg_size, features=feats, order=d.order
             )
             (folder / "units").mkdir(parents=True, exist_ok=True)
-            for start in range(0, slot.shape[0], 64):
-                part = slice(start, start + 64)
-                strips = unit_strips(pics, slot[part], masks[part])
-                for u, strip in enumerate(strips, start=start):
-                    Image.fromarray(strip).save(folder / "units" / f"unit{u:04d}.jpg", quality=90)
+            small = small_pictures(pics, masks.shape[2:])[:-1]  # resized once for all units
+            with ThreadPoolExecutor(2) as pool:  # JPEG encoding releases the GIL
+                for start in range(0, slot.shape[0], 64):
+                    part = slice(start, start + 64)
+                    strips = unit_strips(small, slot[part], masks[part])
+                    names = [folder / "units" / f"unit{u:04d}.jpg"
+                             for u in range(start, start + len(strips))]  # fmt: skip
+                    list(pool.map(_save_jpeg, strips, names))
         paths[f"{name}/html"] = folder / "index.html"
         write_text(paths[f"{name}/html"], layer_html(result, d.layout, d, pictures))
-    paths["plot"] = detectors_plot(out / "detectors.png", d)
+    if len(d.layers) > 1:  # a plot across layers
+        paths["plot"] = detectors_plot(out / "detectors.png", d)
     summary = d.summary()
     buffer = io.StringIO(newline="")
     writer = csv.writer(buffer)

@@ -588,10 +588,12 @@ def dissection(ctx: Context, out: Path) -> dict:
     cats = list(d.layout.categories)
     rows = [[layer, summary[layer]["detectors"]] + [summary[layer]["unique"][c] for c in cats]
             for layer in d.layers]  # fmt: skip
-    figures = [("dissection/detectors.png", "unique detectors and detector units per "
-                "category, layer by layer")]  # fmt: skip
+    figures = []
+    if len(d.layers) > 1:
+        figures.append(("dissection/detectors.png", "unique detectors and detector units per "
+                        "category, layer by layer"))  # fmt: skip
     for layer in d.layers:
-        figures.append((f"dissection/{layer}/bargraph.png", f"{layer}: detectors per label"))
+        figures.append((f"dissection/{layer}/bargraph.svg", f"{layer}: detectors per label"))
     data: dict[str, Any] = {"images": len(indices), "categories": cats, "layers": summary}
     last = d.layers[list(d.layers)[-1]]
     data["detectors"] = {  # the last layer's detector units (the robustness stage reads them)

@@ -114,3 +114,40 @@ def test_nan_weights_give_strict_json_with_null_and_a_warning(trained_run, tmp_p
     assert "start_activation" in records[0]["non_finite_fields"]
     err = capsys.readouterr().err
     assert "non-finite value(s)" in err and "layer conv2" in err
+
+
+def test_units_ending_at_zero_restart_from_data_or_are_marked_silent(trained_conceptnet, tmp_path):
+    """A unit whose render ends at 0 starts again from the data image driving it most
+    (ending above 0); one silent on every data image is reported as such."""
+    from cnnvis_jax.am import natural_starts, objectives_for_units, preset, render, restart_silent
+    from cnnvis_jax.data import open_dataset
+
+    model = trained_conceptnet
+    units = list(range(8))
+    objectives = objectives_for_units(model, "conv4", units, "neuron")
+    source = open_dataset("concepts", split="val", count=256, size=model.input.size)
+    natural = natural_starts(model, objectives, source)
+    # brute force: the first image with the largest value, per unit
+    acts = np.concatenate([
+        np.asarray(model.apply(model.params, np.stack([source[i]["image"] for i in range(s, s + 64)])
+                               .astype(np.float32) / 255.0, ("conv4",))["conv4"])
+        for s in range(0, 256, 64)])  # fmt: skip
+    h, w = acts.shape[1:3]
+    centre = acts[:, h // 2, w // 2, :8]
+    np.testing.assert_array_equal(natural.index, centre.argmax(axis=0))
+    np.testing.assert_allclose(natural.value, centre.max(axis=0), rtol=1e-5, atol=1e-6)
+    recipe = preset("lucid")
+    result = render(model, objectives, recipe, 0, steps=4)
+    zero = result._replace(
+        best_activation=np.zeros_like(result.best_activation)
+    )  # all "ended at 0"
+    fixed, starts = restart_silent(model, objectives, recipe, zero, source, key=0, steps=4,
+                                   checkpoint=tmp_path / "restart.npz")  # fmt: skip
+    assert set(starts) == set(range(8))
+    for k in range(8):
+        if natural.live[k]:
+            assert starts[k]["start"] == f"data image {natural.index[k]}"
+            assert fixed.best_activation[k, 0] > 0
+        else:
+            assert starts[k]["start"] == "silent" and fixed.best_activation[k, 0] == 0
+    assert natural.live.any()

@@ -107,3 +107,22 @@ def test_parse_units(spec, units):
 def test_parse_units_errors(spec, message):
     with pytest.raises(InputError, match=message):
         parse_units(spec, 16)
+
+
+def test_a_unit_silent_on_the_data_is_a_grey_labelled_row(trained_conceptnet):
+    from cnnvis_jax.data import open_dataset
+    from cnnvis_jax.deconv import deconv_layer
+    from cnnvis_jax.deconv.figures import layer_figure
+
+    model = trained_conceptnet
+    source = open_dataset("concepts", count=16, size=model.input.size)
+    result = deconv_layer(model, source, "conv3", [0, 1], k=3, batch_size=8, progress=False)
+    silent = result.topk._replace(values=result.topk.values * np.array([[0.0], [1.0]]))
+    both = layer_figure(model, silent, result.projection, result.patches)
+    normal = layer_figure(model, result.topk, result.projection, result.patches)
+    assert both.shape == normal.shape
+    half = both.shape[0] // 2
+    assert not np.array_equal(both[:half], normal[:half])  # the silent unit's row changed
+    np.testing.assert_array_equal(both[half:], normal[half:])  # the live unit's did not
+    colours, counts = np.unique(both[:half].reshape(-1, 3), axis=0, return_counts=True)
+    assert tuple(colours[counts.argmax()]) in ((127, 127, 127), (128, 128, 128))  # grey tiles

@@ -43,7 +43,7 @@ def _commands(weights: str) -> dict[str, list[str]]:
         "train-decoder": ["train-decoder", *model, "--layer", "conv3", "--steps", "9",
                           "--batch-size", "8", "--checkpoint-every", "3"],
         "gallery": ["gallery", *model, "--dataset", "skimage:astronaut,coffee", "--layers",
-                    "conv2,conv3", "--units", "2", "--top", "2", "--am-steps", "8",
+                    "conv3", "--units", "2", "--top", "2", "--am-steps", "8",
                     "--inversion-steps", "8"],
     }  # fmt: skip
 

@@ -373,6 +373,15 @@ def test_gallery_command_draws_hed_edges(fake_h5, tmp_path, capsys):
     assert record["model"] == "vgg16-hed" and record["size"] == [32, 32]
     assert len(record["edges"]["mean_edge_probability"]) == 2
     assert record["layers"]["conv1_2"]["units"] and not record["missing"]
+    # the same folder: other settings are refused by name, other parts are not
+    again = ["gallery", "--weights", str(fake_h5), "--dataset", "skimage:astronaut,coins",
+             "--size", "32", "--layers", "conv1_2", "--quiet", "--out", str(out)]  # fmt: skip
+    assert main([*again, "--units", "2", "--parts", "edges"]) == 2
+    err = capsys.readouterr().err
+    assert "units: 1 then, 2 now" in err and len(err.strip().splitlines()) == 1, err
+    assert main([*again, "--units", "1", "--parts", "deconv"]) == 0
+    record = json.loads((out / "gallery.json").read_text())
+    assert "edges" in record and "deconv" in record["layers"]["conv1_2"]  # both parts kept
 
 
 def test_gallery_bad_arguments(fake_h5, tmp_path, capsys):

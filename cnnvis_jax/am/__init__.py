@@ -17,7 +17,8 @@
   ``distill``, ``dgn``, ``mfv-center``, ``mfv-mean``) and :func:`render`, vmapped
   over units, seeds and sweeps, sharded over a ``units`` device mesh;
 * Multifaceted Feature Visualization: :func:`facets`, :func:`render_facets`,
-  :func:`facet_diversity`.
+  :func:`facet_diversity`;
+* units left at 0: :func:`natural_starts`, :func:`restart_silent`.
 """
 
 from cnnvis_jax.am.mfv import Facets, facet_diversity, facets, render_facets
@@ -47,6 +48,7 @@ from cnnvis_jax.am.regularizers import (
     TotalVariation,
 )
 from cnnvis_jax.am.render import RenderResult, objectives_for_units, render
+from cnnvis_jax.am.silent import NaturalStarts, natural_starts, restart_silent
 from cnnvis_jax.am.transforms import (
     Crop,
     Jitter,
@@ -61,6 +63,7 @@ from cnnvis_jax.am.transforms import (
 __all__ = [
     "L2",
     "PRESETS",
+    "NaturalStarts",
     "Adam",
     "AlphaNorm",
     "Ascent",
@@ -97,10 +100,12 @@ __all__ = [
     "facets",
     "layer_norm",
     "lucid_transforms",
+    "natural_starts",
     "neuron",
     "objectives_for_units",
     "preset",
     "render",
     "render_facets",
+    "restart_silent",
     "stack",
 ]

@@ -3,8 +3,12 @@
 ``cnnvis am --model M [--weights W] --layer L --units 0:16 --preset P [--steps N]
 [--seed S] --out DIR`` writes ``DIR/grid.png`` (the units in a labelled grid),
 ``DIR/unit_XXXX.png`` per unit, ``DIR/results.json`` (a list of ``{unit,
-start_activation, best_activation, final_activation, stopped_at_step}``) and
-``DIR/run.json`` (the arguments). A rerun with the same arguments reuses the files, or
+start_activation, best_activation, final_activation, stopped_at_step, start}``) and
+``DIR/run.json`` (the arguments). A unit that ends at or below 0 from the random start
+is rendered again from the data image (``--dataset``, first 256 validation images)
+that drives it most, ``start`` saying ``"data image I"`` (with ``data_image`` and
+``data_max``); a unit at most 0 on all of them is ``"silent"`` and the grid shows a
+grey tile labelled "silent on data" (see :mod:`cnnvis_jax.am.silent`). A rerun with the same arguments reuses the files, or
 resumes an interrupted render; other arguments are refused unless ``--overwrite``.
 
 ``cnnvis mfv --model M --class C --facets K --out DIR`` writes ``DIR/facets.png``
@@ -81,7 +85,7 @@ def _unit_label(unit: int, value: float, names) -> str:
 def cmd_am(args) -> int:
     from cnnvis_jax.am.presets import preset
     from cnnvis_jax.am.render import objectives_for_units, render
-    from cnnvis_jax.cli.common import load_model_arg, same_run
+    from cnnvis_jax.cli.common import load_model_arg, start_run
     from cnnvis_jax.deconv import parse_units
     from cnnvis_jax.report.files import warn_non_finite, write_json
     from cnnvis_jax.report.grid import image_grid, save_png
@@ -110,15 +114,12 @@ def cmd_am(args) -> int:
         "objective": args.objective,
         "position": list(position) if position else None,
         "generator": args.generator,
+        "dataset": args.dataset,
     }
-    same = same_run(out / "run.json", run, overwrite=args.overwrite)
-    if same and (out / "results.json").exists() and (out / "grid.png").exists():
-        print(f"{out}: already rendered with these arguments; reusing {out / 'grid.png'}")
-        return 0
     checkpoint = out / ".render-checkpoint.npz"
-    if args.overwrite:
-        checkpoint.unlink(missing_ok=True)
-    write_json(out / "run.json", run)  # what the folder holds (or is computing)
+    if start_run(out, run, overwrite=args.overwrite, done=("grid.png", "results.json"),
+                 checkpoint=checkpoint):  # fmt: skip
+        return 0
     generator = load_generator(args.generator, model) if args.preset == "dgn" else None
     recipe = preset(args.preset, generator=generator)
     kind = args.objective or recipe.objective
@@ -133,6 +134,8 @@ def cmd_am(args) -> int:
         desc=f"{args.preset} {info.name}",
         checkpoint=checkpoint,
     )
+    value = "best_activation" if recipe.output == "best" else "final_activation"
+    result, starts = _restart_silent(args, model, objectives, recipe, result, value, out)
     names = model.class_names if info.name == model.logits_layer else None
     records = []
     for k, unit in enumerate(units):
@@ -144,6 +147,7 @@ def cmd_am(args) -> int:
                 "best_activation": float(result.best_activation[k, 0]),
                 "final_activation": float(result.final_activation[k, 0]),
                 "stopped_at_step": stopped if stopped >= 0 else None,
+                **starts.get(k, {"start": "random"}),
             }
         )
         if stopped >= 0:
@@ -154,14 +158,17 @@ def cmd_am(args) -> int:
                 file=sys.stderr,
             )
         save_png(result.images[k, 0], out / f"unit_{unit:04d}.png")
-    value = "best_activation" if recipe.output == "best" else "final_activation"
-    labels = [_unit_label(r["unit"], r[value], names) for r in records]
+    labels = [_unit_label(r["unit"], r[value], names) if r["start"] != "silent"
+              else f"{r['unit']} silent on data" for r in records]  # fmt: skip
     size = result.images.shape[2]
-    grid = image_grid(result.images[:, 0], labels=labels, scale=_tile_scale(size))
+    tiles = np.stack([np.full_like(result.images[k, 0], 0.5) if r["start"] == "silent"
+                      else result.images[k, 0] for k, r in enumerate(records)])  # fmt: skip
+    grid = image_grid(tiles, labels=labels, scale=_tile_scale(size))
     save_png(grid, out / "grid.png")
     warn_non_finite(write_json(out / "results.json", records), out / "results.json",
                     f"layer {info.name}")  # fmt: skip
     checkpoint.unlink(missing_ok=True)
+    (out / ".restart-checkpoint.npz").unlink(missing_ok=True)
     stopped = sum(r["stopped_at_step"] is not None for r in records)
     print(
         f"{info.name}: {len(units)} units with {args.preset} ({int(result.trajectory.shape[-2])} "
@@ -171,9 +178,23 @@ def cmd_am(args) -> int:
     return 0
 
 
+def _restart_silent(args, model, objectives, recipe, result, value: str, out: Path):
+    """:func:`cnnvis_jax.am.silent.restart_silent` on the first 256 validation images
+    of ``--dataset``, when some unit ended at or below 0."""
+    from cnnvis_jax.am.silent import restart_silent
+    from cnnvis_jax.data import open_dataset
+
+    if np.all(getattr(result, value)[:, 0] > 0):
+        return result, {}
+    source = open_dataset(args.dataset, split="val", count=256, size=model.input.size)
+    return restart_silent(model, objectives, recipe, result, source, key=args.seed,
+                          steps=args.steps, value=value, progress=not args.quiet,
+                          checkpoint=out / ".restart-checkpoint.npz")  # fmt: skip
+
+
 def add_am(sub) -> None:
     from cnnvis_jax.catalog import AM_PRESETS as PRESETS
-    from cnnvis_jax.cli.common import add_model_args
+    from cnnvis_jax.cli.common import add_dataset_arg, add_model_args
 
     p = sub.add_parser("am", help="activation maximization: images that drive units high")
     add_model_args(p)
@@ -190,6 +211,7 @@ def add_am(sub) -> None:
     )
     p.add_argument("--position", help="ROW,COL of the neuron objective in the layer's map")
     p.add_argument("--generator", help="decoder file for --preset dgn (from cnnvis train-decoder)")
+    add_dataset_arg(p)  # the images a unit silent from the random start restarts from
     p.add_argument(
         "--out", required=True, help="output folder (grid.png, unit_XXXX.png, results.json)"
     )
@@ -217,7 +239,7 @@ def _class_index(model, text: str) -> int:
 
 def cmd_mfv(args) -> int:
     from cnnvis_jax.am.mfv import facet_diversity, facets, render_facets
-    from cnnvis_jax.cli.common import load_model_arg, same_run
+    from cnnvis_jax.cli.common import load_model_arg, start_run
     from cnnvis_jax.data import open_dataset
     from cnnvis_jax.report.files import write_json
     from cnnvis_jax.report.grid import image_grid, save_png
@@ -247,14 +269,10 @@ def cmd_mfv(args) -> int:
         )  # fmt: skip
     }
     run["class"] = index
-    same = same_run(out / "run.json", run, overwrite=args.overwrite)
-    if same and (out / "diversity.json").exists() and (out / "facets.png").exists():
-        print(f"{out}: already rendered with these arguments; reusing {out / 'facets.png'}")
-        return 0
     checkpoint = out / ".facets-checkpoint.npz"
-    if args.overwrite:
-        checkpoint.unlink(missing_ok=True)
-    write_json(out / "run.json", run)
+    if start_run(out, run, overwrite=args.overwrite, done=("facets.png", "diversity.json"),
+                 checkpoint=checkpoint):  # fmt: skip
+        return 0
     source = open_dataset(args.dataset, split="train", count=args.images, size=model.input.size)
     found = facets(
         model,

@@ -113,6 +113,31 @@ def same_run(path: Path, run: dict, *, overwrite: bool) -> bool:
     )
 
 
+def start_run(out: Path, run: dict, *, overwrite: bool, done: tuple[str, ...],
+              checkpoint: Path) -> bool:  # fmt: skip
+    """Begin a resumable command writing into ``out``: True when ``out`` already holds
+    the finished files ``done`` of this very run (the caller reuses them and stops);
+    otherwise record ``run`` in ``out/run.json`` (a run with other arguments is
+    refused, see :func:`same_run`) and, with ``overwrite``, drop the ``checkpoint``
+    (file or folder) of the run it replaces.
+    """
+    import shutil
+
+    from cnnvis_jax.report.files import write_json
+
+    same = same_run(out / "run.json", run, overwrite=overwrite)
+    if same and all((out / name).exists() for name in done):
+        print(f"{out}: already computed with these arguments; reusing {out / done[0]}")
+        return True
+    if overwrite:
+        if checkpoint.is_dir():
+            shutil.rmtree(checkpoint, ignore_errors=True)
+        else:
+            checkpoint.unlink(missing_ok=True)
+    write_json(out / "run.json", run)  # what the folder holds (or is computing)
+    return False
+
+
 _LOCKS: list = []  # open lock files, held until the command ends
 _CREATED: list[Path] = []  # output folders this command created
 

@@ -17,10 +17,9 @@ def cmd_deconv(args) -> int:
 
     import numpy as np
 
-    from cnnvis_jax.cli.common import same_run
+    from cnnvis_jax.cli.common import start_run
     from cnnvis_jax.data import open_dataset
     from cnnvis_jax.deconv import deconv_layer, parse_units, save_outputs
-    from cnnvis_jax.report.files import write_json
 
     if args.count is not None and args.count < 1:
         raise InputError(f"--count must be at least 1, got {args.count}.")
@@ -35,14 +34,10 @@ def cmd_deconv(args) -> int:
     run = {key: getattr(args, key) for key in ("model", "weights", "top", "rule", "pool",
                                                "dataset", "count", "batch_size")}  # fmt: skip
     run.update(layer=layer.name, units=list(units))
-    same = same_run(out / "run.json", run, overwrite=args.overwrite)
-    if same and (out / "results.json").exists():
-        print(f"{out}: already computed with these arguments; reusing {out / 'results.json'}")
-        return 0
     checkpoint = out / ".deconv-checkpoint"
-    if args.overwrite:
-        shutil.rmtree(checkpoint, ignore_errors=True)
-    write_json(out / "run.json", run)
+    if start_run(out, run, overwrite=args.overwrite, done=("results.json",),
+                 checkpoint=checkpoint):  # fmt: skip
+        return 0
     source = open_dataset(args.dataset, count=args.count, size=model.input.size)
     indices = None
     if args.count is not None and args.count < len(source):

@@ -139,9 +139,8 @@ def cmd_dissect(args) -> int:
 
 
 def cmd_net2vec(args) -> int:
-    from cnnvis_jax.cli.common import load_model_arg, same_run
+    from cnnvis_jax.cli.common import load_model_arg, start_run
     from cnnvis_jax.dissection.net2vec import net2vec, write_net2vec
-    from cnnvis_jax.report.files import write_json
 
     for name in ("epochs", "batch_size", "train_count", "val_count"):
         _positive(name.replace("_", "-"), getattr(args, name))
@@ -154,14 +153,10 @@ def cmd_net2vec(args) -> int:
     out = Path(args.out)
     run = {key: getattr(args, key) for key in ("model", "weights", "dataset", "layer", "quantile",
            "epochs", "batch_size", "lr", "momentum", "train_count", "val_count", "seed")}  # fmt: skip
-    same = same_run(out / "run.json", run, overwrite=args.overwrite)
-    if same and (out / "net2vec.json").exists():
-        print(f"{out}: already trained with these arguments; reusing {out / 'net2vec.json'}")
-        return 0
     checkpoint = out / ".net2vec-checkpoint.npz"
-    if args.overwrite:
-        checkpoint.unlink(missing_ok=True)
-    write_json(out / "run.json", run)
+    if start_run(out, run, overwrite=args.overwrite, done=("net2vec.json",),
+                 checkpoint=checkpoint):  # fmt: skip
+        return 0
     train = open_labelled(args.dataset, "train", (args.train_count or 2000) if concepts else None)
     val = open_labelled(args.dataset, "val", (args.val_count or 1000) if concepts else None)
     result = net2vec(

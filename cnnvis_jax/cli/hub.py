@@ -109,6 +109,9 @@ def cmd_gallery(args) -> int:
         parts=_names(args.parts) or GalleryConfig().parts,
         batch_size=args.batch_size,
     )
+    _refuse_other_settings(Path(args.out) / "gallery.json", config, args.overwrite)
+    if args.overwrite:  # nothing of the earlier gallery is kept
+        (Path(args.out) / "gallery.json").unlink(missing_ok=True)
     record = run_gallery(
         model, source, args.out, config, weights=args.weights, progress=not args.quiet
     )
@@ -117,6 +120,29 @@ def cmd_gallery(args) -> int:
     for line in record["missing"]:
         print(f"not drawn: {line}")
     return 0
+
+
+def _refuse_other_settings(path, config, overwrite: bool) -> None:
+    """A gallery folder holds one set of settings; only ``parts`` may differ between
+    runs into it (parts are drawn one run at a time). Others are refused, naming them,
+    unless ``overwrite``."""
+    import dataclasses
+    import json
+
+    if overwrite or not path.exists():
+        return
+    try:
+        old = json.loads(path.read_text()).get("config", {})
+    except (OSError, ValueError, AttributeError):
+        return
+    new = json.loads(json.dumps(dataclasses.asdict(config)))
+    changed = sorted(k for k in set(old) | set(new) if k != "parts" and old.get(k) != new.get(k))
+    if changed:
+        shown = "; ".join(f"{k}: {old.get(k)!r} then, {new.get(k)!r} now" for k in changed)
+        raise InputError(
+            f"{path.parent} holds a gallery with other settings ({shown}); choose another "
+            "--out, rerun with the same settings, or add --overwrite."
+        )
 
 
 def add_gallery(sub) -> None:
@@ -147,6 +173,8 @@ def add_gallery(sub) -> None:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--out", required=True, help="output folder (PNG, gallery.json, index.html)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a gallery drawn into --out with other settings")  # fmt: skip
     p.set_defaults(func=cmd_gallery)
 
 

@@ -90,7 +90,8 @@ def layer_figure(
     *,
     min_tile: int = 64,
 ) -> np.ndarray:
-    """The Zeiler & Fergus grid of one layer as a uint8 (height, width, 3) picture.
+    """The Zeiler & Fergus grid of one layer as a uint8 (height, width, 3) picture; a
+    unit at most 0 on every image is a grey row labelled "silent on data".
 
     Args:
       model: the network (for the receptive-field windows of the projections).
@@ -112,6 +113,11 @@ def layer_figure(
     tiles, labels = [], []
     for u, unit in enumerate(topk.units):
         rows = slice(u * k, (u + 1) * k)
+        if not np.any(topk.values[u] > 0):  # no image excites it: nothing to project
+            grey = np.full((k, tile_h, tile_w, 3), 0.5, np.float32)
+            tiles += [grey, blank, grey]
+            labels += [f"u{unit} silent on data"] + [""] * (2 * k)
+            continue
         tiles += [projected[rows], blank, crops[rows]]
         labels += [
             f"u{unit} {v:.3g}" if j == 0 else f"{v:.3g}" for j, v in enumerate(topk.values[u])

@@ -88,7 +88,7 @@ def tree_from(data: dict, like: Any, path: str | os.PathLike, prefix: str = "lea
                 "to start fresh."
             )
         restored.append(value)
-    if any(k.startswith(f"{prefix}_") for k in data):
+    if any(k.startswith(f"{prefix}_") and k[len(prefix) + 1 :].isdigit() for k in data):
         raise InputError(
             f"checkpoint {os.fspath(path)} does not match this work (extra leaves); delete it "
             "to start fresh."

@@ -282,10 +282,21 @@ def _sgd(learning_rate: float, momentum: float) -> optax.GradientTransformation:
     return optax.sgd(learning_rate, momentum=momentum)
 
 
-def _seg_state(params, opt_state, key, losses) -> dict[str, np.ndarray]:
-    """The segmentation phase's resumable state as named arrays."""
-    state = checkpoint_mod.tree_arrays((params, opt_state), "seg")
-    return {**state, "key": np.asarray(key), "losses": np.asarray(losses)}
+def _phase_state(phase: str, tree, key, losses) -> dict[str, np.ndarray]:
+    """A training phase's (``seg`` or ``cls``) resumable state as named arrays:
+    ``tree`` = (params, optimizer state), the PRNG key, the losses so far."""
+    state = checkpoint_mod.tree_arrays(tree, phase)
+    return {**state, f"{phase}_key": np.asarray(key), f"{phase}_losses": np.asarray(losses)}
+
+
+def _resumed(saved: dict, phase: str, tree, key, checkpoint):
+    """``(losses, key, tree)`` of ``phase`` from :func:`_phase_state` arrays in
+    ``saved``, or ``([], key, tree)`` when the phase has not started."""
+    losses = [float(v) for v in saved.get(f"{phase}_losses", [])]
+    if not losses:
+        return losses, key, tree
+    restored = checkpoint_mod.tree_from(saved, tree, checkpoint, phase)
+    return losses, jnp.asarray(saved[f"{phase}_key"]), restored
 
 
 def net2vec(
@@ -390,12 +401,9 @@ def net2vec(
                           min_images, seed, n_train, n_val))  # fmt: skip
         saver = checkpoint_mod.Periodic(checkpoint, mark)
         saved = saver.load() or {}
-        losses = [float(v) for v in saved.get("losses", [])]
-        if losses:
-            key = jnp.asarray(saved["key"])
-            params, opt_state = checkpoint_mod.tree_from(saved, (params, opt_state), checkpoint,
-                                                         "seg")  # fmt: skip
-            bar.update(len(losses))
+        losses, key, (params, opt_state) = _resumed(saved, "seg", (params, opt_state), key,
+                                                    checkpoint)  # fmt: skip
+        bar.update(len(losses))
         for _ in range(len(losses), epochs):
             key, sub = jax.random.split(key)
             params, opt_state, loss = _seg_epoch(
@@ -404,9 +412,9 @@ def net2vec(
             )  # fmt: skip
             losses.append(float(loss))
             bar.update(1)
-            saver.step(_seg_state(params, opt_state, key, losses), "net2vec",
+            saver.step(_phase_state("seg", (params, opt_state), key, losses), "net2vec",
                        force=len(losses) == epochs)  # fmt: skip
-        seg_saved = _seg_state(params, opt_state, key, losses)
+        seg_saved = _phase_state("seg", (params, opt_state), key, losses)
         bar.set_postfix_str("best single units")
         iou = set_iou(params, val, cj, rows, cols)
         # best single unit on train, evaluated on val, from the dissection tally
@@ -433,12 +441,9 @@ def net2vec(
         cls_opt = _sgd(float(cls_learning_rate), float(momentum))
         cparams = (jnp.zeros((n_units, len(cls)), jnp.float32), jnp.zeros(len(cls), jnp.float32))
         cstate = cls_opt.init(cparams)
-        cls_losses = [float(v) for v in saved.get("cls_losses", [])]
-        if cls_losses:
-            key = jnp.asarray(saved["cls_key"])
-            cparams, cstate = checkpoint_mod.tree_from(saved, (cparams, cstate), checkpoint,
-                                                       "cls")  # fmt: skip
-            bar.update(len(cls_losses))
+        cls_losses, key, (cparams, cstate) = _resumed(saved, "cls", (cparams, cstate), key,
+                                                      checkpoint)  # fmt: skip
+        bar.update(len(cls_losses))
         tt = jnp.asarray(target_train)
         for _ in range(len(cls_losses), epochs if len(cls) else 0):
             key, sub = jax.random.split(key)
@@ -447,9 +452,8 @@ def net2vec(
             )
             cls_losses.append(float(loss))
             bar.update(1)
-            cls_state = checkpoint_mod.tree_arrays((cparams, cstate), "cls")
-            saver.step({**seg_saved, **cls_state, "cls_key": key,
-                        "cls_losses": np.asarray(cls_losses)}, "net2vec")  # fmt: skip
+            saver.step({**seg_saved, **_phase_state("cls", (cparams, cstate), key, cls_losses)},
+                       "net2vec")  # fmt: skip
         val_scores = np.asarray(cls_scores(cparams, jnp.asarray(val["bits"])))
         cls_ap = average_precision(val_scores, target_val)
         pooled_train = train["bits"].mean(axis=(1, 2))

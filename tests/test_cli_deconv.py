@@ -109,7 +109,7 @@ def test_parse_units_errors(spec, message):
         parse_units(spec, 16)
 
 
-def test_a_unit_silent_on_the_data_is_a_grey_labelled_row(trained_conceptnet):
+def test_a_unit_silent_on_the_data_is_a_grey_labelled_row(trained_conceptnet, tmp_path):
     from cnnvis_jax.data import open_dataset
     from cnnvis_jax.deconv import deconv_layer
     from cnnvis_jax.deconv.figures import layer_figure
@@ -126,3 +126,8 @@ def test_a_unit_silent_on_the_data_is_a_grey_labelled_row(trained_conceptnet):
     np.testing.assert_array_equal(both[half:], normal[half:])  # the live unit's did not
     colours, counts = np.unique(both[:half].reshape(-1, 3), axis=0, return_counts=True)
     assert tuple(colours[counts.argmax()]) in ((127, 127, 127), (128, 128, 128))  # grey tiles
+    summary = result._replace(topk=silent).summary()
+    assert summary["silent_units"] == [0] and summary["units"] == [0, 1]
+    png, record = result.save(tmp_path)
+    assert png == tmp_path / "conv3.png" and record == tmp_path / "results.json"
+    assert np.array_equal(np.asarray(Image.open(png)), result.figure)

@@ -22,7 +22,6 @@ from cnnvis_jax.data.types import Label, Vocabulary  # noqa: E402
 from cnnvis_jax.dissection import ArrayConceptSource, dissect, label_layout  # noqa: E402
 
 dissect_module = importlib.import_module("cnnvis_jax.dissection.dissect")
-from cnnvis_jax.dissection.outputs import write_outputs  # noqa: E402
 from cnnvis_jax.errors import DataError, InputError  # noqa: E402
 from cnnvis_jax.model import InputContract, from_function  # noqa: E402
 
@@ -47,7 +46,7 @@ def test_outputs_have_lite_columns_summary_and_escaped_html(tiny, source, tmp_pa
                              Vocabulary(vocab.categories, tuple(labels)))  # fmt: skip
     d = dissect(tiny, src, "conv1,conv2", quantile=Q, batch_size=8, iou_threshold=0.0,
                 progress=False)  # fmt: skip
-    paths = write_outputs(tmp_path, d, model=tiny, source=src)
+    paths = d.save(tmp_path, model=tiny, source=src)
     summary = json.loads(paths["summary"].read_text())
     assert set(summary) == {"conv1", "conv2"}
     for name, s in summary.items():

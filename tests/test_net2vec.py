@@ -13,7 +13,7 @@ import pytest
 
 from cnnvis_jax.data.types import Label, Vocabulary
 from cnnvis_jax.dissection import ArrayConceptSource
-from cnnvis_jax.dissection.net2vec import average_precision, net2vec, seg_loss, write_net2vec
+from cnnvis_jax.dissection.net2vec import average_precision, net2vec, seg_loss
 from cnnvis_jax.dissection.upsample import layer_matrices
 from cnnvis_jax.errors import InputError
 from cnnvis_jax.model import InputContract, from_function
@@ -71,7 +71,7 @@ def test_planted_concept_combination_beats_single_unit(tmp_path):
     # classification: presence of rg is predicted at least as well as by one unit
     assert list(res.cls_names) == ["rg"]
     assert res.cls_ap[0] >= res.cls_single_ap[0] - 1e-9 and res.cls_loss[-1] < res.cls_loss[0]
-    record = write_net2vec(tmp_path, res)
+    record = res.save(tmp_path)
     assert (tmp_path / "net2vec.csv").read_text().startswith("concept,label,alpha,single_unit")
     assert json.loads((tmp_path / "net2vec.json").read_text())["summary"]["concepts"] == 1
     assert record["segmentation"][0]["concept"] == "rg"

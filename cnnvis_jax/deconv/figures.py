@@ -65,6 +65,23 @@ class DeconvResult(NamedTuple):
     rule: str
     pool: str
 
+    def summary(self) -> dict[str, Any]:
+        """``{layer, rule, pool, units, top_activation (per unit), silent_units}``."""
+        top = np.asarray(self.topk.values)[:, 0]
+        return {
+            "layer": self.topk.layer,
+            "rule": self.rule,
+            "pool": self.pool,
+            "units": [int(u) for u in self.topk.units],
+            "top_activation": [float(v) for v in top],
+            "silent_units": [int(u) for u, v in zip(self.topk.units, top) if not v > 0],
+        }
+
+    def save(self, out_dir: str | os.PathLike) -> tuple[Path, Path]:
+        """Write ``<layer>.png`` and ``results.json`` into ``out_dir`` (see
+        :func:`save_outputs`); return both paths."""
+        return save_outputs(out_dir, self)
+
 
 def _resize_tiles(tiles: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     if tiles.shape[1:3] == tuple(size):

@@ -105,6 +105,16 @@ class Dissection:
         """``{layer: {units, detectors, unique: {category: n}, ...}}``."""
         return {name: r.summary(self.layout) for name, r in self.layers.items()}
 
+    def save(self, out_dir, *, model: Model | None = None, source: Any = None,
+             extra: dict[str, Any] | None = None) -> dict[str, Path]:  # fmt: skip
+        """Write the dissection's files into ``out_dir`` (tally.csv and report per
+        layer, summary.json, run.json, detectors.csv; see
+        :func:`~cnnvis_jax.dissection.outputs.write_outputs`); with ``model`` and
+        ``source`` the reports show each unit's top images. Returns the paths."""
+        from cnnvis_jax.dissection.outputs import write_outputs
+
+        return write_outputs(out_dir, self, model=model, source=source, extra=extra)
+
     def rescore(self, mode: str | None = None, iou_threshold: float | None = None) -> Dissection:
         """The same counts scored with another mode or IoU threshold (thresholds are
         the pass-1 ones; the lite read-out differs from the exact one only there)."""

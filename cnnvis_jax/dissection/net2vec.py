@@ -99,6 +99,11 @@ class Net2VecResult:
             for i in range(len(self.concepts))
         ]
 
+    def save(self, out_dir) -> dict[str, Any]:
+        """Write ``net2vec.csv``, ``net2vec.json``, ``net2vec.png`` and ``index.html``
+        into ``out_dir`` (:func:`write_net2vec`); return the JSON record."""
+        return write_net2vec(out_dir, self)
+
     def summary(self) -> dict[str, Any]:
         better = self.set_iou > self.single_iou
         cls_better = self.cls_ap > self.cls_single_ap

@@ -77,6 +77,50 @@ class RenderResult(NamedTuple):
     final_activation: np.ndarray
     stopped_at: np.ndarray
 
+    def summary(self) -> list[dict[str, Any]]:
+        """Per objective (leading axis ``(U,)``; the first image of each batch):
+        ``{start_activation, best_activation, final_activation, stopped_at_step}``
+        (``stopped_at_step`` None when the job ran to the end)."""
+        if self.stopped_at.ndim != 1:
+            raise InputError("summary() and save() take a render of one recipe and one seed.")
+        rows = []
+        for k in range(len(self.stopped_at)):
+            stopped = int(self.stopped_at[k])
+            rows.append({
+                "start_activation": float(self.start_activation[k, 0]),
+                "best_activation": float(self.best_activation[k, 0]),
+                "final_activation": float(self.final_activation[k, 0]),
+                "stopped_at_step": stopped if stopped >= 0 else None,
+            })  # fmt: skip
+        return rows
+
+    def save(self, out_dir: str | os.PathLike, *, names: Sequence[str] | None = None,
+             labels: Sequence[str] | None = None, records: Sequence[dict] | None = None,
+             hidden: Sequence[bool] | None = None) -> int:  # fmt: skip
+        """Write ``<name>.png`` per objective, ``grid.png`` (captioned ``labels``) and
+        ``results.json`` (per objective ``records[k]`` followed by its
+        :meth:`summary` row) into ``out_dir``. ``hidden[k]`` draws objective ``k`` as a
+        grey tile in the grid (e.g. a unit silent on the data). Names default to
+        ``image_0000``... Returns the number of non-finite numbers written as null."""
+        from pathlib import Path
+
+        from cnnvis_jax.report.files import write_json
+        from cnnvis_jax.report.grid import image_grid, save_png
+
+        out = Path(out_dir)
+        rows = self.summary()
+        n = len(rows)
+        names = list(names) if names is not None else [f"image_{k:04d}" for k in range(n)]
+        hidden = list(hidden) if hidden is not None else [False] * n
+        for k in range(n):
+            save_png(self.images[k, 0], out / f"{names[k]}.png")
+        tiles = np.stack([np.full_like(self.images[k, 0], 0.5) if hidden[k]
+                          else self.images[k, 0] for k in range(n)])  # fmt: skip
+        scale = max(1, 128 // max(tiles.shape[1], 1))
+        save_png(image_grid(tiles, labels=labels, scale=scale), out / "grid.png")
+        extra = list(records) if records is not None else [{} for _ in range(n)]
+        return write_json(out / "results.json", [{**extra[k], **rows[k]} for k in range(n)])
+
 
 class _State(NamedTuple):
     params: Any

@@ -87,8 +87,7 @@ def cmd_am(args) -> int:
     from cnnvis_jax.am.render import objectives_for_units, render
     from cnnvis_jax.cli.common import load_model_arg, start_run
     from cnnvis_jax.deconv import parse_units
-    from cnnvis_jax.report.files import warn_non_finite, write_json
-    from cnnvis_jax.report.grid import image_grid, save_png
+    from cnnvis_jax.report.files import warn_non_finite
 
     if args.steps is not None and args.steps < 1:
         raise InputError(f"--steps must be at least 1, got {args.steps}.")
@@ -137,39 +136,22 @@ def cmd_am(args) -> int:
     value = "best_activation" if recipe.output == "best" else "final_activation"
     result, starts = _restart_silent(args, model, objectives, recipe, result, value, out)
     names = model.class_names if info.name == model.logits_layer else None
-    records = []
-    for k, unit in enumerate(units):
-        stopped = int(result.stopped_at[k])
-        records.append(
-            {
-                "unit": int(unit),
-                "start_activation": float(result.start_activation[k, 0]),
-                "best_activation": float(result.best_activation[k, 0]),
-                "final_activation": float(result.final_activation[k, 0]),
-                "stopped_at_step": stopped if stopped >= 0 else None,
-                **starts.get(k, {"start": "random"}),
-            }
-        )
-        if stopped >= 0:
-            print(
-                f"cnnvis: warning: unit {unit}: the objective became non-finite at step "
-                f"{stopped}; that unit was stopped (its last finite image is kept), the "
-                "others ran on.",
-                file=sys.stderr,
-            )
-        save_png(result.images[k, 0], out / f"unit_{unit:04d}.png")
-    labels = [_unit_label(r["unit"], r[value], names) if r["start"] != "silent"
-              else f"{r['unit']} silent on data" for r in records]  # fmt: skip
-    size = result.images.shape[2]
-    tiles = np.stack([np.full_like(result.images[k, 0], 0.5) if r["start"] == "silent"
-                      else result.images[k, 0] for k, r in enumerate(records)])  # fmt: skip
-    grid = image_grid(tiles, labels=labels, scale=_tile_scale(size))
-    save_png(grid, out / "grid.png")
-    warn_non_finite(write_json(out / "results.json", records), out / "results.json",
-                    f"layer {info.name}")  # fmt: skip
+    records = [{"unit": int(u), **starts.get(k, {"start": "random"})} for k, u in enumerate(units)]
+    rows = result.summary()
+    for unit, row in zip(units, rows):
+        if row["stopped_at_step"] is not None:
+            print(f"cnnvis: warning: unit {unit}: the objective became non-finite at step "
+                  f"{row['stopped_at_step']}; that unit was stopped (its last finite image is "
+                  "kept), the others ran on.", file=sys.stderr)  # fmt: skip
+    silent = [r["start"] == "silent" for r in records]
+    labels = [f"{u} silent on data" if quiet else _unit_label(u, row[value], names)
+              for u, row, quiet in zip(units, rows, silent)]  # fmt: skip
+    count = result.save(out, names=[f"unit_{u:04d}" for u in units], labels=labels,
+                        records=records, hidden=silent)  # fmt: skip
+    warn_non_finite(count, out / "results.json", f"layer {info.name}")
     checkpoint.unlink(missing_ok=True)
     (out / ".restart-checkpoint.npz").unlink(missing_ok=True)
-    stopped = sum(r["stopped_at_step"] is not None for r in records)
+    stopped = sum(r["stopped_at_step"] is not None for r in rows)
     print(
         f"{info.name}: {len(units)} units with {args.preset} ({int(result.trajectory.shape[-2])} "
         f"steps){f', {stopped} stopped on non-finite values' if stopped else ''}; wrote "

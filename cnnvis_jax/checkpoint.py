@@ -20,6 +20,7 @@ import jax
 import numpy as np
 
 from cnnvis_jax.errors import InputError
+from cnnvis_jax.report.files import naming
 
 VERSION = "1"
 """Layout version of the files; part of every fingerprint check."""
@@ -30,7 +31,7 @@ def save_arrays(path: str | os.PathLike, arrays: dict[str, Any], fingerprint: st
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".partial")
-    with open(tmp, "wb") as f:
+    with naming(path), open(tmp, "wb") as f:
         np.savez(f, fingerprint=np.asarray(fingerprint), version=np.asarray(VERSION),
                  **{k: np.asarray(v) for k, v in arrays.items()})  # fmt: skip
     os.replace(tmp, path)

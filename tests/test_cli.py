@@ -191,3 +191,23 @@ def test_an_unwritable_out_or_cache_is_one_line(tmp_path, capsys, monkeypatch):
     err = capsys.readouterr().err
     assert "$CNNVIS_CACHE" in err and len(err.strip().splitlines()) == 1
     assert main(["models"]) == 0  # listing models needs no writable cache
+
+
+def test_a_size_limited_output_is_exit_2_and_one_line(trained_run, tmp_path):
+    """A real write failure mid-run (a file-size limit: writes fail with EFBIG, as on
+    a full disk they fail with ENOSPC) ends with exit 2 and one line naming the file."""
+    import resource
+
+    def limit():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
+
+    env = {**os.environ, "CNNVIS_PROGRESS": "0", "JAX_ENABLE_COMPILATION_CACHE": "false"}
+    cmd = [sys.executable, "-m", "cnnvis_jax.cli", "am", "--model", "conceptnet", "--weights",
+           str(trained_run / "weights.safetensors"), "--layer", "conv2", "--units", "0:4",
+           "--preset", "yosinski1", "--steps", "4", "--quiet", "--out", str(tmp_path / "out")]  # fmt: skip
+    done = subprocess.run(cmd, preexec_fn=limit, capture_output=True, text=True, env=env)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2, done.stderr
+    assert len(lines) == 1 and lines[0].startswith("cnnvis: error: cannot write"), done.stderr
+    assert "File too large" in lines[0] and str(tmp_path / "out") in lines[0]

@@ -36,7 +36,7 @@ from cnnvis_jax.dissection.thresholds import NO_IMAGE, float32_below
 from cnnvis_jax.dissection.upsample import layer_matrices, upsample
 from cnnvis_jax.features import load_batch, to_model_input
 from cnnvis_jax.model import Model
-from cnnvis_jax.report.files import save_figure, write_json, write_text
+from cnnvis_jax.report.files import naming, save_figure, write_json, write_text
 from cnnvis_jax.report.html import esc, page
 from cnnvis_jax.report.svg import bar_chart
 
@@ -184,7 +184,8 @@ def unit_strips(
 def _save_jpeg(image: np.ndarray, path: Path) -> None:
     """Write uint8 ``image`` as a JPEG (quality 90) atomically."""
     partial = path.with_name(path.name + ".partial")
-    Image.fromarray(image).save(partial, format="JPEG", quality=90)
+    with naming(path):
+        Image.fromarray(image).save(partial, format="JPEG", quality=90)
     os.replace(partial, path)
 
 

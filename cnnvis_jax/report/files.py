@@ -6,6 +6,7 @@ target (``os.replace`` is atomic on one file system), creating parent folders.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -15,12 +16,26 @@ from typing import Any
 import numpy as np
 
 
+@contextlib.contextmanager
+def naming(path: str | os.PathLike):
+    """Let an :class:`OSError` raised inside (a failed ``write``, which carries no file
+    name: full disk, size limit) name ``path``, so the error message can say which
+    file could not be written."""
+    try:
+        yield
+    except OSError as e:
+        if e.filename is None:
+            raise OSError(e.errno, e.strerror or str(e), os.fspath(path)) from None
+        raise
+
+
 def write_text(path: str | os.PathLike, text: str) -> Path:
     """Write ``text`` (UTF-8) to ``path`` atomically."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.name + ".partial")
-    partial.write_text(text, encoding="utf-8")
+    with naming(path):
+        partial.write_text(text, encoding="utf-8")
     os.replace(partial, path)
     return path
 
@@ -32,7 +47,8 @@ def save_figure(fig: Any, path: str | os.PathLike, dpi: int = 100) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.name + ".partial")
-    fig.savefig(partial, dpi=dpi, format="png")
+    with naming(path):
+        fig.savefig(partial, dpi=dpi, format="png")
     plt.close(fig)
     os.replace(partial, path)
     return path

@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from cnnvis_jax.report.files import naming
+
 
 def to_uint8(images: np.ndarray) -> np.ndarray:
     """Float images in [0, 1] (clipped) or uint8 -> uint8, same shape."""
@@ -85,6 +87,7 @@ def save_png(image: np.ndarray, path: str | os.PathLike) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.name + ".partial")
-    Image.fromarray(to_uint8(image)).save(partial, format="PNG")
+    with naming(path):
+        Image.fromarray(to_uint8(image)).save(partial, format="PNG")
     os.replace(partial, path)
     return path

@@ -37,10 +37,14 @@ def check(what: str = "work") -> None:
 
 
 @contextlib.contextmanager
-def graceful():
+def graceful(enabled: bool = True):
     """Turn the first SIGINT/SIGTERM into a pending interrupt (main thread only;
-    nested uses share the outermost one)."""
+    nested uses share the outermost one). With ``enabled`` False (work that saves
+    no state to stop at) signals keep their usual meaning."""
     global _depth
+    if not enabled:
+        yield
+        return
     if threading.current_thread() is not threading.main_thread() or _depth:
         _depth += 1
         try:

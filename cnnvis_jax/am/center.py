@@ -19,7 +19,6 @@ Chambolle's algorithm for the same energy instead of split Bregman.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 
 import jax
@@ -201,7 +200,7 @@ def render_center(
             done = int(saved.pop("done"))
             trajectories.append(jnp.asarray(saved.pop("trajectory")))
             state = {k: jax.device_put(saved[k], state[k].sharding) for k in state}
-    guard = interrupt.graceful() if checkpoint is not None else contextlib.nullcontext()
+    guard = interrupt.graceful(enabled=checkpoint is not None)
     with guard, progress_bar(total, desc, enabled=progress, unit="step") as bar:
         bar.update(done)
         for index, start, first, length in _chunks(octaves, chunk):

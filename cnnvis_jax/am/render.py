@@ -20,7 +20,6 @@ image better than the best-so-far becomes the best).
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import numbers
 import os
@@ -536,7 +535,7 @@ def render(
                 )
                 done = int(extra["done"])
                 trajectories.append(jnp.asarray(extra["trajectory"]))
-        guard = interrupt.graceful() if checkpoint is not None else contextlib.nullcontext()
+        guard = interrupt.graceful(enabled=checkpoint is not None)
         with guard, progress_bar(total, desc, enabled=progress, unit="step") as bar:
             bar.update(done)
             for plan in _plan(total, recipe_data.redirect_steps, chunk):

@@ -22,7 +22,6 @@ set of a given size. The result is the gradient with respect to the images in
 
 from __future__ import annotations
 
-import contextlib
 import functools
 from collections.abc import Sequence
 from typing import Any, NamedTuple
@@ -372,7 +371,7 @@ def project_top(
         parts.append((saved["projections"], saved["where"], saved["values"]))
         done = len(saved["values"])
     names = ("projections", "where", "values")
-    guard = interrupt.graceful() if checkpoint is not None else contextlib.nullcontext()
+    guard = interrupt.graceful(enabled=checkpoint is not None)
     with guard, progress_bar(pair_images.size, f"project {info.name}", enabled=progress) as bar:
         bar.update(done)
         rest = pair_images[done:]

@@ -20,7 +20,6 @@ the field's full size, so the unit's centre stays at the patch's centre.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import os
 from collections.abc import Sequence
@@ -205,7 +204,7 @@ def top_activations(
         state = parallel.put(tuple(jnp.asarray(saved[n]) for n in ("values", "image", "flat")),
                              replicated)  # fmt: skip
         done = int(saved["done"])
-    guard = interrupt.graceful() if checkpoint is not None else contextlib.nullcontext()
+    guard = interrupt.graceful(enabled=checkpoint is not None)
     with guard, progress_bar(count, f"top-{k} {info.name}", enabled=progress) as bar:
         bar.update(done)
         rest = order[done:]

@@ -25,7 +25,6 @@ in memory (bits and small integers), as Net2Vec trains for many epochs.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
 from typing import Any
@@ -287,11 +286,13 @@ def _sgd(learning_rate: float, momentum: float) -> optax.GradientTransformation:
     return optax.sgd(learning_rate, momentum=momentum)
 
 
-def _phase_state(phase: str, tree, key, losses) -> dict[str, np.ndarray]:
+def _phase_state(phase: str, tree, key, losses, base=None) -> dict[str, np.ndarray]:
     """A training phase's (``seg`` or ``cls``) resumable state as named arrays:
-    ``tree`` = (params, optimizer state), the PRNG key, the losses so far."""
+    ``tree`` = (params, optimizer state), the PRNG key, the losses so far (after the
+    arrays of ``base``, e.g. the finished phase's)."""
     state = checkpoint_mod.tree_arrays(tree, phase)
-    return {**state, f"{phase}_key": np.asarray(key), f"{phase}_losses": np.asarray(losses)}
+    return {**(base or {}), **state, f"{phase}_key": np.asarray(key),
+            f"{phase}_losses": np.asarray(losses)}  # fmt: skip
 
 
 def _resumed(saved: dict, phase: str, tree, key, checkpoint):
@@ -365,7 +366,7 @@ def net2vec(
     # one bar over the work after the thresholds: reading the images (2), the
     # segmentation epochs, the single-unit tallies (2) and the classification epochs
     total = 2 + epochs + 2 + epochs
-    guard = interrupt.graceful() if checkpoint is not None else contextlib.nullcontext()
+    guard = interrupt.graceful(enabled=checkpoint is not None)
     with guard, progress_bar(total, f"net2vec {layer}", enabled=progress, unit="step") as bar:
         bar.set_postfix_str("reading images")
         train = collect(model, train_source, layer, thresholds, layout, np.arange(n_train))
@@ -417,7 +418,8 @@ def net2vec(
             )  # fmt: skip
             losses.append(float(loss))
             bar.update(1)
-            saver.step(_phase_state("seg", (params, opt_state), key, losses), "net2vec",
+            saver.step(functools.partial(_phase_state, "seg", (params, opt_state), key, losses),
+                       "net2vec",
                        force=len(losses) == epochs)  # fmt: skip
         seg_saved = _phase_state("seg", (params, opt_state), key, losses)
         bar.set_postfix_str("best single units")
@@ -457,8 +459,8 @@ def net2vec(
             )
             cls_losses.append(float(loss))
             bar.update(1)
-            saver.step({**seg_saved, **_phase_state("cls", (cparams, cstate), key, cls_losses)},
-                       "net2vec")  # fmt: skip
+            saver.step(functools.partial(_phase_state, "cls", (cparams, cstate), key, cls_losses,
+                                         seg_saved), "net2vec")  # fmt: skip
         val_scores = np.asarray(cls_scores(cparams, jnp.asarray(val["bits"])))
         cls_ap = average_precision(val_scores, target_val)
         pooled_train = train["bits"].mean(axis=(1, 2))

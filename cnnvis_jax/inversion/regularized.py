@@ -30,7 +30,6 @@ other lanes go on; :func:`invert` warns naming the images.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
 import os
@@ -378,7 +377,7 @@ def _run_group(model, lanes: dict, layers: tuple[str, ...], plan: Plan, has_init
             carry = jax.tree_util.tree_map(jnp.asarray, restored)
             done = int(extra["done"])
             energies = [np.asarray(extra["energy"])]
-    guard = interrupt.graceful() if checkpoint is not None else contextlib.nullcontext()
+    guard = interrupt.graceful(enabled=checkpoint is not None)
     with guard:
         step = 0
         for s, st in enumerate(plan.stages):

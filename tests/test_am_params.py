@@ -8,9 +8,9 @@ from scipy.ndimage import gaussian_filter
 
 from cnnvis_jax import am
 from cnnvis_jax.am.params import COLOR_CORRELATION, rfft2d_freqs
-from cnnvis_jax.am.regularizers import gaussian_blur, tv_denoise
 from cnnvis_jax.errors import InputError
 from cnnvis_jax.model import InputContract
+from cnnvis_jax.preimage.priors import gaussian_blur, tv_denoise
 
 C16 = InputContract(size=(16, 16), mean=(0.5, 0.4, 0.3), std=(0.25, 0.2, 0.3))
 RNG = np.random.default_rng(1)

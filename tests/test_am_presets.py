@@ -4,9 +4,10 @@ import pytest
 
 from cnnvis_jax import am
 from cnnvis_jax.am import presets
-from cnnvis_jax.am.render import _plan
+from cnnvis_jax.am.render import _phases
 from cnnvis_jax.am.transforms import DISTILL_ANGLES, DISTILL_SCALES, LUCID_ANGLES, LUCID_SCALES
 from cnnvis_jax.errors import InputError
+from cnnvis_jax.preimage.engine import chunks
 
 # Yosinski et al. 2015: (decay, blur radius, blur every, small-norm pct, contribution pct,
 # iterations, lr policy, max lr / lr, desired progress)
@@ -77,12 +78,15 @@ def test_unknown_preset_lists_them():
     }  # fmt: skip
 
 
-def test_step_plans_split_at_the_redirect_boundary():
-    assert _plan(40, 16, 40) == [((16, True), (24, False))]
-    assert _plan(40, 0, 40) == [((40, False),)]
-    assert _plan(40, 16, 10) == [((10, True),), ((6, True), (4, False)), ((10, False),),
-                                 ((10, False),)]  # fmt: skip
-    assert sum(n for call in _plan(37, 16, 5) for n, _ in call) == 37
+def test_step_phases_split_at_the_redirect_boundary():
+    assert _phases(40, 16) == [16, 24]
+    assert _phases(40, 0) == [40]
+    assert _phases(10, 16) == [10]
+    assert [tuple(c) for c in chunks(_phases(40, 16), 10)] == [
+        (0, 0, 10, 0, True), (0, 10, 6, 10, False), (1, 0, 10, 16, True),
+        (1, 10, 10, 26, False), (1, 20, 4, 36, False),
+    ]  # fmt: skip
+    assert sum(c.length for c in chunks(_phases(37, 16), 5)) == 37
     steps = am.preset("mfv-mean").with_steps(40)
     assert steps.steps == sum(o.iterations for o in steps.center.octaves)
     assert all(o.iterations >= 1 for o in steps.center.octaves)

@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.test_util import check_grads
 
-from cnnvis_jax.inversion.optim import adagrad_momentum, momentum_with_resets
-from cnnvis_jax.inversion.regularizers import (
-    alpha_norm_pixels,
-    alpha_norm_values,
-    forward_differences,
-    project_pixel_norm,
-    tv_beta,
-)
+from cnnvis_jax.preimage.priors import alpha_norm, forward_differences, project_pixel_norm, tv_beta
+from cnnvis_jax.preimage.updates import adagrad_momentum, momentum_with_resets
+
+alpha_norm_values = alpha_norm
+alpha_norm_pixels = functools.partial(alpha_norm, over="pixels", per_pixel=True)
 
 
 @pytest.fixture(scope="module")

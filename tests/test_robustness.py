@@ -125,3 +125,25 @@ def test_attack_command(tmp_path, capsys):
         code = main(["attack", *bad, "--out", str(tmp_path / "b")])
         err = capsys.readouterr().err
         assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_targeted_fgsm_is_the_closed_form_and_pgd_reaches_the_target(linear, images):
+    eps, target = 0.05, 2
+    result = attack(linear, images, fgsm(eps), key=jax.random.key(0), target=target)
+    w = np.asarray(linear.params["w"])
+    logits = images.reshape(len(images), -1) @ w
+    others = np.where(np.eye(4, dtype=bool)[[target] * len(images)], -np.inf, logits).argmax(1)
+    grad = (w[:, others] - w[:, [target] * len(images)]).T.reshape(images.shape)
+    np.testing.assert_allclose(result.images, images - eps * np.sign(grad), atol=1e-6)
+    strong = attack(linear, images, pgd(0.3, steps=20), key=jax.random.key(0), target="c")
+    assert strong.target == 2 and strong.success_rate == 1.0
+    assert np.all(strong.predicted == 2) and np.all(strong.margin < 0)
+    assert strong.summary()["target"] == 2
+
+
+@pytest.mark.parametrize("target, match", [(4, "class 4 is out of range"),
+                                           (-1, "class -1 is out of range"),
+                                           ("zebra", "unknown target class 'zebra'")])  # fmt: skip
+def test_a_bad_target_class_is_one_clear_error(linear, images, target, match):
+    with pytest.raises(InputError, match=match):
+        attack(linear, images, fgsm(0.1), key=jax.random.key(0), target=target)

@@ -6,7 +6,7 @@ input size whose offset is drawn from a Gaussian around the canvas centre (stand
 deviation ``window * (canvas - input)``, clipped to the canvas, truncated to
 pixels); only the central ``[margin, size - margin)`` square of the crop gets the
 gradient; the update is ``step / mean|g| * g`` in 0-255 units, then the crop is
-clipped to [0, 255] and TV-denoised (:func:`~cnnvis_jax.am.regularizers.tv_denoise`)
+clipped to [0, 255] and TV-denoised (:func:`~cnnvis_jax.preimage.priors.tv_denoise`)
 and written back. Random crops near the centre make one centred object instead of
 repeated fragments.
 
@@ -20,20 +20,19 @@ Chambolle's algorithm for the same energy instead of split Bregman.
 from __future__ import annotations
 
 import functools
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cnnvis_jax import checkpoint as checkpoint_mod
-from cnnvis_jax import interrupt
-from cnnvis_jax.am._tree import normal
 from cnnvis_jax.am.params import Pixel, mean255
 from cnnvis_jax.am.recipe import Octave, Recipe
-from cnnvis_jax.am.regularizers import tv_denoise
 from cnnvis_jax.am.transforms import fit
 from cnnvis_jax.errors import InputError
-from cnnvis_jax.progress import progress_bar
+from cnnvis_jax.preimage import canvas as canvas_mod
+from cnnvis_jax.preimage import engine, updates
+from cnnvis_jax.preimage.priors import tv_denoise
 
 __all__ = ["render_center"]
 
@@ -42,135 +41,125 @@ def _axes_tree(recipe, recipe_axes):
     return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(recipe), list(recipe_axes))
 
 
+class _State(NamedTuple):
+    lanes: engine.State  # params: the canvases (J, B, Hc, Wc, 3)
+    key: jax.Array  # (J, 2) the jobs' step keys
+    start: jax.Array  # (J, B, H, W, 3) start images
+
+
 def _init_job(model, recipe: Recipe, key, init_images, batch):
     k_init, k_run = jax.random.split(key)
     params = recipe.param.init(k_init, batch, model.input, init_images)
     params = recipe.param.clip(params, model.input)
-    return dict(
-        canvas=params,
-        key=k_run,
-        start=recipe.param.to_image(params, model.input),
-        stopped_at=jnp.asarray(-1, jnp.int32),
-    )
+    return params, k_run, recipe.param.to_image(params, model.input)
 
 
-def _octave_job(model, recipe: Recipe, objective, state, start, first, *, index: int,
-                length: int, zoom: bool):  # fmt: skip
-    """Steps ``[first, first + length)`` of octave ``index`` (which began at global
-    step ``start``); ``zoom``: this chunk opens the octave, so the canvas is zoomed."""
+def _problem(model, recipe: Recipe, axes, objectives, keys, octave_start, *, index: int):
+    """Octave ``index`` as a pre-image problem over the canvases. Step ``i`` (global;
+    the octave began at ``octave_start``) draws each image's crop origin from
+    ``fold_in(key, i)``; the energy is minus the objective on the crops; the update
+    recomputes the same origins and moves only the crops (masked normalized step,
+    clip to the pixel range, TV denoising), written back into the canvases."""
     octave: Octave = recipe.center.octaves[index]
     contract = model.input
-    param = recipe.param
     h, w = contract.size
-    canvas = state["canvas"]
-    b, ch, cw, _ = canvas.shape
-    if zoom and octave.scale != 1.0:
-        ch, cw = round(ch * octave.scale), round(cw * octave.scale)
-        canvas = jax.image.resize(canvas, (b, ch, cw, 3), method="cubic")
     margin = round(octave.margin * h / recipe.center.reference_size)
     mask = np.zeros((h, w, 1), np.float32)
     if margin > 0 and 2 * margin < min(h, w):
         mask[margin : h - margin, margin : w - margin] = 1.0
     else:
         mask[:] = 1.0
-    n = octave.iterations
     offset = jnp.asarray(mean255(contract))
 
-    def score(crop):
-        values = objective(
-            model.apply(model.params, param.to_image(crop, contract), objective.layers)
-        )
-        values = values.astype(jnp.float32)
-        return jnp.sum(values), values
+    def per_job(fn, *args):
+        in_axes = tuple(axes if a is recipe else 0 for a in args)
+        return jax.vmap(fn, in_axes=in_axes)(*args)
 
-    def body(carry, i):
-        canvas, stopped_at = carry
-        k = jax.random.fold_in(state["key"], start + i)
-        mid = jnp.asarray([(ch - h) / 2.0, (cw - w) / 2.0])
-        spread = jnp.asarray([float(ch - h), float(cw - w)]) * octave.window
-        draw = mid + spread * normal(k, (b, 2))
-        limit = jnp.asarray([ch - h, cw - w])
-        origin = jnp.clip(draw, 0, limit).astype(jnp.int32)  # truncation, as int()
+    def origins(key, canvas, i):  # (B, 2) for one job's canvases (B, Hc, Wc, 3)
+        return canvas_mod.gaussian_origins(jax.random.fold_in(key, i), canvas.shape[0],
+                                           canvas.shape[1:3], (h, w), octave.window)  # fmt: skip
 
-        def cut(img, o):
-            return jax.lax.dynamic_slice(img, (o[0], o[1], 0), (h, w, 3))
+    def crops_of(canvas, where):
+        return jax.vmap(lambda c, o: canvas_mod.crop(c, o, (h, w)))(canvas, where)
 
-        crops = jax.vmap(cut)(canvas, origin)
-        (total, values), g = jax.value_and_grad(score, has_aux=True)(crops)
-        g = g * mask
-        fi = i.astype(jnp.float32)
+    def energy(canvas, i):
+        where = jax.vmap(origins, in_axes=(0, 0, None))(keys, canvas, i)
+        images = per_job(lambda r, c, o: r.param.to_image(crops_of(c, o), contract),
+                         recipe, canvas, where)  # fmt: skip
+        n_jobs, b = images.shape[:2]
+        acts = model.apply(model.params, images.reshape(n_jobs * b, h, w, 3), objectives.layers)
+        acts = {k: v.reshape(n_jobs, b, *v.shape[1:]) for k, v in acts.items()}
+        values = jax.vmap(lambda o, a: o(a).astype(jnp.float32))(objectives, acts)  # (J, B)
+        return -jnp.sum(values, axis=1), {"record": values}
+
+    def update(grad, opt, canvas, i):
+        fi = (i - octave_start).astype(jnp.float32)
+        n = octave.iterations
         step = octave.start_step + (octave.end_step - octave.start_step) * fi / n
         weight = octave.start_denoise - (octave.start_denoise - octave.end_denoise * fi) / n
-        mean_abs = jnp.mean(jnp.abs(g), axis=(1, 2, 3), keepdims=True)
-        moved = param.clip(crops + step / jnp.maximum(mean_abs, 1e-30) * g, contract)
-        moved = tv_denoise(moved + offset, weight, recipe.center.tv_iterations) - offset
-        finite = jnp.isfinite(total) & jnp.all(jnp.isfinite(g))
-        running = stopped_at < 0
-        active = finite & running
 
-        def paste(img, crop, o):
-            return jax.lax.dynamic_update_slice(img, crop, (o[0], o[1], 0))
+        def one(r, key, g, c):
+            where = origins(key, c, i)
+            crop, g_crop = crops_of(c, where), crops_of(g, where) * mask
+            moved = r.param.clip(crop + updates.normalized_step(g_crop, step), contract)
+            moved = tv_denoise(moved + offset, weight, recipe.center.tv_iterations) - offset
+            return jax.vmap(canvas_mod.paste)(c, moved, where)
 
-        updated = jax.vmap(paste)(canvas, moved, origin)
-        canvas = jnp.where(active, updated, canvas)
-        stopped_at = jnp.where(running & ~finite, (start + i).astype(jnp.int32), stopped_at)
-        return (canvas, stopped_at), jnp.where(active, values, jnp.nan)
+        return per_job(one, recipe, keys, grad, canvas), opt
 
-    steps = first + jnp.arange(length)
-    (canvas, stopped_at), values = jax.lax.scan(body, (canvas, state["stopped_at"]), steps)
-    return dict(state, canvas=canvas, stopped_at=stopped_at), values
+    return engine.Problem(energy, update)
 
 
 @functools.partial(jax.jit, static_argnames=("batch", "recipe_axes"))
 def _init_all(model, recipe, keys, init_images, *, batch, recipe_axes):
     axes = _axes_tree(recipe, recipe_axes)
     images_axis = None if init_images is None else 0
-    return jax.vmap(
+    canvas, run_keys, image = jax.vmap(
         functools.partial(_init_job, batch=batch), in_axes=(None, axes, 0, images_axis)
     )(model, recipe, keys, init_images)
+    return _State(engine.start(canvas, ()), run_keys, image)
 
 
-@functools.partial(jax.jit, static_argnames=("index", "length", "zoom", "recipe_axes"))
-def _octave_all(model, recipe, objectives, state, start, first, *, index, length, zoom,
+@functools.partial(jax.jit, static_argnames=("scale",))
+def _zoom_all(state: _State, *, scale: float) -> _State:
+    canvas = jax.vmap(lambda c: canvas_mod.zoom(c, scale))(state.lanes.params)
+    return state._replace(lanes=state.lanes._replace(params=canvas))
+
+
+@functools.partial(jax.jit, static_argnames=("index", "recipe_axes"))
+def _octave_all(model, recipe, objectives, state: _State, steps, octave_start, *, index,
                 recipe_axes):  # fmt: skip
+    """Run the steps numbered ``steps`` (global) of octave ``index``; the trajectory
+    (J, T, B) holds the objective per step (NaN once a job stopped)."""
     axes = _axes_tree(recipe, recipe_axes)
-    fn = functools.partial(_octave_job, index=index, length=length, zoom=zoom)
-    return jax.vmap(fn, in_axes=(None, axes, 0, 0, None, None))(
-        model, recipe, objectives, state, start, first
-    )
+    problem = _problem(model, recipe, axes, objectives, state.key, octave_start, index=index)
+    lanes, (_, active, values) = engine.scan(problem, state.lanes, steps)
+    return state._replace(lanes=lanes), jnp.where(active[..., None], values, jnp.nan)
 
 
 @functools.partial(jax.jit, static_argnames=("recipe_axes",))
-def _finish_all(model, recipe, objectives, state, *, recipe_axes):
+def _finish_all(model, recipe, objectives, state: _State, *, recipe_axes):
     axes = _axes_tree(recipe, recipe_axes)
 
-    def one(model, recipe, objective, state):
+    def one(recipe, objective, canvas, start):
         contract = model.input
-        final = recipe.param.to_image(fit(state["canvas"], contract.size), contract)
+        final = recipe.param.to_image(fit(canvas, contract.size), contract)
         b = final.shape[0]
-        images = jnp.concatenate([state["start"], final])
-        acts = model.apply(model.params, images, objective.layers)
+        acts = model.apply(model.params, jnp.concatenate([start, final]), objective.layers)
         values = objective(acts).astype(jnp.float32)
         return dict(
-            start_images=state["start"],
+            start_images=start,
             best_images=final,
             final_images=final,
             start_activation=values[:b],
             best_activation=values[b:],
             final_activation=values[b:],
-            stopped_at=state["stopped_at"],
         )
 
-    return jax.vmap(one, in_axes=(None, axes, 0, 0))(model, recipe, objectives, state)
-
-
-def _chunks(octaves, chunk: int):
-    """``(octave index, octave start, first step in it, length)`` for every chunk."""
-    start = 0
-    for index, octave in enumerate(octaves):
-        for first in range(0, octave.iterations, chunk):
-            yield index, start, first, min(chunk, octave.iterations - first)
-        start += octave.iterations
+    out = jax.vmap(one, in_axes=(axes, 0, 0, 0))(
+        recipe, objectives, state.lanes.params, state.start
+    )
+    return {**out, "stopped_at": state.lanes.stopped_at}
 
 
 def render_center(
@@ -189,43 +178,18 @@ def render_center(
         raise InputError("center-bias recipes need a Pixel(space='caffe') parameterization.")
     state = _init_all(model, recipe, keys, init_images, batch=batch, recipe_axes=recipe_axes)
     octaves = recipe.center.octaves
-    total = recipe.center.steps
-    chunk = max(o.iterations for o in octaves)
-    if checkpoint is not None:
-        chunk = checkpoint_mod.even_chunk([o.iterations for o in octaves])
-    trajectories, done = [], 0
-    if checkpoint is not None:
-        saved = checkpoint_mod.load_arrays(checkpoint, fingerprint + f"/center{chunk}")
-        if saved is not None:
-            done = int(saved.pop("done"))
-            trajectories.append(jnp.asarray(saved.pop("trajectory")))
-            state = {k: jax.device_put(saved[k], state[k].sharding) for k in state}
-    guard = interrupt.graceful(enabled=checkpoint is not None)
-    with guard, progress_bar(total, desc, enabled=progress, unit="step") as bar:
-        bar.update(done)
-        for index, start, first, length in _chunks(octaves, chunk):
-            if start + first + length <= done:  # run before the checkpoint
-                continue
-            state, values = _octave_all(
-                model,
-                recipe,
-                objectives,
-                state,
-                jnp.asarray(start, jnp.int32),
-                jnp.asarray(first, jnp.int32),
-                index=index,
-                length=length,
-                zoom=first == 0,
-                recipe_axes=recipe_axes,
-            )
-            trajectories.append(values)
-            bar.update(length)
-            if checkpoint is not None:
-                trajectories = [jnp.concatenate(trajectories, axis=1)]
-                arrays = {k: jax.device_get(v) for k, v in state.items()}
-                checkpoint_mod.save_arrays(checkpoint, {**arrays, "trajectory": trajectories[0],
-                                           "done": start + first + length},
-                                           fingerprint + f"/center{chunk}")  # fmt: skip
-                interrupt.check(desc)
-    out = _finish_all(model, recipe, objectives, state, recipe_axes=recipe_axes)
-    return out, jnp.concatenate(trajectories, axis=1)
+
+    def enter(state, index):
+        return _zoom_all(state, scale=float(octaves[index].scale))
+
+    def advance(state, chunk):
+        steps = jnp.arange(chunk.start, chunk.start + chunk.length, dtype=jnp.int32)
+        octave_start = jnp.asarray(chunk.start - chunk.first, jnp.int32)
+        return _octave_all(model, recipe, objectives, state, steps, octave_start,
+                           index=chunk.phase, recipe_axes=recipe_axes)  # fmt: skip
+
+    state, trajectory = engine.drive(
+        advance, state, [o.iterations for o in octaves], enter=enter,
+        checkpoint=checkpoint, fingerprint=fingerprint, desc=desc, progress=progress,
+    )  # fmt: skip
+    return _finish_all(model, recipe, objectives, state, recipe_axes=recipe_axes), trajectory

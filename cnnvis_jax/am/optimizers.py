@@ -1,63 +1,46 @@
-"""Update rules for gradient *ascent*, in the optax style: ``init(params) -> state``,
-``update(grad, state, params, i, total) -> (params, state)``.
+"""Update rules of a :class:`~cnnvis_jax.am.recipe.Recipe`: sweepable settings of
+the optax transformations in :mod:`cnnvis_jax.preimage.updates`.
 
-``grad`` is the derivative of the quantity being maximized, float ``(B, ...)`` with
-one leading entry per image; per-image quantities (norms, means) are taken over
-every other axis. Hyperparameters are data (sweepable); policies are static.
+Each is a pytree whose numbers are data (a sweep stacks them) and whose
+:meth:`transformation` gives the ``optax.GradientTransformation`` the pre-image
+engine applies to the gradient of the energy (minus the objective):
 
-* :class:`Adam` -- optax's Adam on ``-grad`` (Lucid: ``Adam(0.05)``).
-* :class:`Ascent` -- ``params += lr * grad`` with Yosinski et al.'s policies:
-  ``"constant"`` (``lr``) or ``"progress"`` (``min(max_lr, desired / ||g||^2)``,
-  the step whose linear prediction gains ``desired``).
-* :class:`NormalizedAscent` -- ``params += lr_i / mean|g| * grad`` with ``lr_i``
-  linear from ``start_lr`` to ``end_lr`` over the run (DGN-AM; MFV octaves).
+* :class:`Adam` -- ``optax.adam`` (Lucid: ``Adam(0.05)``).
+* :class:`Ascent` -- Yosinski et al.'s ``constant`` (``lr``) or ``progress``
+  (``min(max_lr, desired / ||g||^2)``) steps.
+* :class:`NormalizedAscent` -- ``lr_i / mean|g|`` steps with ``lr_i`` linear from
+  ``start_lr`` to ``end_lr`` over the run (DGN-AM; MFV octaves).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-import jax.numpy as jnp
 import optax
 
 from cnnvis_jax.am._tree import pytree_dataclass
 from cnnvis_jax.errors import InputError
+from cnnvis_jax.preimage import updates
 
 __all__ = ["Adam", "Ascent", "NormalizedAscent"]
 
 
-def _per_image(x, fn):
-    axes = tuple(range(1, x.ndim))
-    return fn(x, axes)
-
-
-def _expand(v, like):
-    return v.reshape(v.shape + (1,) * (like.ndim - v.ndim))
-
-
 @pytree_dataclass
 class Adam:
-    """Adam (``optax.adam``) on the negated gradient."""
+    """Adam (``optax.adam``)."""
 
     lr: Any = 0.05
     b1: Any = 0.9
     b2: Any = 0.999
     eps: Any = 1e-8
 
-    def _tx(self):
+    def transformation(self, total: int) -> optax.GradientTransformation:
         return optax.adam(self.lr, b1=self.b1, b2=self.b2, eps=self.eps)
-
-    def init(self, params):
-        return self._tx().init(params)
-
-    def update(self, grad, state, params, i, total):
-        updates, state = self._tx().update(-grad, state, params)
-        return optax.apply_updates(params, updates), state
 
 
 @pytree_dataclass(static=("policy",))
 class Ascent:
-    """Plain gradient ascent with Yosinski et al.'s ``constant``/``progress`` policies."""
+    """Plain gradient steps with Yosinski et al.'s ``constant``/``progress`` policies."""
 
     policy: str = "constant"
     lr: Any = 1.0
@@ -70,32 +53,16 @@ class Ascent:
                 f"learning-rate policy must be 'constant' or 'progress', got {self.policy!r}."
             )
 
-    def init(self, params):
-        return ()
-
-    def rate(self, grad):
-        """Per-image learning rate (B,)."""
-        if self.policy == "constant":
-            return jnp.full(grad.shape[:1], self.lr, grad.dtype)
-        sq = _per_image(grad, lambda g, axes: jnp.sum(g * g, axis=axes))
-        return jnp.minimum(self.max_lr, self.desired / jnp.maximum(sq, 1e-30))
-
-    def update(self, grad, state, params, i, total):
-        return params + _expand(self.rate(grad), grad) * grad, state
+    def transformation(self, total: int) -> optax.GradientTransformation:
+        return updates.ascent(self.policy, self.lr, self.max_lr, self.desired)
 
 
 @pytree_dataclass
 class NormalizedAscent:
-    """``params += lr_i / mean|g| * g``; ``lr_i = start + (end - start) * i / total``."""
+    """``lr_i / mean|g|`` steps; ``lr_i = start + (end - start) * i / total``."""
 
     start_lr: Any = 8.0
     end_lr: Any = 1e-10
 
-    def init(self, params):
-        return ()
-
-    def update(self, grad, state, params, i, total):
-        lr = self.start_lr + (self.end_lr - self.start_lr) * i / total
-        mean_abs = _per_image(grad, lambda g, axes: jnp.mean(jnp.abs(g), axis=axes))
-        step = lr / jnp.maximum(mean_abs, 1e-30)
-        return params + _expand(step, grad) * grad, state
+    def transformation(self, total: int) -> optax.GradientTransformation:
+        return updates.normalized_ascent(self.start_lr, self.end_lr, total)

@@ -24,7 +24,9 @@ the optimizer's update, in the order given, as in Yosinski et al.'s loop:
   around the mean; code bounds of a generator).
 
 Numbers are data (sweepable); loop structure (``every``, kernel width) is static.
-A percentile or radius of 0 turns its step off.
+A percentile or radius of 0 turns its step off. The priors themselves (TV^β,
+α-norm, L2, blur, TV denoising) are those of :mod:`cnnvis_jax.preimage.priors`,
+shared with inversion.
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from cnnvis_jax.am._tree import pytree_dataclass
+from cnnvis_jax.preimage import priors
+from cnnvis_jax.preimage.priors import gaussian_blur
 
 __all__ = [
     "L2",
@@ -47,8 +51,6 @@ __all__ = [
     "SmallNorm",
     "StepContext",
     "TotalVariation",
-    "gaussian_blur",
-    "tv_denoise",
 ]
 
 
@@ -76,8 +78,7 @@ class L2:
     weight: Any
 
     def __call__(self, images, contract):
-        x = _centred255(images, contract)
-        return self.weight * jnp.sum(jnp.square(x), axis=(1, 2, 3))
+        return self.weight * priors.l2(_centred255(images, contract))
 
 
 @pytree_dataclass
@@ -88,8 +89,7 @@ class AlphaNorm:
     alpha: Any = 6.0
 
     def __call__(self, images, contract):
-        x = _centred255(images, contract)
-        return self.weight * jnp.sum(jnp.abs(x) ** self.alpha, axis=(1, 2, 3))
+        return self.weight * priors.alpha_norm(_centred255(images, contract), self.alpha)
 
 
 @pytree_dataclass
@@ -101,12 +101,10 @@ class TotalVariation:
     beta: Any = 2.0
 
     def __call__(self, images, contract):
-        x = images * 255.0
-        dy = x[:, 1:, :-1] - x[:, :-1, :-1]
-        dx = x[:, :-1, 1:] - x[:, :-1, :-1]
-        sq = jnp.square(dy) + jnp.square(dx)
-        # the tiny offset keeps the gradient finite at 0 for beta < 2
-        return self.weight * jnp.sum((sq + 1e-8) ** (self.beta / 2.0), axis=(1, 2, 3))
+        # the pixels with both neighbours; the tiny offset keeps the gradient finite
+        # at 0 for beta < 2
+        tv = priors.tv_beta(images * 255.0, self.beta, edge="valid", eps=1e-8)
+        return self.weight * tv
 
 
 # --- steps ---------------------------------------------------------------------------------
@@ -120,26 +118,6 @@ class Decay:
 
     def __call__(self, params, grad, i, ctx):
         return params * (1.0 - self.rate)
-
-
-def _gaussian_kernel(sigma, width: int):
-    taps = jnp.arange(-width, width + 1, dtype=jnp.float32)
-    sigma = jnp.maximum(jnp.asarray(sigma, jnp.float32), 1e-6)
-    k = jnp.exp(-0.5 * jnp.square(taps / sigma))
-    return k / k.sum()
-
-
-def gaussian_blur(x, sigma, width: int):
-    """Per-channel Gaussian blur of (B, H, W, C), as scipy's ``gaussian_filter``
-    with ``mode="reflect"``: ``width`` taps each side (scipy: ``int(4 sigma + 0.5)``)."""
-    if width <= 0:
-        return x
-    k = _gaussian_kernel(sigma, width)
-    pad = ((0, 0), (width, width), (width, width), (0, 0))
-    xp = jnp.pad(x, pad, mode="symmetric")  # scipy's reflect: d c b a | a b c d
-    h, w = x.shape[1:3]
-    rows = sum(k[t] * xp[:, t : t + h, :, :] for t in range(2 * width + 1))
-    return sum(k[t] * rows[:, :, t : t + w, :] for t in range(2 * width + 1))
 
 
 @pytree_dataclass(static=("every", "width"))
@@ -202,38 +180,3 @@ class ClipParams:
 
     def __call__(self, params, grad, i, ctx):
         return ctx.param.clip(params, ctx.contract)
-
-
-# --- TV denoising (MFV) ---------------------------------------------------------------------
-
-
-def tv_denoise(image, weight, iterations: int = 50):
-    """Total-variation denoising of (B, H, W, C), per channel: the minimizer of
-    ``TV(u) + weight * ||u - f||^2`` (skimage's ``denoise_tv_bregman`` energy, whose
-    lambda is ``2 * weight``), found with Chambolle's projection algorithm
-    (``iterations`` fixed steps, step size 1/8). Smaller ``weight`` denoises more."""
-    f = image
-    theta = 1.0 / (2.0 * jnp.maximum(jnp.asarray(weight, f.dtype), 1e-12))  # ROF lambda
-    tau = 0.125
-
-    def grad(u):
-        gy = jnp.concatenate([u[:, 1:] - u[:, :-1], jnp.zeros_like(u[:, :1])], axis=1)
-        gx = jnp.concatenate([u[:, :, 1:] - u[:, :, :-1], jnp.zeros_like(u[:, :, :1])], axis=2)
-        return gy, gx
-
-    def div(py, px):
-        dy = jnp.concatenate([py[:, :1], py[:, 1:-1] - py[:, :-2], -py[:, -2:-1]], axis=1)
-        dx = jnp.concatenate(
-            [px[:, :, :1], px[:, :, 1:-1] - px[:, :, :-2], -px[:, :, -2:-1]], axis=2
-        )
-        return dy + dx
-
-    def body(_, p):
-        py, px = p
-        gy, gx = grad(div(py, px) - f / theta)
-        norm = jnp.sqrt(gy * gy + gx * gx)
-        return ((py + tau * gy) / (1 + tau * norm), (px + tau * gx) / (1 + tau * norm))
-
-    zeros = jnp.zeros_like(f)
-    py, px = jax.lax.fori_loop(0, iterations, body, (zeros, zeros))
-    return f - theta * div(py, px)

@@ -1,4 +1,4 @@
-"""The render loop: many activation-maximization runs as one vmapped, jitted program.
+"""Activation maximization on the pre-image engine: many runs as one vmapped, jitted program.
 
 A *job* is one (recipe, seed, objective) triple; each job optimizes ``batch``
 images. Jobs are vmapped (units, seeds and hyperparameter values of a sweep are
@@ -12,6 +12,10 @@ the job's key and the step number), forward to the objective's layers, score =
 steps. The best-so-far image (by the step's objective value) is kept per image.
 A job whose score or gradient stops being finite is frozen at its last finite
 parameters and reported (``stopped_at``); the other jobs go on.
+
+The loop itself is :mod:`cnnvis_jax.preimage.engine` (jobs are its lanes; the
+energy is minus ``objective - penalties``; the update is the recipe's optax rule then
+its post steps); this module builds that problem and runs its phases.
 
 After the loop the start, best and final images are evaluated once more without
 transforms (the ``*_activation`` values are these clean objective values; a final
@@ -29,17 +33,18 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 from jax.sharding import PartitionSpec as P
 
 from cnnvis_jax import checkpoint as checkpoint_mod
-from cnnvis_jax import interrupt, parallel
+from cnnvis_jax import parallel
 from cnnvis_jax.am import objectives as obj_mod
 from cnnvis_jax.am.recipe import Recipe
 from cnnvis_jax.am.regularizers import ClipParams, StepContext
 from cnnvis_jax.am.transforms import apply_chain, fit
 from cnnvis_jax.errors import InputError
 from cnnvis_jax.model import Model, check_images
-from cnnvis_jax.progress import progress_bar
+from cnnvis_jax.preimage import engine
 from cnnvis_jax.rules import model_for_input_gradients, model_with_rules
 
 __all__ = ["AXIS", "RenderResult", "render"]
@@ -122,13 +127,9 @@ class RenderResult(NamedTuple):
 
 
 class _State(NamedTuple):
-    params: Any
-    opt: Any
-    key: jax.Array
-    start: jax.Array  # (B, H, W, 3) start image
-    best: jax.Array  # (B, H, W, 3)
-    best_value: jax.Array  # (B,)
-    stopped_at: jax.Array  # () int32
+    lanes: engine.State  # params, optimizer state, best image per job and image
+    key: jax.Array  # (J, 2) the jobs' step keys
+    start: jax.Array  # (J, B, H, W, 3) start images
 
 
 # --- one job ---------------------------------------------------------------------------------
@@ -149,103 +150,72 @@ def _init_job(model, recipe: Recipe, objective, key, init_images, init_params, b
     if any(isinstance(op, ClipParams) for op in recipe.post):
         params = recipe.param.clip(params, contract)
     image = recipe.param.to_image(params, contract)
-    return _State(
-        params=params,
-        opt=recipe.optimizer.init(params),
-        key=k_run,
-        start=image,
-        best=image,
-        best_value=jnp.full((image.shape[0],), -jnp.inf, jnp.float32),
-        stopped_at=jnp.asarray(-1, jnp.int32),
-    )
+    opt = recipe.optimizer.transformation(recipe.steps).init(params)
+    return params, opt, k_run, image
 
 
-def _all_finite(tree) -> jax.Array:
-    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(tree)]
-    return functools.reduce(jnp.logical_and, leaves, jnp.asarray(True))
-
-
-def _select(flag, new, old):
-    return jax.tree_util.tree_map(lambda n, o: jnp.where(flag, n, o), new, old)
-
-
-def _steps_all(model, recipe: Recipe, axes, objectives, state: _State, start, *, length: int):
-    """``length`` steps of every job. Per-job pieces (image, transforms, objective,
+def _problem(model, recipe: Recipe, axes, objectives, keys) -> engine.Problem:
+    """AM as a pre-image problem: the energy of job ``j`` is minus the sum over its
+    images of ``objective - penalties``. Per-job pieces (image, transforms, objective,
     update, post steps) are vmapped over jobs; the network runs once on the batch of
-    all jobs' images (J * B), so the forward and backward are those of one batch."""
+    all jobs' images (J * B), so the forward and backward are those of one batch.
+    Scores (minus the objective) keep the best image per job and image."""
     contract = model.input
 
     def per_job(fn, *args):
         in_axes = tuple(axes if a is recipe else 0 for a in args)
         return jax.vmap(fn, in_axes=in_axes)(*args)
 
-    def score(params, keys):
+    def energy(params, i):
+        step_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys, i)
         images = per_job(lambda r, p: r.param.to_image(p, contract), recipe, params)
         x = per_job(
-            lambda k, im: fit(apply_chain(recipe.transforms, k, im), contract.size), keys, images
+            lambda k, im: fit(apply_chain(recipe.transforms, k, im), contract.size),
+            step_keys,
+            images,
         )
         n_jobs, batch = x.shape[:2]
-        layers = objectives.layers
-        acts = model.apply(model.params, x.reshape(n_jobs * batch, *x.shape[2:]), layers)
+        acts = model.apply(model.params, x.reshape(n_jobs * batch, *x.shape[2:]),
+                           objectives.layers)  # fmt: skip
         acts = {k: v.reshape(n_jobs, batch, *v.shape[1:]) for k, v in acts.items()}
         values = jax.vmap(lambda o, a: o(a).astype(jnp.float32))(objectives, acts)  # (J, B)
         per_image = values
-        for i in range(len(recipe.penalties)):
+        for k in range(len(recipe.penalties)):
             per_image = per_image - per_job(
-                lambda r, im, i=i: r.penalties[i](im, contract), recipe, images
+                lambda r, im, k=k: r.penalties[k](im, contract), recipe, images
             )
-        return jnp.sum(per_image), (jnp.sum(per_image, axis=1), values, images)
+        return -jnp.sum(per_image, axis=1), {"score": -values, "keep": images, "record": values}
 
-    def update(r, st: _State, grad, values, image, job_total, i):
-        ctx = StepContext(r.param, contract)
-        finite = jnp.isfinite(job_total) & _all_finite(grad) & jnp.all(jnp.isfinite(values))
-        running = st.stopped_at < 0
-        active = finite & running
-        better = active & (values > st.best_value)
-        best = jnp.where(better[:, None, None, None], image, st.best)
-        best_value = jnp.where(better, values, st.best_value)
-        params, opt = r.optimizer.update(grad, st.opt, st.params, i, r.steps)
-        for op in r.post:
-            params = op(params, grad, i, ctx)
-        new = st._replace(
-            params=_select(active, params, st.params),
-            opt=_select(active, opt, st.opt),
-            best=best,
-            best_value=best_value,
-            stopped_at=jnp.where(running & ~finite, i.astype(jnp.int32), st.stopped_at),
-        )
-        return new, jnp.where(active, values, jnp.nan)
+    def update(grad, opt, params, i):
+        def one(r, g, o, p):
+            updates, o = r.optimizer.transformation(r.steps).update(g, o, p)
+            p = optax.apply_updates(p, updates)
+            ctx = StepContext(r.param, contract)
+            for op in r.post:  # post steps see the ascent direction
+                p = op(p, -g, i, ctx)
+            return p, o
 
-    def body(state: _State, i):
-        keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(state.key, i)
-        (_, (job_totals, values, images)), grad = jax.value_and_grad(score, has_aux=True)(
-            state.params, keys
-        )
-        return jax.vmap(update, in_axes=(axes, 0, 0, 0, 0, 0, None))(
-            recipe, state, grad, values, images, job_totals, i
-        )
+        return jax.vmap(one, in_axes=(axes, 0, 0, 0))(recipe, grad, opt, params)
 
-    state, values = jax.lax.scan(body, state, start + jnp.arange(length))
-    return state, jnp.moveaxis(values, 0, 1)  # (J, length, B)
+    return engine.Problem(energy, update)
 
 
-def _finish_job(model, recipe: Recipe, objective, state: _State):
-    final = recipe.param.to_image(state.params, model.input)
+def _finish_job(model, recipe: Recipe, objective, params, start, best):
+    final = recipe.param.to_image(params, model.input)
     b = final.shape[0]
-    images = jnp.concatenate([state.start, state.best, final])
+    images = jnp.concatenate([start, best, final])
     values = _forward_score(model, objective, images)
     start_v, best_v, final_v = values[:b], values[b : 2 * b], values[2 * b :]
     take_final = ~(best_v >= final_v)  # also when best is NaN
-    best = jnp.where(take_final[:, None, None, None], final, state.best)
+    best = jnp.where(take_final[:, None, None, None], final, best)
     best_v = jnp.where(take_final, final_v, best_v)
     return dict(
-        start_images=state.start,
+        start_images=start,
         best_images=best,
         final_images=final,
         start_activation=start_v,
         best_activation=best_v,
         final_activation=final_v,
-        stopped_at=state.stopped_at,
     )
 
 
@@ -261,47 +231,38 @@ def _init_all(model, recipe, objectives, keys, init_images, init_params, *, batc
     axes = _axes_tree(recipe, recipe_axes)
     images_axis = None if init_images is None else 0
     params_axis = None if init_params is None else 0
-    return jax.vmap(
+    params, opt, run_keys, image = jax.vmap(
         functools.partial(_init_job, batch=batch),
         in_axes=(None, axes, 0, 0, images_axis, params_axis),
     )(model, recipe, objectives, keys, init_images, init_params)
-
-
-@functools.partial(jax.jit, static_argnames=("plan", "recipe_axes"))
-def _advance_all(model, ruled, recipe, objectives, state, start, *, plan, recipe_axes):
-    """Run the segments of ``plan`` ((length, redirected), ...) from step ``start``."""
-    axes = _axes_tree(recipe, recipe_axes)
-    trajectories = []
-    for length, redirected in plan:
-        m = ruled if redirected else model
-        state, values = _steps_all(m, recipe, axes, objectives, state, start, length=length)
-        trajectories.append(values)
-        start = start + length
-    return state, jnp.concatenate(trajectories, axis=1)
+    lanes = engine.start(params, opt, best=image,
+                         best_score=jnp.full(image.shape[:2], jnp.inf, jnp.float32))  # fmt: skip
+    return _State(lanes, run_keys, image)
 
 
 @functools.partial(jax.jit, static_argnames=("recipe_axes",))
-def _finish_all(model, recipe, objectives, state, *, recipe_axes):
+def _advance_all(model, recipe, objectives, state: _State, steps, *, recipe_axes):
+    """Run the steps numbered ``steps`` of every job; the trajectory (J, T, B) holds
+    the objective per step (NaN once a job stopped)."""
     axes = _axes_tree(recipe, recipe_axes)
-    return jax.vmap(_finish_job, in_axes=(None, axes, 0, 0))(model, recipe, objectives, state)
+    problem = _problem(model, recipe, axes, objectives, state.key)
+    lanes, (_, active, values) = engine.scan(problem, state.lanes, steps)
+    return state._replace(lanes=lanes), jnp.where(active[..., None], values, jnp.nan)
 
 
-def _plan(steps: int, redirect: int, chunk: int) -> list[tuple[tuple[int, bool], ...]]:
-    """Calls of ``_advance_all``: each a tuple of (length, redirected) segments."""
-    calls, start = [], 0
-    while start < steps:
-        stop = min(steps, start + chunk)
-        segments = []
-        if start < redirect:
-            cut = min(stop, redirect)
-            segments.append((cut - start, True))
-            if cut < stop:
-                segments.append((stop - cut, False))
-        else:
-            segments.append((stop - start, False))
-        calls.append(tuple(segments))
-        start = stop
-    return calls
+@functools.partial(jax.jit, static_argnames=("recipe_axes",))
+def _finish_all(model, recipe, objectives, state: _State, *, recipe_axes):
+    axes = _axes_tree(recipe, recipe_axes)
+    out = jax.vmap(_finish_job, in_axes=(None, axes, 0, 0, 0, 0))(
+        model, recipe, objectives, state.lanes.params, state.start, state.lanes.best
+    )
+    return {**out, "stopped_at": state.lanes.stopped_at}
+
+
+def _phases(steps: int, redirect: int) -> list[int]:
+    """Step counts of the phases: redirected-ReLU steps first (when any), then the rest."""
+    redirect = min(redirect, steps)
+    return [n for n in (redirect, steps - redirect) if n > 0] if redirect else [steps]
 
 
 # --- inputs --------------------------------------------------------------------------------
@@ -514,54 +475,27 @@ def render(
             batch=batch,
             recipe_axes=recipe_axes,
         )
-        ruled = model_r
         total = recipe_data.steps
-        if recipe_data.redirect_steps > 0:
+        redirect = min(recipe_data.redirect_steps, total)
+        ruled = model_r
+        if redirect > 0:
             ruled = model_with_rules(
                 model_r, "redirected", require_relu=False, explicit_conv_transpose=True
             )
-        chunked = checkpoint is not None or _progress_on(progress)
-        redirect = min(recipe_data.redirect_steps, total)
-        chunk = checkpoint_mod.even_chunk([redirect, total - redirect]) if chunked else total
-        trajectories = []
-        start = done = 0
-        if checkpoint is not None:
-            mark = fingerprint(total, chunk)
-            saved = checkpoint_mod.load_tree(checkpoint, state, mark)
-            if saved is not None:
-                restored, extra = saved
-                state = jax.tree_util.tree_map(
-                    lambda ref, v: jax.device_put(v, ref.sharding), state, restored
-                )
-                done = int(extra["done"])
-                trajectories.append(jnp.asarray(extra["trajectory"]))
-        guard = interrupt.graceful(enabled=checkpoint is not None)
-        with guard, progress_bar(total, desc, enabled=progress, unit="step") as bar:
-            bar.update(done)
-            for plan in _plan(total, recipe_data.redirect_steps, chunk):
-                length = sum(n for n, _ in plan)
-                if start + length <= done:  # run before the checkpoint
-                    start += length
-                    continue
-                state, values = _advance_all(
-                    model_r,
-                    ruled,
-                    job_recipe,
-                    job_objectives,
-                    state,
-                    jnp.asarray(start, jnp.int32),
-                    plan=plan,
-                    recipe_axes=recipe_axes,
-                )
-                trajectories.append(values)
-                start += length
-                bar.update(length)
-                if checkpoint is not None:
-                    trajectories = [jnp.concatenate(trajectories, axis=1)]
-                    checkpoint_mod.save_tree(checkpoint, state, mark,
-                                             trajectory=trajectories[0], done=start)  # fmt: skip
-                    interrupt.check(desc)
-        trajectory = jnp.concatenate(trajectories, axis=1)
+
+        def advance(state, chunk):
+            m = ruled if (redirect > 0 and chunk.phase == 0) else model_r
+            steps_run = jnp.arange(chunk.start, chunk.start + chunk.length, dtype=jnp.int32)
+            return _advance_all(m, job_recipe, job_objectives, state, steps_run,
+                                recipe_axes=recipe_axes)  # fmt: skip
+
+        state, trajectory = engine.drive(
+            advance, state, _phases(total, redirect),
+            chunked=_progress_on(progress),
+            checkpoint=checkpoint,
+            fingerprint="" if checkpoint is None else fingerprint(total, 0),
+            desc=desc, progress=progress,
+        )  # fmt: skip
         out = _finish_all(model_r, job_recipe, job_objectives, state, recipe_axes=recipe_axes)
 
     out = {k: np.asarray(v)[:n_jobs] for k, v in out.items()}

@@ -23,7 +23,6 @@ from cnnvis_jax.inversion.metrics import (
     normalized_feature_error,
     normalized_image_error,
 )
-from cnnvis_jax.inversion.optim import adagrad_momentum, momentum_with_resets
 from cnnvis_jax.inversion.perturb import (
     PERTURBATIONS,
     binarize,
@@ -50,6 +49,7 @@ from cnnvis_jax.inversion.regularized import (
 )
 from cnnvis_jax.inversion.train import DecoderConfig, train_decoder
 from cnnvis_jax.inversion.upconv import decode, reconstruct
+from cnnvis_jax.preimage.updates import adagrad_momentum, momentum_with_resets
 
 __all__ = [
     "PERTURBATIONS",

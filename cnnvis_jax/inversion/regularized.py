@@ -43,15 +43,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from cnnvis_jax.errors import InputError
-from cnnvis_jax.inversion import optim
 from cnnvis_jax.inversion.presets import Plan, get_preset
-from cnnvis_jax.inversion.regularizers import (
-    alpha_norm_pixels,
-    alpha_norm_values,
-    project_pixel_norm,
-    tv_beta,
-)
 from cnnvis_jax.model import Model, check_images
+from cnnvis_jax.preimage import canvas as canvas_mod
+from cnnvis_jax.preimage import engine, updates
+from cnnvis_jax.preimage.priors import alpha_norm, project_pixel_norm, tv_beta
 from cnnvis_jax.progress import progress_bar
 from cnnvis_jax.rules import model_for_input_gradients
 
@@ -175,9 +171,9 @@ def _structure(plan: Plan) -> Plan:
 
 def _optimizer(plan: Plan, stage, size: tuple[int, int]):
     if plan.optimizer == "momentum":
-        return optim.momentum_with_resets(stage.schedule, plan.momentum)
+        return updates.momentum_with_resets(stage.schedule, plan.momentum)
     scale = float(size[0] * size[1]) if plan.rate_scale_pixels else 1.0
-    return optim.adagrad_momentum(stage.schedule, plan.momentum, scale)
+    return updates.adagrad_momentum(stage.schedule, plan.momentum, scale)
 
 
 def _initial_canvas(plan: Plan, key, shape) -> jax.Array:
@@ -187,21 +183,6 @@ def _initial_canvas(plan: Plan, key, shape) -> jax.Array:
     x = jax.random.uniform(key, shape, jnp.float32, -1.0, 1.0)
     m = jnp.quantile(x, 0.95)
     return x / m * plan.init_scale / np.sqrt(3.0)
-
-
-def _place(u: jax.Array, canvas: tuple[int, int], jitter: int) -> jax.Array:
-    """An image-sized ``u`` (H, W, 3) in the centre of a zero canvas (the code's
-    ``initialImage`` placement: offset ``floor((J − 1)/2)``)."""
-    if jitter == 1:
-        return u
-    off = (jitter - 1) // 2
-    out = jnp.zeros((*canvas, 3), u.dtype)
-    return jax.lax.dynamic_update_slice(out, u, (off, off, 0))
-
-
-def _centre(u: jax.Array, size: tuple[int, int], jitter: int) -> jax.Array:
-    off = (jitter - 1) // 2
-    return jax.lax.dynamic_slice(u, (off, off, 0), (*size, 3))
 
 
 # --- the jitted core ---------------------------------------------------------------------
@@ -229,58 +210,53 @@ def _lane_math(model: Model, targets, masks, weights, lam_tv, lam_alpha, *, laye
     def prior_terms(u):  # (L, Hc, Wc, 3) -> (λ_TV·TV^β (L,), λ_α·N_α (L,))
         if per_pixel:
             return (lam_tv * tv_beta(u, plan.beta, per_pixel=True),
-                    lam_alpha * alpha_norm_pixels(u, plan.alpha))  # fmt: skip
-        return lam_tv * tv_beta(u, plan.beta), lam_alpha * alpha_norm_values(u, plan.alpha)
+                    lam_alpha * alpha_norm(u, plan.alpha, over="pixels", per_pixel=True))  # fmt: skip
+        return lam_tv * tv_beta(u, plan.beta), lam_alpha * alpha_norm(u, plan.alpha)
 
     def priors(u):  # (L, Hc, Wc, 3) -> (L,)
         tv, alpha = prior_terms(u)
         return tv + alpha
 
     def crop(u, offsets):
-        return jax.vmap(lambda v, o: jax.lax.dynamic_slice(v, (o[0], o[1], 0), (*size, 3)))(
-            u, offsets
-        )
+        return jax.vmap(lambda v, o: canvas_mod.crop(v, o, size))(u, offsets)
 
     return to_image, feature_loss, priors, crop, prior_terms
 
 
-def _canvas(size: tuple[int, int], jitter: int) -> tuple[int, int]:
-    return (size[0] + jitter - 1, size[1] + jitter - 1)
-
-
 @functools.partial(jax.jit, static_argnames=("plan", "has_init"))
-def _lanes_start(model: Model, keys, init, *, plan, has_init):
-    """The lanes' state at the first step: (canvas u, optimizer state, finite flags)."""
+def _lanes_start(model: Model, keys, init, *, plan, has_init) -> engine.State:
+    """The lanes' engine state at the first step (canvases u, optimizer state)."""
     size = tuple(model.input.size)
     stage = plan.stages[0]
     J = int(stage.jitter)
-    canvas = _canvas(size, J)
     k_init, _ = jax.vmap(jax.random.split, out_axes=1)(keys)
     if has_init:
-        u = jax.vmap(lambda v: _place(v, canvas, J))(init)
+        u = jax.vmap(lambda v: canvas_mod.place(v, J))(init)
     else:
-        u = jax.vmap(lambda k: _initial_canvas(plan, k, (*canvas, 3)))(k_init)
-    return u, _optimizer(plan, stage, size).init(u), jnp.ones((keys.shape[0],), bool)
+        shape = (size[0] + J - 1, size[1] + J - 1, 3)
+        u = jax.vmap(lambda k: _initial_canvas(plan, k, shape))(k_init)
+    return engine.start(u, _optimizer(plan, stage, size).init(u))
 
 
 @functools.partial(jax.jit, static_argnames=("plan", "stage"))
-def _lanes_enter(model: Model, u, *, plan, stage):
+def _lanes_enter(model: Model, state: engine.State, *, plan, stage) -> engine.State:
     """Start stage ``stage`` (> 0) from the centre of the previous one, fresh optimizer."""
     size = tuple(model.input.size)
     J, before = int(plan.stages[stage].jitter), int(plan.stages[stage - 1].jitter)
-    u = jax.vmap(lambda v: _place(_centre(v, size, before), _canvas(size, J), J))(u)
-    return u, _optimizer(plan, plan.stages[stage], size).init(u)
+    u = jax.vmap(lambda v: canvas_mod.place(canvas_mod.centre(v, size, before), J))(state.params)
+    return state._replace(params=u, opt=_optimizer(plan, plan.stages[stage], size).init(u))
 
 
-@functools.partial(jax.jit, static_argnames=("layers", "plan", "stage", "length"))
-def _lanes_steps(model, keys, targets, masks, weights, lam_tv, lam_alpha, data_weight, carry,
-                 first, *, layers, plan, stage, length):  # fmt: skip
-    """Steps ``first .. first + length`` of stage ``stage`` for every lane.
+@functools.partial(jax.jit, static_argnames=("layers", "plan", "stage"))
+def _lanes_steps(model, keys, targets, masks, weights, lam_tv, lam_alpha, data_weight,
+                 state: engine.State, steps, *, layers, plan, stage):  # fmt: skip
+    """Steps ``steps`` (int (T,), numbered inside the stage) of stage ``stage`` for
+    every lane, on the pre-image engine.
 
     Shapes: keys (L,) (or (L, 2) raw); targets/masks {layer: (L, *shape)}; weights
-    {layer: (L,)} (1/‖mask Φ0‖²); lam_* and data_weight (C) (L,); carry (u (L, Hc, Wc,
-    3) in u-units, optimizer state, finite (L,)). Returns the new carry and the
-    energies (L, length).
+    {layer: (L,)} (1/‖mask Φ0‖²); lam_* and data_weight (C) (L,); state: the lanes'
+    canvases u (L, Hc, Wc, 3) in u-units and optimizer state. Returns the new state
+    and the energies (L, T).
 
     Lanes are independent, so each step differentiates the *sum* of the lanes'
     energies: one batched forward/backward gives every lane its own gradient. The
@@ -300,33 +276,18 @@ def _lanes_steps(model, keys, targets, masks, weights, lam_tv, lam_alpha, data_w
     step_keys = jax.vmap(lambda k: jax.random.split(jax.random.fold_in(k, stage), st.steps))(
         k_run
     )  # (L, steps)
-    chunk = step_keys[:, first + jnp.arange(length)]
 
-    def energy(u, offsets):  # per-lane energies (L,) and their sum
-        e = data_weight * feature_loss(to_image(crop(u, offsets))) + priors(u)
-        return jnp.sum(e), e
+    def energy(u, t):
+        offsets = jax.vmap(lambda k: canvas_mod.jitter_origin(k, J))(step_keys[:, t])
+        return data_weight * feature_loss(to_image(crop(u, offsets))) + priors(u), {}
 
-    def step(carry, ks):
-        u, state, ok_so_far = carry
-        offsets = jax.vmap(lambda k: jax.random.randint(k, (2,), 0, J))(ks)
-        (_, e), g = jax.value_and_grad(energy, has_aux=True)(u, offsets)
-        updates, new_state = opt.update(plan.grad_scale * g, state)
-        new_u = u + updates
-        if plan.bound is not None:
-            new_u = project_pixel_norm(new_u, plan.bound)
-        ok = ok_so_far & jnp.isfinite(e) & jnp.all(jnp.isfinite(new_u), axis=(1, 2, 3))
+    def update(g, state, u, t):
+        moves, state = opt.update(plan.grad_scale * g, state)
+        u = u + moves
+        return (project_pixel_norm(u, plan.bound) if plan.bound is not None else u), state
 
-        def keep(a, b):
-            if a.ndim == 0:
-                return a
-            return jnp.where(ok.reshape((-1,) + (1,) * (a.ndim - 1)), a, b)
-
-        u = keep(new_u, u)
-        state = jax.tree_util.tree_map(keep, new_state, state)
-        return (u, state, ok), e
-
-    carry, e = jax.lax.scan(step, carry, jnp.swapaxes(chunk, 0, 1))
-    return carry, e.T
+    state, (e, _, _) = engine.scan(engine.Problem(energy, update), state, steps)
+    return state, e
 
 
 @functools.partial(jax.jit, static_argnames=("layers", "plan"))
@@ -336,7 +297,7 @@ def _lanes_finish(model, targets, masks, weights, u, *, layers, plan):
     to_image, feature_loss, _, _, _ = _lane_math(model, targets, masks, weights, zeros, zeros,
                                                  layers=layers, plan=plan)  # fmt: skip
     size = tuple(model.input.size)
-    centre = jax.vmap(lambda v: _centre(v, size, int(plan.stages[-1].jitter)))(u)
+    centre = jax.vmap(lambda v: canvas_mod.centre(v, size, int(plan.stages[-1].jitter)))(u)
     images = to_image(centre)
     return images, feature_loss(images)
 
@@ -354,54 +315,32 @@ def _run_group(model, lanes: dict, layers: tuple[str, ...], plan: Plan, has_init
     (:mod:`cnnvis_jax.interrupt`).
     """
     from cnnvis_jax import checkpoint as checkpoint_mod
-    from cnnvis_jax import interrupt
 
     plan = _structure(plan)
     fast = model_for_input_gradients(model)  # fast convolution gradients inside the scan
     args = (lanes["keys"], lanes["targets"], lanes["masks"], lanes["weights"],
             lanes["lam_tv"], lanes["lam_alpha"], lanes["data_weight"])  # fmt: skip
-    total = sum(st.steps for st in plan.stages)
-    chunk = (checkpoint_mod.even_chunk([st.steps for st in plan.stages])
-             if checkpoint is not None else total)  # fmt: skip
-    carry = _lanes_start(fast, lanes["keys"], lanes["init"], plan=plan, has_init=has_init)
-    done, energies, fingerprint = 0, [], ""
+    state = _lanes_start(fast, lanes["keys"], lanes["init"], plan=plan, has_init=has_init)
+
+    def enter(state, stage):
+        return state if stage == 0 else _lanes_enter(fast, state, plan=plan, stage=stage)
+
+    def advance(state, chunk):
+        steps = jnp.arange(chunk.first, chunk.first + chunk.length, dtype=jnp.int32)
+        return _lanes_steps(fast, *args, state, steps, layers=layers, plan=plan,
+                            stage=chunk.phase)  # fmt: skip
+
+    fingerprint = ""
     if checkpoint is not None:
         fingerprint = checkpoint_mod.digest(model.params, lanes) + repr((layers, plan))
-        raw = checkpoint_mod.load_arrays(checkpoint, fingerprint)
-        if raw is not None:  # rebuild the carry's shapes at the saved stage, then load it
-            like = carry
-            for s in range(1, int(raw["stage"]) + 1):
-                u, opt_state = _lanes_enter(fast, like[0], plan=plan, stage=s)
-                like = (u, opt_state, like[2])
-            restored, extra = checkpoint_mod.load_tree(checkpoint, like, fingerprint)
-            carry = jax.tree_util.tree_map(jnp.asarray, restored)
-            done = int(extra["done"])
-            energies = [np.asarray(extra["energy"])]
-    guard = interrupt.graceful(enabled=checkpoint is not None)
-    with guard:
-        step = 0
-        for s, st in enumerate(plan.stages):
-            if s > 0 and step >= done:  # (a resumed stage was entered before the save)
-                u, opt_state = _lanes_enter(fast, carry[0], plan=plan, stage=s)
-                carry = (u, opt_state, carry[2])
-            for first in range(0, st.steps, chunk):
-                length = min(chunk, st.steps - first)
-                if step + length <= done:
-                    step += length
-                    continue
-                carry, e = _lanes_steps(fast, *args, carry, jnp.int32(first), layers=layers,
-                                        plan=plan, stage=s, length=length)  # fmt: skip
-                energies.append(np.asarray(e))
-                step += length
-                if checkpoint is not None:
-                    energies = [np.concatenate(energies, axis=1)]
-                    checkpoint_mod.save_tree(checkpoint, carry, fingerprint, energy=energies[0],
-                                             done=step, stage=s)  # fmt: skip
-                    interrupt.check(desc)
+    state, energy = engine.drive(
+        advance, state, [st.steps for st in plan.stages], enter=enter,
+        checkpoint=checkpoint, fingerprint=fingerprint, desc=desc,
+    )  # fmt: skip
     images, error = _lanes_finish(fast, lanes["targets"], lanes["masks"], lanes["weights"],
-                                  carry[0], layers=layers, plan=plan)  # fmt: skip
-    energy = np.concatenate(energies, axis=1) if energies else np.zeros((len(error), 0))
-    return np.asarray(images), np.asarray(error), energy, np.asarray(carry[2])
+                                  state.params, layers=layers, plan=plan)  # fmt: skip
+    energy = energy if energy is not None else np.zeros((len(error), 0), np.float32)
+    return np.asarray(images), np.asarray(error), energy, np.asarray(state.stopped_at) < 0
 
 
 def _init_u(model: Model, init: Any, n: int) -> np.ndarray:

@@ -6,9 +6,11 @@ another class. Both published attacks minimize the class margin
     m(x') = z_y(x') - max_{j != y} z_j(x')          (y: the class attacked)
 
 over ``||x' - x||_inf <= epsilon`` and ``x'`` in ``[0, 1]``; the attack succeeds when
-``m(x') < 0``. The update rule is an optax transformation (the sign of the gradient,
-``optax.scale_by_sign``, times ``-step_size``) followed by the projection onto the
-ball and the image range:
+``m(x') < 0``. It runs on the pre-image engine (:mod:`cnnvis_jax.preimage.engine`):
+the images are its lanes, the energy is the margin, the update rule an optax
+transformation (:func:`~cnnvis_jax.preimage.updates.sign_descent`: the sign of the
+gradient times ``-step_size``) followed by the projection onto the ball and the
+image range:
 
 * FGSM (Goodfellow et al. 2015): one step of size ``epsilon`` from ``x``.
 * PGD (Madry et al. 2018): a uniform random start in the ball, then ``steps`` steps
@@ -40,6 +42,8 @@ import optax
 
 from cnnvis_jax.errors import InputError
 from cnnvis_jax.model import Model, check_images
+from cnnvis_jax.preimage import engine
+from cnnvis_jax.preimage.updates import sign_descent
 
 __all__ = ["Adversarial", "Attack", "attack", "example_grid", "fgsm", "margins", "pgd"]
 
@@ -74,11 +78,6 @@ class Attack:
             raise InputError(f"step_size must be > 0, got {self.step_size}.")
 
 
-def sign_descent(step_size) -> optax.GradientTransformation:
-    """The attacks' update as an optax transformation: ``-step_size * sign(gradient)``."""
-    return optax.chain(optax.scale_by_sign(), optax.scale(-step_size))
-
-
 def fgsm(epsilon: float) -> Attack:
     """The fast gradient sign method: one step of ``epsilon`` from the clean image."""
     return Attack("fgsm", float(epsilon), 1, float(epsilon), False)
@@ -98,8 +97,11 @@ class Adversarial(NamedTuple):
       clean: float32 (N, H, W, 3) the images attacked.
       attacked: int32 (N,) the class attacked (the clean prediction).
       predicted: int32 (N,) the prediction on the adversarial image.
-      clean_margin, margin: float32 (N,) the margin before and after.
+      clean_margin, margin: float32 (N,) the quantity minimized, before and after:
+        the attacked class's margin, or for a targeted attack the largest other
+        logit minus the target's (negative: the target wins).
       attack: the settings used.
+      target: the class a targeted attack pushes every image into (None: untargeted).
     """
 
     images: np.ndarray
@@ -109,10 +111,13 @@ class Adversarial(NamedTuple):
     clean_margin: np.ndarray
     margin: np.ndarray
     attack: Attack
+    target: int | None = None
 
     @property
     def success(self) -> np.ndarray:
-        """bool (N,): the prediction changed."""
+        """bool (N,): the prediction changed (untargeted) or is the target (targeted)."""
+        if self.target is not None:
+            return self.predicted == self.target
         return self.predicted != self.attacked
 
     @property
@@ -127,6 +132,7 @@ class Adversarial(NamedTuple):
             "epsilon": a.epsilon,
             "steps": a.steps,
             "step_size": a.step_size,
+            "target": self.target,
             "images": len(self.images),
             "success_rate": round(self.success_rate, 4),
             "median_clean_margin": round(float(np.median(self.clean_margin)), 4),
@@ -200,12 +206,16 @@ def _logits(model: Model, images: jax.Array) -> jax.Array:
     return model.apply(model.params, images, (model.logits_layer,))[model.logits_layer]
 
 
-@functools.partial(jax.jit, static_argnames=("steps", "random_start"))
-def _attack_batch(model, clean, key, epsilon, step_size, *, steps, random_start):
+@functools.partial(jax.jit, static_argnames=("steps", "random_start", "targeted"))
+def _attack_batch(model, clean, key, epsilon, step_size, target, *, steps, random_start,
+                  targeted):  # fmt: skip
     """(images, attacked, predicted, clean margin, margin) for one batch."""
     attacked = jnp.argmax(_logits(model, clean), axis=1)
+    goal = jnp.full_like(attacked, target)
 
     def margin_of(x):
+        if targeted:  # the largest other logit minus the target's
+            return -margins(_logits(model, x), goal)
         return margins(_logits(model, x), attacked)
 
     def project(x):
@@ -216,24 +226,21 @@ def _attack_batch(model, clean, key, epsilon, step_size, *, steps, random_start)
     start = project(clean + noise) if random_start else clean
     clean_margin = margin_of(clean)
 
-    def total(x):  # images are independent: the gradient of the sum is per image
-        per_image = margin_of(x)
-        return per_image.sum(), per_image
+    def energy(x, i):  # images are independent lanes: one gradient per image
+        margin = margin_of(x)
+        return margin, {"score": margin, "keep": x}
 
-    def keep_better(x, value, best, best_margin):
-        better = value < best_margin
-        return jnp.where(better[:, None, None, None], x, best), jnp.minimum(value, best_margin)
+    def update(grad, state, x, i):
+        moves, state = rule.update(grad, state, x)
+        return project(optax.apply_updates(x, moves)), state
 
-    def step(_, carry):
-        x, state, best, best_margin = carry
-        (_, value), grad = jax.value_and_grad(total, has_aux=True)(x)
-        best, best_margin = keep_better(x, value, best, best_margin)
-        updates, state = rule.update(grad, state, x)
-        return project(optax.apply_updates(x, updates)), state, best, best_margin
-
-    init = (start, rule.init(start), start, jnp.full(attacked.shape, jnp.inf))
-    x, _, best, best_margin = jax.lax.fori_loop(0, steps, step, init)
-    best, best_margin = keep_better(x, margin_of(x), best, best_margin)
+    state = engine.start(start, rule.init(start), best=start,
+                         best_score=jnp.full(attacked.shape, jnp.inf))  # fmt: skip
+    state, _ = engine.scan(engine.Problem(energy, update), state, jnp.arange(steps))
+    final = margin_of(state.params)
+    better = final < state.best_score
+    best = jnp.where(better[:, None, None, None], state.params, state.best)
+    best_margin = jnp.where(better, final, state.best_score)
     predicted = jnp.argmax(_logits(model, best), axis=1)
     return best, attacked, predicted, clean_margin, best_margin
 
@@ -245,6 +252,7 @@ def attack(
     *,
     key: jax.Array,
     batch_size: int = 64,
+    target: int | str | None = None,
 ) -> Adversarial:
     """Run ``settings`` on every image (see the module docstring).
 
@@ -255,19 +263,23 @@ def attack(
       key: PRNG key of PGD's random start (the ``b``-th batch of ``batch_size``
         images uses ``fold_in(key, b)``).
       batch_size: images per compiled call.
+      target: a class (index or name) to push every image into (a targeted attack:
+        minimize the largest other logit minus the target's); None attacks each
+        image's own prediction.
 
     Returns:
       An :class:`Adversarial` with one row per image.
 
     Raises:
       InputError: a model without a classifier; images that are not float NHWC at
-        the model's size.
+        the model's size; a target class out of range or unknown.
     """
     if model.logits_layer is None or model.class_names is None:
         raise InputError(
             f"model {model.name!r} has no classifier; adversarial examples attack a "
             "class decision, so choose a classifier."
         )
+    target = target_index(model, target)
     images01 = np.asarray(images01, np.float32)
     check_images(images01, model.input)
     if batch_size < 1:
@@ -281,8 +293,10 @@ def attack(
             jax.random.fold_in(key, b),
             jnp.float32(settings.epsilon),
             jnp.float32(settings.step_size),
+            jnp.int32(0 if target is None else target),
             steps=settings.steps,
             random_start=settings.random_start,
+            targeted=target is not None,
         )
         parts.append([np.asarray(a) for a in out])
     images, attacked, predicted, clean_margin, margin = (
@@ -296,4 +310,21 @@ def attack(
         clean_margin.astype(np.float32),
         margin.astype(np.float32),
         settings,
+        target,
     )
+
+
+def target_index(model: Model, target: int | str | None) -> int | None:
+    """The target class as an index (a name is looked up in the model's classes)."""
+    if target is None:
+        return None
+    names = list(model.class_names)
+    if isinstance(target, str) and not target.lstrip("-").isdigit():
+        if target not in names:
+            raise InputError(
+                f"unknown target class {target!r}; model {model.name!r} has classes "
+                f"{', '.join(names[:12])}{' ...' if len(names) > 12 else ''}."
+            )
+        return names.index(target)
+    model.check_class(int(target))
+    return int(target)

@@ -26,7 +26,7 @@ import sys
 from pathlib import Path
 
 from cnnvis_jax.data import open_dataset
-from cnnvis_jax.deconv import monitor_record, monitor_run, save_monitoring
+from cnnvis_jax.deconv import monitor_record, monitor_run
 from cnnvis_jax.default import cache_dir, default_run_dir
 
 LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7")
@@ -68,7 +68,8 @@ def main(argv: list[str] | None = None) -> int:
         threshold=THRESHOLD,
         progress=not args.quiet,
     )
-    png, record_path = save_monitoring(args.out, model, monitoring)
+    out = monitoring.save(args.out, model=model)
+    png, record_path = out / "monitor.png", out / "monitor.json"
     print(table(monitor_record(monitoring)))
     print(f"wrote {png} and {record_path}")
     return 0

@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from cnnvis_jax.data import open_dataset
-from cnnvis_jax.deconv import aliasing, diagnose, diagnosis_record, save_diagnosis
+from cnnvis_jax.deconv import aliasing, diagnose, diagnosis_record
 from cnnvis_jax.default import cache_dir
 from cnnvis_jax.survey.config import VARIANTS
 from cnnvis_jax.train import TrainConfig, load_trained, train
@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         run, metrics = trained[arm, seed]
         model = load_trained(run / "weights.safetensors")
         result = diagnose(model, source, batch_size=64, progress=not args.quiet)
-        save_diagnosis(run, result)
+        result.save(run)
         after = aliasing(
             model,
             source,

@@ -22,7 +22,6 @@ from cnnvis_jax.deconv import (
     diagnosis_record,
     filter_spectrum,
     first_layer_filters,
-    save_diagnosis,
 )
 from cnnvis_jax.deconv.diagnosis import (
     default_dead_layers,
@@ -250,7 +249,8 @@ def test_aliasing_layer_choice_and_errors(trained_conceptnet):
 
 def test_diagnose_record_and_figure(trained_conceptnet, tmp_path):
     result = diagnose(trained_conceptnet, ConceptSet(16, split="val"), batch_size=8, progress=False)
-    record, png = save_diagnosis(tmp_path, result)
+    out = result.save(tmp_path)
+    record, png = out / "diagnosis.json", out / "diagnosis.png"
     data = json.loads(record.read_text())
     assert data == json.loads(json.dumps(diagnosis_record(result)))
     assert set(data["dead_units"]) == {"conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7"}

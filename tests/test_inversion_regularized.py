@@ -166,3 +166,23 @@ def test_non_finite_lane_is_reported_and_others_continue():
     assert result.finite.tolist() == [[True, False]]
     assert np.all(np.isfinite(result.images))
     assert result.feature_error[0, 0] < 1e-3
+
+
+def test_reconstruction_measures_and_saves(tiny, images, tmp_path):
+    import json
+
+    from cnnvis_jax.inversion import reconstruction
+
+    exact = reconstruction(tiny, "conv", images, images, method="upconv")
+    np.testing.assert_allclose(exact.feature_error, 0.0, atol=1e-12)
+    np.testing.assert_allclose(exact.image_error, 0.0, atol=1e-12)
+    off = reconstruction(tiny, "conv", images, images + 5.0, method="regularized",
+                         finite=[True, False, True], preset="mahendran2016", steps=3)  # fmt: skip
+    assert np.all(off.images <= 1.0)  # clipped before measuring
+    record = off.summary()
+    assert record["non_finite"] == [1] and record["steps"] == 3
+    assert record["normalized_image_error"] == pytest.approx(np.mean(off.image_error[[0, 2]]))
+    assert off.save(tmp_path) == 0
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert [r["file"] for r in saved["images"]] == [f"reconstruction_{i:03d}.png" for i in range(3)]
+    assert (tmp_path / "reconstructions.png").exists()

@@ -13,7 +13,7 @@ from PIL import Image
 
 from cnnvis_jax.cli import main
 from cnnvis_jax.data.concepts import ConceptSet
-from cnnvis_jax.deconv import monitor_record, monitor_run, project, save_monitoring
+from cnnvis_jax.deconv import monitor_record, monitor_run, project
 from cnnvis_jax.deconv.monitor import cosine, snapshot_paths, stable_from
 from cnnvis_jax.errors import InputError
 from cnnvis_jax.train import load_trained
@@ -106,7 +106,8 @@ def test_filter_similarity_compares_the_units_weights(trained_run, monitored):
 
 def test_record_and_figure(monitored, tmp_path):
     model, monitoring, _ = monitored
-    png, record_path = save_monitoring(tmp_path, model, monitoring)
+    out = monitoring.save(tmp_path, model=model)
+    png, record_path = out / "monitor.png", out / "monitor.json"
     record = json.loads(record_path.read_text())
     assert record == json.loads(json.dumps(monitor_record(monitoring)))
     assert record["epochs"] == [1, 2] and record["reference_epoch"] == 2

@@ -80,6 +80,10 @@ def _grow(state, phase):
     return state._replace(params=x, opt=rule.init(x))
 
 
+_RUN = jax.jit(engine.scan, static_argnums=0)
+_PROBLEMS: dict = {}
+
+
 def _phased(tmp_path=None, stop_after=None):
     rule = optax.adam(0.05)
     calls = []
@@ -89,10 +93,12 @@ def _phased(tmp_path=None, stop_after=None):
             os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C while a chunk runs
         calls.append(chunk)
         pad = (state.params.shape[1] - TARGETS.shape[1]) // 2
-        targets = jnp.pad(TARGETS, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+        if pad not in _PROBLEMS:  # one problem (and compiled program) per canvas size
+            targets = jnp.pad(TARGETS, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+            _PROBLEMS[pad] = _problem(targets, rule)
         steps = jnp.arange(chunk.start, chunk.start + chunk.length)
         plain = state._replace(best=(), best_score=())
-        new, (energy, _, _) = engine.scan(_problem(targets, rule), plain, steps)
+        new, (energy, _, _) = _RUN(_PROBLEMS[pad], plain, steps)
         return new, energy
 
     x0 = jnp.zeros_like(TARGETS)

@@ -4,7 +4,8 @@
   :func:`class_logit`, :func:`direction`, :func:`layer_norm`, :func:`diversity`;
   immutable pytrees with ``+``, ``-`` and scalar ``*``;
 * parameterizations: :class:`Pixel`, :class:`Fourier` (Lucid), :class:`Generator`
-  (DGN-AM, any decoder ``G(params, h) -> images``);
+  (DGN-AM, any decoder ``G(params, h) -> images``; :func:`load_generator` from a
+  trained UpconvNet decoder);
 * transforms: :class:`Pad`, :class:`Jitter`, :class:`Scale`, :class:`Rotate`,
   :class:`Crop`, :func:`lucid_transforms`, :func:`distill_transforms`;
 * regularizers: penalties (:class:`L2`, :class:`AlphaNorm`, :class:`TotalVariation`)
@@ -12,7 +13,8 @@
   :class:`SmallContribution`, :class:`ClipParams`), MFV center bias
   (:class:`CenterBias`);
 * update rules: :class:`Adam`, :class:`Ascent` (constant / "progress"),
-  :class:`NormalizedAscent`;
+  :class:`NormalizedAscent`, :class:`LBFGS` (optax transformations run by the
+  pre-image engine, :mod:`cnnvis_jax.preimage`);
 * :class:`Recipe`, :func:`preset` (``yosinski1``..``4``, ``simonyan``, ``lucid``,
   ``distill``, ``dgn``, ``mfv-center``, ``mfv-mean``) and :func:`render`, vmapped
   over units, seeds and sweeps, sharded over a ``units`` device mesh;
@@ -21,7 +23,8 @@
 * units left at 0: :func:`natural_starts`, :func:`restart_silent`.
 """
 
-from cnnvis_jax.am.mfv import Facets, facet_diversity, facets, render_facets
+from cnnvis_jax.am.generator import load_generator
+from cnnvis_jax.am.mfv import Facets, MFVResult, facet_diversity, facets, render_facets
 from cnnvis_jax.am.objectives import (
     Objective,
     bind,
@@ -33,7 +36,7 @@ from cnnvis_jax.am.objectives import (
     neuron,
     stack,
 )
-from cnnvis_jax.am.optimizers import Adam, Ascent, NormalizedAscent
+from cnnvis_jax.am.optimizers import LBFGS, Adam, Ascent, NormalizedAscent
 from cnnvis_jax.am.params import Fourier, Generator, Pixel, code_bounds
 from cnnvis_jax.am.presets import PRESETS, preset
 from cnnvis_jax.am.recipe import CenterBias, Octave, Recipe
@@ -64,6 +67,8 @@ __all__ = [
     "L2",
     "PRESETS",
     "NaturalStarts",
+    "LBFGS",
+    "MFVResult",
     "Adam",
     "AlphaNorm",
     "Ascent",
@@ -99,6 +104,7 @@ __all__ = [
     "facet_diversity",
     "facets",
     "layer_norm",
+    "load_generator",
     "lucid_transforms",
     "natural_starts",
     "neuron",

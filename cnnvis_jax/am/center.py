@@ -164,7 +164,7 @@ def _finish_all(model, recipe, objectives, state: _State, *, recipe_axes):
 
 def render_center(
     model, recipe, objectives, keys, init_images, *, batch, recipe_axes, progress, desc,
-    checkpoint=None, fingerprint: str = "",
+    checkpoint=None, fingerprint: str = "", timings=None,
 ):  # fmt: skip
     """Run the center-bias octaves of ``recipe`` for every job (arrays already placed
     on the device mesh). Returns ``(outputs dict, trajectory (J, steps, B))``.
@@ -191,5 +191,6 @@ def render_center(
     state, trajectory = engine.drive(
         advance, state, [o.iterations for o in octaves], enter=enter,
         checkpoint=checkpoint, fingerprint=fingerprint, desc=desc, progress=progress,
+        timings=timings,
     )  # fmt: skip
     return _finish_all(model, recipe, objectives, state, recipe_axes=recipe_axes), trajectory

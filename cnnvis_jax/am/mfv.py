@@ -21,6 +21,7 @@ facets alike; larger: facets that differ more).
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -29,7 +30,7 @@ from cnnvis_jax.errors import InputError
 from cnnvis_jax.features import extract_features, iterate_batches
 from cnnvis_jax.model import Model
 
-__all__ = ["Facets", "class_indices", "facet_diversity", "facets", "render_facets"]
+__all__ = ["Facets", "MFVResult", "class_indices", "facet_diversity", "facets", "render_facets"]
 
 
 class Facets(NamedTuple):
@@ -236,3 +237,56 @@ def facet_diversity(
         iu = np.triu_indices(k, 1)
         out[name] = float(np.mean(1.0 - cos[iu]))
     return out
+
+
+class MFVResult(NamedTuple):
+    """Multifaceted feature visualization of one class: its facets, one rendering per
+    facet (a :class:`~cnnvis_jax.am.render.RenderResult` with leading axis K), the
+    class name and the facet diversity per layer (:func:`facet_diversity`, or None)."""
+
+    facets: Facets
+    rendered: Any
+    class_name: str
+    diversity: dict[str, float] | None = None
+
+    def summary(self) -> list[dict[str, Any]]:
+        """One row per facet: its class, size, members and activations."""
+        found, result = self.facets, self.rendered
+        rows = []
+        for f in range(len(found.mean_images)):
+            stopped = int(result.stopped_at[f])
+            rows.append({
+                "class": int(found.class_index),
+                "class_name": self.class_name,
+                "facet": f,
+                "size": int(found.sizes[f]),
+                "members": [int(m) for m in found.members[f] if m >= 0],
+                "start_activation": float(result.start_activation[f, 0]),
+                "best_activation": float(result.best_activation[f, 0]),
+                "final_activation": float(result.final_activation[f, 0]),
+                "stopped_at_step": stopped if stopped >= 0 else None,
+            })  # fmt: skip
+        return rows
+
+    def save(self, out_dir) -> Path:
+        """Write ``facets.png`` (top row: each facet's mean image and size; bottom row:
+        its visualization and activation), ``facet_XX.png`` / ``facet_XX.json`` per
+        facet and, with a diversity, ``diversity.json``; returns the folder."""
+        from cnnvis_jax.report.files import write_json
+        from cnnvis_jax.report.grid import image_grid, save_png
+
+        out = Path(out_dir)
+        found, result = self.facets, self.rendered
+        k = len(found.mean_images)
+        top = [f"f{f} n={int(found.sizes[f])}" for f in range(k)]
+        bottom = [f"f{f} {float(result.final_activation[f, 0]):.3g}" for f in range(k)]
+        tiles = np.concatenate([found.mean_images, result.images[:, 0]])
+        scale = max(1, 128 // max(tiles.shape[1], 1))
+        save_png(image_grid(tiles, ncols=k, labels=top + bottom, scale=scale), out / "facets.png")
+        for f, row in enumerate(self.summary()):
+            write_json(out / f"facet_{f:02d}.json", row)
+            save_png(result.images[f, 0], out / f"facet_{f:02d}.png")
+        if self.diversity is not None:
+            write_json(out / "diversity.json", {"class": int(found.class_index), "facets": k,
+                                                "diversity": self.diversity})  # fmt: skip
+        return out

@@ -10,6 +10,7 @@ engine applies to the gradient of the energy (minus the objective):
   (``min(max_lr, desired / ||g||^2)``) steps.
 * :class:`NormalizedAscent` -- ``lr_i / mean|g|`` steps with ``lr_i`` linear from
   ``start_lr`` to ``end_lr`` over the run (DGN-AM; MFV octaves).
+* :class:`LBFGS` -- ``optax.lbfgs`` with a fixed step (for benchmarking variants).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from cnnvis_jax.am._tree import pytree_dataclass
 from cnnvis_jax.errors import InputError
 from cnnvis_jax.preimage import updates
 
-__all__ = ["Adam", "Ascent", "NormalizedAscent"]
+__all__ = ["LBFGS", "Adam", "Ascent", "NormalizedAscent"]
 
 
 @pytree_dataclass
@@ -66,3 +67,15 @@ class NormalizedAscent:
 
     def transformation(self, total: int) -> optax.GradientTransformation:
         return updates.normalized_ascent(self.start_lr, self.end_lr, total)
+
+
+@pytree_dataclass(static=("memory",))
+class LBFGS:
+    """L-BFGS (``optax.lbfgs``) with a fixed step ``lr`` and no line search (the
+    energies of rendering are stochastic: random transforms every step)."""
+
+    lr: Any = 1.0
+    memory: int = 10
+
+    def transformation(self, total: int) -> optax.GradientTransformation:
+        return optax.lbfgs(learning_rate=self.lr, memory_size=self.memory, linesearch=None)

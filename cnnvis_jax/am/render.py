@@ -349,6 +349,7 @@ def render(
     progress: bool = False,
     desc: str = "render",
     checkpoint: str | os.PathLike | None = None,
+    timings: list | None = None,
 ) -> RenderResult:
     """Render activation-maximizing images.
 
@@ -376,6 +377,9 @@ def render(
         chunk with :class:`cnnvis_jax.interrupt.Interrupted`, the state saved. The
         file is kept (delete it once the result is stored). MFV's centre recipes
         save after chunks of their octaves the same way.
+      timings: a list to receive ``(first step, steps, seconds)`` per chunk of about
+        20 (each waited for; :func:`cnnvis_jax.preimage.engine.seconds_per_step`
+        reads the time per step without compilation).
 
     Returns:
       A :class:`RenderResult` with leading axes (U,) for one recipe and seed, else
@@ -463,6 +467,7 @@ def render(
             desc=desc,
             checkpoint=checkpoint,
             fingerprint="" if checkpoint is None else fingerprint(recipe_data.center.steps, 0),
+            timings=timings,
         )
     else:
         state = _init_all(
@@ -494,7 +499,7 @@ def render(
             chunked=_progress_on(progress),
             checkpoint=checkpoint,
             fingerprint="" if checkpoint is None else fingerprint(total, 0),
-            desc=desc, progress=progress,
+            desc=desc, progress=progress, timings=timings,
         )  # fmt: skip
         out = _finish_all(model_r, job_recipe, job_objectives, state, recipe_axes=recipe_axes)
 

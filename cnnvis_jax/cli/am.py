@@ -27,38 +27,7 @@ import numpy as np
 
 from cnnvis_jax.errors import InputError
 
-__all__ = ["add_commands", "cmd_am", "cmd_mfv", "load_generator"]
-
-
-def load_generator(path: str, model, *, dataset: str = "concepts", count: int = 512):
-    """An :class:`~cnnvis_jax.am.params.Generator` from a decoder saved by
-    :mod:`cnnvis_jax.inversion` (``load_decoder(path)``), with DGN-AM's code bounds
-    computed from the decoder layer's features of ``count`` training images."""
-    try:
-        from cnnvis_jax.inversion import load_decoder
-    except ImportError as e:
-        raise InputError(
-            "--generator needs cnnvis_jax.inversion.load_decoder (UpconvNet decoders), "
-            f"which is not available in this installation ({e})."
-        ) from None
-    from cnnvis_jax.am.params import generator_from_decoder
-    from cnnvis_jax.data import open_dataset
-    from cnnvis_jax.features import extract_features
-
-    if not Path(path).exists():
-        raise InputError(
-            f"generator file {path} does not exist; train one with cnnvis train-decoder."
-        )
-    decoder = load_decoder(path)
-    layer = model.layer(decoder.layer).name
-    if getattr(decoder, "model_name", model.name) != model.name:
-        raise InputError(
-            f"generator {path} was trained on model {decoder.model_name!r}, not {model.name!r}."
-        )
-    source = open_dataset(dataset, split="train", count=count, size=model.input.size)
-    feats = extract_features(model, source, [layer], indices=np.arange(min(count, len(source))),
-                             progress=False)[layer]  # fmt: skip
-    return generator_from_decoder(decoder, feats)
+__all__ = ["add_commands", "cmd_am", "cmd_mfv"]
 
 
 def _position(text: str | None):
@@ -71,10 +40,6 @@ def _position(text: str | None):
         return tuple(int(p) for p in parts)
     except ValueError:
         raise InputError(f"--position {text!r} must be 'ROW,COL', e.g. '3,4'.") from None
-
-
-def _tile_scale(size: int) -> int:
-    return max(1, 128 // max(size, 1))
 
 
 def _unit_label(unit: int, value: float, names) -> str:
@@ -119,7 +84,11 @@ def cmd_am(args) -> int:
     if start_run(out, run, overwrite=args.overwrite, done=("grid.png", "results.json"),
                  checkpoint=checkpoint):  # fmt: skip
         return 0
-    generator = load_generator(args.generator, model) if args.preset == "dgn" else None
+    generator = None
+    if args.preset == "dgn":
+        from cnnvis_jax.am.generator import load_generator
+
+        generator = load_generator(args.generator, model)
     recipe = preset(args.preset, generator=generator)
     kind = args.objective or recipe.objective
     objectives = objectives_for_units(model, info.name, units, kind, position)
@@ -220,11 +189,9 @@ def _class_index(model, text: str) -> int:
 
 
 def cmd_mfv(args) -> int:
-    from cnnvis_jax.am.mfv import facet_diversity, facets, render_facets
+    from cnnvis_jax.am.mfv import MFVResult, facet_diversity, facets, render_facets
     from cnnvis_jax.cli.common import load_model_arg, start_run
     from cnnvis_jax.data import open_dataset
-    from cnnvis_jax.report.files import write_json
-    from cnnvis_jax.report.grid import image_grid, save_png
 
     for name in ("facets", "per_facet", "images", "steps"):
         value = getattr(args, name)
@@ -269,31 +236,11 @@ def cmd_mfv(args) -> int:
     )
     result = render_facets(model, found, recipe=args.preset, key=args.seed, steps=args.steps,
                            progress=not args.quiet, checkpoint=checkpoint)  # fmt: skip
-    k = len(found.mean_images)
-    top = [f"f{f} n={int(found.sizes[f])}" for f in range(k)]
-    bottom = [f"f{f} {float(result.final_activation[f, 0]):.3g}" for f in range(k)]
-    tiles = np.concatenate([found.mean_images, result.images[:, 0]])
-    grid = image_grid(tiles, ncols=k, labels=top + bottom, scale=_tile_scale(tiles.shape[1]))
-    save_png(grid, out / "facets.png")
-    for f in range(k):
-        members = [int(m) for m in found.members[f] if m >= 0]
-        record = {
-            "class": index,
-            "class_name": model.class_names[index],
-            "facet": f,
-            "size": int(found.sizes[f]),
-            "members": members,
-            "start_activation": float(result.start_activation[f, 0]),
-            "best_activation": float(result.best_activation[f, 0]),
-            "final_activation": float(result.final_activation[f, 0]),
-            "stopped_at_step": int(result.stopped_at[f]) if result.stopped_at[f] >= 0 else None,
-        }
-        write_json(out / f"facet_{f:02d}.json", record)
-        save_png(result.images[f, 0], out / f"facet_{f:02d}.png")
     layers = [layer.name for layer in model.layers if not layer.name.endswith("_pre")]
     layers = [n for n in layers if n.startswith(("conv", "fc"))] or list(model.layer_names)
     diversity = facet_diversity(model, source, found.indices, layers, k=args.facets, seed=args.seed)
-    write_json(out / "diversity.json", {"class": index, "facets": k, "diversity": diversity})
+    MFVResult(found, result, model.class_names[index], diversity).save(out)
+    k = len(found.mean_images)
     checkpoint.unlink(missing_ok=True)
     print(
         f"class {model.class_names[index]!r}: {k} facets from {found.indices.size} images; "

@@ -61,44 +61,16 @@ def _importance(model, layer: str) -> dict:
     return {layer: unit_importance(features_of(model, images, (layer,))[layer])}
 
 
-def decoder_dir(model, layer: str, model_fp: str) -> Path:
-    from cnnvis_jax.default import cache_dir
-
-    return cache_dir() / "decoders" / f"{model.name}-{model_fp}" / layer
-
-
-def get_decoder(model, layer: str, path: str | None, *, progress: bool, model_fp: str):
-    """The decoder at ``path`` (checked against model and layer), or the cached one,
-    trained with the default settings when it is missing."""
-    from cnnvis_jax.inversion.io import DECODER_FILE, check_decoder, load_decoder
-    from cnnvis_jax.inversion.train import DecoderConfig, train_decoder
-
-    if path is not None:
-        decoder = load_decoder(path)
-    else:
-        folder = decoder_dir(model, layer, model_fp)
-        if not (folder / DECODER_FILE).exists():
-            print(
-                f"cnnvis: training the {layer} decoder once (cached in {folder})...",
-                file=sys.stderr,
-            )
-            train_decoder(model, DecoderConfig(layer=layer), folder, progress=progress)
-        decoder = load_decoder(folder)
-    check_decoder(decoder, model, layer, model_fp)
-    return decoder
-
-
 def cmd_invert(args) -> int:
     import jax
 
     from cnnvis_jax.cli.common import load_model_arg, same_run
-    from cnnvis_jax.inversion.io import fingerprint
-    from cnnvis_jax.inversion.metrics import normalized_error, normalized_image_error
+    from cnnvis_jax.inversion.cache import cached_decoder
     from cnnvis_jax.inversion.perturb import make_perturbation
+    from cnnvis_jax.inversion.reconstruction import reconstruction
     from cnnvis_jax.inversion.regularized import features_of, invert_layers, resolve_plan
     from cnnvis_jax.inversion.upconv import decode
     from cnnvis_jax.report.files import warn_non_finite, write_json
-    from cnnvis_jax.report.grid import image_grid, save_png
 
     if args.images and args.count is not None:
         raise InputError("give either --images or --dataset/--count, not both.")
@@ -124,53 +96,23 @@ def cmd_invert(args) -> int:
     )
     original = features_of(model, images, (layer,))[layer]
     target = original if transform is None else np.asarray(transform(layer, original))
-    finite = np.ones(len(images), bool)
-    record = {"layer": layer, "method": args.method, "perturbation": args.perturb or "none"}
     if args.method == "regularized":
         plan = resolve_plan(model, layer, args.preset, args.steps)
         result = invert_layers(
             model, {layer: target}, preset=plan, key=key, restarts=args.restarts,
             progress=not args.quiet, checkpoint=checkpoint,
         )[layer]  # fmt: skip
-        recon, _ = result.best()
-        finite = result.finite.any(axis=0)
-        record["preset"] = args.preset
-        record["steps"] = plan.steps
+        estimates, _ = result.best()
+        done = reconstruction(model, layer, images, estimates, method=args.method,
+                              perturbation=args.perturb, finite=result.finite.any(axis=0),
+                              names=names, preset=args.preset, steps=plan.steps)  # fmt: skip
     else:
-        model_fp = fingerprint(model)
-        decoder = get_decoder(
-            model, layer, args.decoder, progress=not args.quiet, model_fp=model_fp
-        )
-        recon = decode(decoder, target)
-        record["preset"] = None
-    recon = np.asarray(recon, np.float32)
-    shown = np.clip(recon, 0.0, 1.0)
-    feat_err = normalized_error(features_of(model, shown, (layer,))[layer], original)
-    img_err = normalized_image_error(shown, images)
-    per_image = []
-    for i, name in enumerate(names):
-        file = f"reconstruction_{i:03d}.png"
-        save_png(shown[i], out / file)
-        per_image.append(
-            {
-                "index": i,
-                "source": name,
-                "normalized_feature_error": float(feat_err[i]),
-                "normalized_image_error": float(img_err[i]),
-                "finite": bool(finite[i]),
-                "file": file,
-            }
-        )
-    ok = finite & np.isfinite(feat_err)
-    record["normalized_feature_error"] = float(np.mean(feat_err[ok])) if ok.any() else None
-    record["normalized_image_error"] = float(np.mean(img_err[ok])) if ok.any() else None
-    record["non_finite"] = [int(i) for i in np.flatnonzero(~finite)]
-    record["images"] = per_image
-    grid = image_grid(np.concatenate([images, shown]), ncols=len(images), scale=2)
-    save_png(grid, out / "reconstructions.png")
-    warn_non_finite(write_json(out / "results.json", record), out / "results.json",
-                    f"layer {layer}")  # fmt: skip
+        decoder = cached_decoder(model, layer, args.decoder, progress=not args.quiet)
+        done = reconstruction(model, layer, images, decode(decoder, target), method=args.method,
+                              perturbation=args.perturb, names=names)  # fmt: skip
+    warn_non_finite(done.save(out), out / "results.json", f"layer {layer}")
     shutil.rmtree(checkpoint, ignore_errors=True)
+    record = done.summary()
     if record["non_finite"]:
         print(
             f"cnnvis: images {record['non_finite']} hit non-finite values; their last finite "
@@ -181,7 +123,7 @@ def cmd_invert(args) -> int:
         f"{layer} ({args.method}, {record['perturbation']}): feature error "
         f"{record['normalized_feature_error']:.4f}, image error "
         f"{record['normalized_image_error']:.4f}; wrote {out / 'results.json'}"
-        if ok.any()
+        if done.ok.any()
         else f"{layer}: every image hit non-finite values; wrote {out / 'results.json'}"
     )
     return 0

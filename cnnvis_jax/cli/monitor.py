@@ -53,12 +53,7 @@ def _run_folder(run: str, *, progress: bool):
 
 
 def cmd_monitor(args) -> int:
-    from cnnvis_jax.deconv.monitor import (
-        monitor_record,
-        monitor_run,
-        save_monitoring,
-        snapshot_paths,
-    )
+    from cnnvis_jax.deconv.monitor import monitor_run, snapshot_paths
     from cnnvis_jax.deconv.units import parse_units
     from cnnvis_jax.train import load_trained
 
@@ -84,20 +79,20 @@ def cmd_monitor(args) -> int:
         indices=indices,
         progress=not args.quiet,
     )
-    png, record = save_monitoring(args.out, model, monitoring)
-    for row in monitor_record(monitoring)["summary"]:
+    out = monitoring.save(args.out, model=model)
+    for row in monitoring.summary()["summary"]:
         filters = row["filter_stable_from"]
         print(
             f"{row['layer']}: projections stable from epoch {row['projection_stable_from']}"
             + ("" if filters is None else f", filters from epoch {filters}")
         )
-    print(f"wrote {png} and {record}")
+    print(f"wrote {out / 'monitor.png'} and {out / 'monitor.json'}")
     return 0
 
 
 def cmd_diagnose(args) -> int:
     from cnnvis_jax.cli.common import load_model_arg
-    from cnnvis_jax.deconv.diagnosis import diagnose, diagnosis_record, save_diagnosis
+    from cnnvis_jax.deconv.diagnosis import diagnose
 
     for name in ("count", "batch_size"):
         _positive(f"--{name.replace('_', '-')}", getattr(args, name))
@@ -113,8 +108,8 @@ def cmd_diagnose(args) -> int:
         indices=indices,
         progress=not args.quiet,
     )
-    record, png = save_diagnosis(args.out, result)
-    summary = diagnosis_record(result)
+    out = result.save(args.out)
+    summary = result.summary()
     dead = ", ".join(
         f"{name} {d['dead_count']}/{d['units']}" for name, d in summary["dead_units"].items()
     )
@@ -127,7 +122,7 @@ def cmd_diagnose(args) -> int:
         )
     a = summary["aliasing"]
     print(f"aliasing of {a['layer']} (stride {a['stride']}): {a['fraction']:.4f}")
-    print(f"wrote {record} and {png}")
+    print(f"wrote {out / 'diagnosis.json'} and {out / 'diagnosis.png'}")
     return 0
 
 

@@ -10,10 +10,12 @@
 * :func:`deconv_layer`, :func:`layer_figure`, :func:`save_outputs`: the per-layer
   figure (projections next to patches) and ``results.json``.
 * :func:`parse_units`: ``3``, ``0:16``, ``1,5,9`` unit selections.
-* :func:`monitor_run`, :func:`save_monitoring`: training monitoring, the same
-  units' projections at every saved epoch and when each layer stops changing.
-* :func:`diagnose` (:func:`dead_units`, :func:`filter_spectrum`, :func:`aliasing`),
-  :func:`save_diagnosis`: design diagnosis as in Zeiler & Fergus's ZFNet study.
+* :func:`monitor_run` -> :class:`Monitoring` (``.save``, ``.summary``): training
+  monitoring, the same units' projections at every saved epoch and when each layer
+  stops changing.
+* :func:`diagnose` (:func:`dead_units`, :func:`filter_spectrum`, :func:`aliasing`) ->
+  :class:`Diagnosis` (``.save``, ``.summary``): design diagnosis as in Zeiler &
+  Fergus's ZFNet study.
 
 With more than one device, images are sharded over a 1-D ``images`` mesh; results
 equal the single-device ones.
@@ -30,7 +32,6 @@ from cnnvis_jax.deconv.diagnosis import (
     diagnosis_record,
     filter_spectrum,
     first_layer_filters,
-    save_diagnosis,
 )
 from cnnvis_jax.deconv.figures import (
     DeconvResult,
@@ -46,7 +47,6 @@ from cnnvis_jax.deconv.monitor import (
     monitor_figure,
     monitor_record,
     monitor_run,
-    save_monitoring,
 )
 from cnnvis_jax.deconv.projection import Projection, project, project_top
 from cnnvis_jax.deconv.topk import (
@@ -88,8 +88,6 @@ __all__ = [
     "project",
     "project_top",
     "results_record",
-    "save_diagnosis",
-    "save_monitoring",
     "save_outputs",
     "top_activations",
     "write_results",

@@ -93,7 +93,6 @@ __all__ = [
     "first_layer_filters",
     "first_strided_layer",
     "layer_kernel",
-    "save_diagnosis",
 ]
 
 BANDS = {"dc": (0.0, 0.0), "low": (0.0, 0.125), "mid": (0.125, 0.25), "high": (0.25, np.inf)}
@@ -495,6 +494,20 @@ class Diagnosis(NamedTuple):
     spectrum: FilterSpectrum | None
     aliasing: Aliasing
 
+    def summary(self) -> dict[str, Any]:
+        """The strict-JSON record (:func:`diagnosis_record`)."""
+        return diagnosis_record(self)
+
+    def save(self, out_dir: str | os.PathLike) -> Path:
+        """Write ``out_dir/diagnosis.json`` (:meth:`summary`) and ``out_dir/diagnosis.png``
+        (:func:`diagnosis_figure`); returns the folder."""
+        from cnnvis_jax.report.grid import save_png
+
+        out = Path(out_dir)
+        write_json(out / "diagnosis.json", self.summary())
+        save_png(diagnosis_figure(self), out / "diagnosis.png")
+        return out
+
 
 def diagnose(
     model: Model,
@@ -666,15 +679,3 @@ def diagnosis_figure(diagnosis: Diagnosis, *, tile: int = 40) -> np.ndarray:
         canvas[y : y + p.shape[0], : p.shape[1]] = p
         y += p.shape[0] + 8
     return canvas
-
-
-def save_diagnosis(out_dir: str | os.PathLike, diagnosis: Diagnosis) -> tuple[Path, Path]:
-    """Write ``out_dir/diagnosis.json`` and ``out_dir/diagnosis.png``; return both paths."""
-    from cnnvis_jax.report.grid import save_png
-
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    record = out_dir / "diagnosis.json"
-    write_json(record, diagnosis_record(diagnosis))
-    png = save_png(diagnosis_figure(diagnosis), out_dir / "diagnosis.png")
-    return record, png

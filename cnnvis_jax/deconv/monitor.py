@@ -56,7 +56,6 @@ __all__ = [
     "monitor_figure",
     "monitor_record",
     "monitor_run",
-    "save_monitoring",
     "load_snapshots",
     "snapshot_paths",
     "stable_from",
@@ -154,6 +153,20 @@ class Monitoring(NamedTuple):
     rule: str
     pool: str
     images: int
+
+    def summary(self) -> dict[str, Any]:
+        """The strict-JSON record (:func:`monitor_record`)."""
+        return monitor_record(self)
+
+    def save(self, out_dir: str | os.PathLike, *, model: Model) -> Path:
+        """Write ``out_dir/monitor.png`` (:func:`monitor_figure`, drawn with ``model``,
+        the run's final network) and ``out_dir/monitor.json``; returns the folder."""
+        from cnnvis_jax.report.grid import save_png
+
+        out = Path(out_dir)
+        save_png(monitor_figure(model, self), out / "monitor.png")
+        write_json(out / "monitor.json", self.summary())
+        return out
 
 
 def _random_active(topk: TopK, n_units: int, seed: int) -> TopK:
@@ -455,17 +468,3 @@ def monitor_figure(model: Model, monitoring: Monitoring, *, tile: int = 48) -> n
         canvas[y : y + block.shape[0], : block.shape[1]] = block
         y += block.shape[0] + 4
     return canvas
-
-
-def save_monitoring(
-    out_dir: str | os.PathLike, model: Model, monitoring: Monitoring
-) -> tuple[Path, Path]:
-    """Write ``out_dir/monitor.png`` and ``out_dir/monitor.json``; return both paths."""
-    from cnnvis_jax.report.grid import save_png
-
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    png = save_png(monitor_figure(model, monitoring), out_dir / "monitor.png")
-    record = out_dir / "monitor.json"
-    write_json(record, monitor_record(monitoring))
-    return png, record

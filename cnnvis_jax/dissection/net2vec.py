@@ -498,8 +498,6 @@ def net2vec(
 def write_net2vec(out, result: Net2VecResult) -> dict[str, Any]:
     """``net2vec.csv`` (table), ``net2vec.json`` (summary + rows + classification),
     ``net2vec.png`` (set IoU single unit vs combination per concept), ``index.html``."""
-    import csv
-    import io
     import json
     from pathlib import Path
 
@@ -508,18 +506,13 @@ def write_net2vec(out, result: Net2VecResult) -> dict[str, Any]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from cnnvis_jax.report.files import save_figure, write_json, write_text
+    from cnnvis_jax.report.files import save_figure, write_csv, write_json, write_text
     from cnnvis_jax.report.html import esc, page, table
 
     out = Path(out)
     rows = result.rows()
-    buffer = io.StringIO(newline="")
-    writer = csv.DictWriter(
-        buffer, ["concept", "label", "alpha", "single_unit", "single_iou", "net2vec_iou"]
-    )
-    writer.writeheader()
-    writer.writerows(rows)
-    write_text(out / "net2vec.csv", buffer.getvalue())
+    write_csv(out / "net2vec.csv", rows,
+              ["concept", "label", "alpha", "single_unit", "single_iou", "net2vec_iou"])  # fmt: skip
     cls_rows = [
         {"concept": n, "single_unit": int(u), "single_ap": float(s), "net2vec_ap": float(a)}
         for n, u, s, a in zip(

@@ -36,7 +36,7 @@ from cnnvis_jax.dissection.thresholds import NO_IMAGE, float32_below
 from cnnvis_jax.dissection.upsample import layer_matrices, upsample
 from cnnvis_jax.features import load_batch, to_model_input
 from cnnvis_jax.model import Model
-from cnnvis_jax.report.files import naming, save_figure, write_json, write_text
+from cnnvis_jax.report.files import naming, save_figure, write_csv, write_json, write_text
 from cnnvis_jax.report.html import esc, page
 from cnnvis_jax.report.svg import bar_chart
 
@@ -60,11 +60,7 @@ def _color(category: str) -> str:
 def write_tally_csv(path: Path, result, layout: LabelLayout, mode: str) -> Path:
     """NetDissect-Lite's tally.csv for one layer."""
     rows = tally_rows(result.counts, layout, result.scores, mode)
-    buffer = io.StringIO(newline="")
-    writer = csv.DictWriter(buffer, tally_fields(layout))
-    writer.writeheader()
-    writer.writerows(rows)
-    return write_text(path, buffer.getvalue())
+    return write_csv(path, rows, tally_fields(layout))
 
 
 def run_record(d: Dissection, extra: dict[str, Any] | None = None) -> dict[str, Any]:

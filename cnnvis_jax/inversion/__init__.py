@@ -13,8 +13,14 @@ Learned inversion::
     decoder = train_decoder(model, DecoderConfig(layer="fc6"), "runs/fc6")
     decoder = load_decoder("runs/fc6")        # .apply(params, features) -> [0, 1] NHWC
     images = reconstruct(model, decoder, images01, transform=make_perturbation("binarize"))
+
+Measured and saved (either method)::
+
+    done = reconstruction(model, "fc6", images01, images, method="upconv")
+    done.save("out/")   # PNGs, reconstructions.png, results.json; done.summary()
 """
 
+from cnnvis_jax.inversion.cache import cached_decoder
 from cnnvis_jax.inversion.decoder import Decoder, DecoderDesign, design
 from cnnvis_jax.inversion.io import check_decoder, fingerprint, load_decoder, save_decoder
 from cnnvis_jax.inversion.masks import central_neighbourhood, channel_group, full_mask
@@ -39,6 +45,7 @@ from cnnvis_jax.inversion.presets import (
     Stage,
     get_preset,
 )
+from cnnvis_jax.inversion.reconstruction import Reconstruction, reconstruction
 from cnnvis_jax.inversion.regularized import (
     InversionResult,
     features_of,
@@ -61,9 +68,11 @@ __all__ = [
     "Mahendran2015",
     "Mahendran2016",
     "Plan",
+    "Reconstruction",
     "Stage",
     "adagrad_momentum",
     "binarize",
+    "cached_decoder",
     "central_neighbourhood",
     "channel_group",
     "check_decoder",
@@ -85,6 +94,7 @@ __all__ = [
     "normalized_feature_error",
     "normalized_image_error",
     "reconstruct",
+    "reconstruction",
     "resolve_plan",
     "save_decoder",
     "train_decoder",

@@ -306,7 +306,7 @@ def _lanes_finish(model, targets, masks, weights, u, *, layers, plan):
 
 
 def _run_group(model, lanes: dict, layers: tuple[str, ...], plan: Plan, has_init: bool, *,
-               checkpoint=None, desc: str = "invert"):  # fmt: skip
+               checkpoint=None, desc: str = "invert", timings=None):  # fmt: skip
     """Run one group of lanes: (images01, error, energy (L, steps), finite).
 
     Each stage runs in one call, or, with ``checkpoint`` (a file), in about 20 chunks
@@ -335,7 +335,7 @@ def _run_group(model, lanes: dict, layers: tuple[str, ...], plan: Plan, has_init
         fingerprint = checkpoint_mod.digest(model.params, lanes) + repr((layers, plan))
     state, energy = engine.drive(
         advance, state, [st.steps for st in plan.stages], enter=enter,
-        checkpoint=checkpoint, fingerprint=fingerprint, desc=desc,
+        checkpoint=checkpoint, fingerprint=fingerprint, desc=desc, timings=timings,
     )  # fmt: skip
     images, error = _lanes_finish(fast, lanes["targets"], lanes["masks"], lanes["weights"],
                                   state.params, layers=layers, plan=plan)  # fmt: skip
@@ -367,6 +367,7 @@ def invert_layers(
     steps: int | None = None,
     progress: bool = False,
     checkpoint: str | os.PathLike | None = None,
+    timings: list | None = None,
 ) -> dict[str, InversionResult]:
     """Invert several layers' targets at once: ``{layer: (N, *shape)}`` -> results.
 
@@ -381,6 +382,9 @@ def invert_layers(
     arguments resumes and returns the same result, and the first Ctrl-C (or SIGTERM)
     stops after a saved chunk with :class:`cnnvis_jax.interrupt.Interrupted`. The
     files are kept (delete the folder once the result is stored).
+
+    ``timings`` (a list) receives ``(first step, steps, seconds)`` per chunk of every
+    group (see :func:`cnnvis_jax.preimage.engine.seconds_per_step`).
     """
     if not targets:
         raise InputError("no target layers given.")
@@ -454,7 +458,13 @@ def invert_layers(
                 None if checkpoint is None else Path(checkpoint) / f"group{len(results)}.npz"
             )
             images, error, energy, finite = _run_group(
-                model, lanes, group_layers, structure, init_u is not None, checkpoint=group_file
+                model,
+                lanes,
+                group_layers,
+                structure,
+                init_u is not None,
+                checkpoint=group_file,
+                timings=timings,
             )
             for i, name in enumerate(names):
                 sl = slice(i * lanes_per_layer, (i + 1) * lanes_per_layer)

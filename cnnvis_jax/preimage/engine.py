@@ -37,7 +37,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["Chunk", "Problem", "State", "chunks", "drive", "scan", "start", "step"]
+__all__ = [
+    "Chunk",
+    "Problem",
+    "State",
+    "chunks",
+    "drive",
+    "scan",
+    "seconds_per_step",
+    "start",
+    "step",
+]
 
 
 class State(NamedTuple):
@@ -180,6 +190,7 @@ def drive(
     fingerprint: str = "",
     desc: str = "optimize",
     progress: bool = False,
+    timings: list | None = None,
 ) -> tuple[Any, np.ndarray | None]:
     """Run phases of ``lengths`` steps: ``advance(state, chunk) -> (state, record)``
     per chunk, ``enter(state, phase) -> state`` before a phase's first chunk (a
@@ -193,15 +204,22 @@ def drive(
     uninterrupted run, and the first Ctrl-C / SIGTERM stops after a saved chunk with
     :class:`cnnvis_jax.interrupt.Interrupted`.
 
+    With ``timings`` (a list) the run is chunked, each chunk is waited for, and
+    ``(first step, steps, seconds)`` is appended per chunk (the first chunk's seconds
+    include compiling; see :func:`seconds_per_step`).
+
     Returns ``(state, records concatenated on axis 1)`` (None when no step ran).
     """
+    import time
+
     from cnnvis_jax import checkpoint as checkpoint_mod
     from cnnvis_jax import interrupt
     from cnnvis_jax.progress import progress_bar
 
     lengths = [int(n) for n in lengths]
     total = sum(lengths)
-    size = checkpoint_mod.even_chunk(lengths) if (chunked or checkpoint is not None) else total
+    split = chunked or checkpoint is not None or timings is not None
+    size = checkpoint_mod.even_chunk(lengths) if split else total
     plan = chunks(lengths, size)
     enter = enter or (lambda s, _: s)
     records: list = []
@@ -223,10 +241,14 @@ def drive(
         for chunk in plan:
             if chunk.start + chunk.length <= done:  # ran before the checkpoint
                 continue
+            clock = time.perf_counter()
             if chunk.opens:
                 state = enter(state, chunk.phase)
             state, record = advance(state, chunk)
             records.append(record)
+            if timings is not None:
+                jax.block_until_ready(record)
+                timings.append((chunk.start, chunk.length, time.perf_counter() - clock))
             bar.update(chunk.length)
             if checkpoint is not None:
                 records = [np.concatenate([np.asarray(r) for r in records], axis=1)]
@@ -240,6 +262,16 @@ def drive(
     if not records:
         return state, None
     return state, np.concatenate([np.asarray(r) for r in records], axis=1)
+
+
+def seconds_per_step(timings: Sequence[tuple[int, int, float]]) -> float:
+    """The median seconds per step of the chunks :func:`drive` timed, without the
+    first chunk (which compiled) when there are others; the median also discounts a
+    later phase's first chunk, which compiles that phase's program."""
+    rows = list(timings)[1:] or list(timings)
+    if not rows:
+        return float("nan")
+    return float(np.median([seconds / max(steps, 1) for _, steps, seconds in rows]))
 
 
 def _placed_like(ref: Any, value: np.ndarray) -> jax.Array:

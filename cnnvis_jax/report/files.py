@@ -40,6 +40,20 @@ def write_text(path: str | os.PathLike, text: str) -> Path:
     return path
 
 
+def write_csv(path: str | os.PathLike, rows: list[dict[str, Any]],
+              fields: list[str] | None = None) -> Path:  # fmt: skip
+    """Write ``rows`` as CSV with a header (``fields``, default the first row's keys;
+    None as an empty cell) to ``path`` atomically."""
+    import csv
+    import io
+
+    buffer = io.StringIO(newline="")
+    writer = csv.DictWriter(buffer, fields if fields is not None else list(rows[0]) if rows else [])
+    writer.writeheader()
+    writer.writerows(rows)
+    return write_text(path, buffer.getvalue())
+
+
 def save_figure(fig: Any, path: str | os.PathLike, dpi: int = 100) -> Path:
     """Save the matplotlib figure ``fig`` as PNG at ``path`` atomically and close it."""
     import matplotlib.pyplot as plt

@@ -664,13 +664,7 @@ def _net2vec_sources(ctx: Context):
 
 def monitoring(ctx: Context, out: Path) -> dict:
     from cnnvis_jax.am import objectives_for_units, preset, render
-    from cnnvis_jax.deconv.monitor import (
-        load_snapshots,
-        monitor_record,
-        monitor_run,
-        save_monitoring,
-        snapshot_paths,
-    )
+    from cnnvis_jax.deconv.monitor import load_snapshots, monitor_run, snapshot_paths
 
     title = "Training monitoring"
     caption = ("The same units at every saved epoch: when their top-image projections and "
@@ -687,8 +681,8 @@ def monitoring(ctx: Context, out: Path) -> dict:
     final, mon = monitor_run(ctx.run_dir, ctx.source, ctx.layers, n_units=cfg.monitor_units,
                              seed=cfg.seed, batch_size=32, indices=indices,
                              progress=ctx.progress)  # fmt: skip
-    save_monitoring(out, final, mon)
-    record = monitor_record(mon)
+    mon.save(out, model=final)
+    record = mon.summary()
     epochs = [int(e) for e in record["epochs"]]
     snapshot_model, params = load_snapshots(paths)
     recipe = preset(cfg.am_presets[0])
@@ -736,12 +730,12 @@ def monitoring(ctx: Context, out: Path) -> dict:
 
 
 def diagnosis(ctx: Context, out: Path) -> dict:
-    from cnnvis_jax.deconv.diagnosis import diagnose, diagnosis_record, save_diagnosis
+    from cnnvis_jax.deconv.diagnosis import diagnose
 
     indices = _indices(ctx.source, ctx.config.diagnosis_images)
     d = diagnose(ctx.model, ctx.source, indices=indices, progress=ctx.progress)
-    save_diagnosis(out, d)
-    record = diagnosis_record(d)
+    d.save(out)
+    record = d.summary()
     rows = [[layer, r["dead_count"], r["units"], r["dead_fraction"]]
             for layer, r in record["dead_units"].items()]  # fmt: skip
     data = json.loads(json.dumps(record))

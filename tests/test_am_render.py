@@ -122,3 +122,5 @@ def test_generator_parameterization_with_a_random_decoder():
     result = am.render(MODEL, [am.class_logit(1), am.class_logit(4)], recipe, 0, steps=15)
     assert result.images.shape == (2, 1, 20, 20, 3)  # the decoder's size; cropped for the model
     assert np.all(result.final_activation > result.start_activation)
+    with pytest.raises(InputError, match=r"shape \(5,\) per image, but the generator's code has 8"):
+        am.render(MODEL, am.class_logit(1), recipe, 0, steps=2, init_params=np.zeros((1, 1, 5)))

@@ -332,6 +332,22 @@ def _per_objective_params(params, n_objectives: int, batch: int):
     return jax.tree_util.tree_map(lambda a: np.asarray(a, np.float32), params)
 
 
+def _check_codes(param, init_params) -> None:
+    """Start codes of a generator parameterization must have its code size."""
+    from cnnvis_jax.am.params import Generator
+
+    if not isinstance(param, Generator):
+        return
+    shapes = [np.shape(leaf)[2:] for leaf in jax.tree_util.tree_leaves(init_params)]
+    if shapes != [(int(param.code_size),)]:
+        got = shapes[0] if len(shapes) == 1 else shapes
+        raise InputError(
+            f"generator start codes have shape {got} per image, but the generator's code "
+            f"has {param.code_size} values; pass init_params of shape (objectives, batch, "
+            f"{param.code_size}) (e.g. the decoder layer's features of images)."
+        )
+
+
 # --- public -----------------------------------------------------------------------------------
 
 
@@ -414,6 +430,7 @@ def render(
         init_images = None
     if init_params is not None:
         init_params = _per_objective_params(init_params, n_obj, batch)
+        _check_codes(recipe_data.param, init_params)
 
     # jobs in (recipe, seed, objective) order
     n_jobs = n_rec * seeds * n_obj

@@ -8,8 +8,11 @@ start_activation, best_activation, final_activation, stopped_at_step, start}``) 
 is rendered again from the data image (``--dataset``, first 256 validation images)
 that drives it most, ``start`` saying ``"data image I"`` (with ``data_image`` and
 ``data_max``); a unit at most 0 on all of them is ``"silent"`` and the grid shows a
-grey tile labelled "silent on data" (see :mod:`cnnvis_jax.am.silent`). A rerun with the same arguments reuses the files, or
-resumes an interrupted render; other arguments are refused unless ``--overwrite``.
+grey tile labelled "silent on data" (see :mod:`cnnvis_jax.am.silent`), or "dead
+(proven)" when interval arithmetic shows that no image can activate it
+(``proven_dead`` in results.json; :mod:`cnnvis_jax.bounds`). A rerun with the same
+arguments reuses the files, or resumes an interrupted render; other arguments are
+refused unless ``--overwrite``.
 
 ``cnnvis mfv --model M --class C --facets K --out DIR`` writes ``DIR/facets.png``
 (top row: each facet's mean image; bottom row: its visualization), one
@@ -40,6 +43,10 @@ def _position(text: str | None):
         return tuple(int(p) for p in parts)
     except ValueError:
         raise InputError(f"--position {text!r} must be 'ROW,COL', e.g. '3,4'.") from None
+
+
+def _silent_label(unit: int, record: dict) -> str:
+    return f"{unit} dead (proven)" if record.get("proven_dead") else f"{unit} silent on data"
 
 
 def _unit_label(unit: int, value: float, names) -> str:
@@ -113,8 +120,15 @@ def cmd_am(args) -> int:
                   f"{row['stopped_at_step']}; that unit was stopped (its last finite image is "
                   "kept), the others ran on.", file=sys.stderr)  # fmt: skip
     silent = [r["start"] == "silent" for r in records]
-    labels = [f"{u} silent on data" if quiet else _unit_label(u, row[value], names)
-              for u, row, quiet in zip(units, rows, silent)]  # fmt: skip
+    if any(silent):  # silent on the data: are they dead for every image?
+        from cnnvis_jax.deconv.figures import proven_dead
+
+        dead = proven_dead(model, info.name, [u for u, q in zip(units, silent) if q])
+        for record in records:
+            if record["start"] == "silent":
+                record["proven_dead"] = None if dead is None else record["unit"] in dead
+    labels = [_silent_label(u, r) if quiet else _unit_label(u, row[value], names)
+              for u, row, r, quiet in zip(units, rows, records, silent)]  # fmt: skip
     count = result.save(out, names=[f"unit_{u:04d}" for u in units], labels=labels,
                         records=records, hidden=silent)  # fmt: skip
     warn_non_finite(count, out / "results.json", f"layer {info.name}")

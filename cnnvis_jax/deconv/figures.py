@@ -38,6 +38,7 @@ __all__ = [
     "DeconvResult",
     "deconv_layer",
     "layer_figure",
+    "proven_dead",
     "results_record",
     "save_outputs",
     "write_results",
@@ -56,6 +57,9 @@ class DeconvResult(NamedTuple):
       patches: receptive-field crops (U, k, Sh, Sw, 3) and boxes (U, k, 4).
       figure: uint8 (height, width, 3) picture (see the module docstring).
       rule, pool: the backward rule and pooling mode used.
+      dead: the units silent on the data that are also provably dead (no image in
+        the input range activates them, :mod:`cnnvis_jax.bounds`); None when the
+        network could not be bounded.
     """
 
     topk: TopK
@@ -64,9 +68,12 @@ class DeconvResult(NamedTuple):
     figure: np.ndarray
     rule: str
     pool: str
+    dead: tuple[int, ...] | None = ()
 
     def summary(self) -> dict[str, Any]:
-        """``{layer, rule, pool, units, top_activation (per unit), silent_units}``."""
+        """``{layer, rule, pool, units, top_activation (per unit), silent_units,
+        dead_units}`` (``dead_units``: the silent ones proven dead; None when the
+        network could not be bounded)."""
         top = np.asarray(self.topk.values)[:, 0]
         return {
             "layer": self.topk.layer,
@@ -75,6 +82,7 @@ class DeconvResult(NamedTuple):
             "units": [int(u) for u in self.topk.units],
             "top_activation": [float(v) for v in top],
             "silent_units": [int(u) for u, v in zip(self.topk.units, top) if not v > 0],
+            "dead_units": None if self.dead is None else [int(u) for u in self.dead],
         }
 
     def save(self, out_dir: str | os.PathLike) -> tuple[Path, Path]:
@@ -106,9 +114,11 @@ def layer_figure(
     patches: Patches,
     *,
     min_tile: int = 64,
+    dead: Sequence[int] = (),
 ) -> np.ndarray:
     """The Zeiler & Fergus grid of one layer as a uint8 (height, width, 3) picture; a
-    unit at most 0 on every image is a grey row labelled "silent on data".
+    unit at most 0 on every image is a grey row labelled "silent on data", or "dead"
+    when it is one of ``dead`` (proven: no input activates it).
 
     Args:
       model: the network (for the receptive-field windows of the projections).
@@ -133,7 +143,8 @@ def layer_figure(
         if not np.any(topk.values[u] > 0):  # no image excites it: nothing to project
             grey = np.full((k, tile_h, tile_w, 3), 0.5, np.float32)
             tiles += [grey, blank, grey]
-            labels += [f"u{unit} silent on data"] + [""] * (2 * k)
+            why = "dead (proven)" if int(unit) in set(int(d) for d in dead) else "silent on data"
+            labels += [f"u{unit} {why}"] + [""] * (2 * k)
             continue
         tiles += [projected[rows], blank, crops[rows]]
         labels += [
@@ -207,8 +218,21 @@ def deconv_layer(
     projection = project_top(model, source, topk, rule=rule, pool=pool, batch_size=batch_size,
                              progress=progress, checkpoint=folder and folder / "project.npz")  # fmt: skip
     patches = crop_patches(source, topk, model, fill=FILL)
-    figure = layer_figure(model, topk, projection, patches)
-    return DeconvResult(topk, projection, patches, figure, rule, pool)
+    dead = proven_dead(model, topk.layer, [u for u, v in zip(topk.units, np.asarray(topk.values)[:, 0])
+                                           if not v > 0])  # fmt: skip
+    figure = layer_figure(model, topk, projection, patches, dead=dead or ())
+    return DeconvResult(topk, projection, patches, figure, rule, pool, dead)
+
+
+def proven_dead(model: Model, layer: str, units: Sequence[int]) -> tuple[int, ...] | None:
+    """Those of ``units`` (e.g. silent on some data) that no image can activate, by
+    :func:`cnnvis_jax.bounds.upper_bounds`; None when the network cannot be bounded."""
+    from cnnvis_jax.bounds import dead_units
+
+    if not len(units):
+        return ()
+    dead = dead_units(model, layer)
+    return None if dead is None else tuple(int(u) for u in units if dead[int(u)])
 
 
 def _file_stem(layer: str) -> str:

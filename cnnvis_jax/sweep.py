@@ -196,14 +196,14 @@ def am_variants(recipe, grid: dict[str, tuple[str, ...]]) -> list[tuple[dict[str
             f"preset {recipe.name!r} runs MFV's centre-bias octaves, whose update is fixed; "
             "sweep another preset (lucid, yosinski1..4, simonyan, dgn)."
         )
-    fields = am_fields(recipe)
+    _check_names(f"preset {recipe.name!r}", am_fields(recipe), grid)
+    return [(s, _am_variant(recipe, s)) for s in _combinations(grid)]
+
+
+def _check_names(what: str, fields: tuple[str, ...], grid: dict[str, tuple[str, ...]]) -> None:
     unknown = [n for n in grid if n not in fields]
     if unknown:
-        raise InputError(
-            f"preset {recipe.name!r} has no field {unknown[0]!r}; its fields are "
-            f"{', '.join(fields)}."
-        )
-    return [(s, _am_variant(recipe, s)) for s in _combinations(grid)]
+        raise InputError(f"{what} has no field {unknown[0]!r}; its fields are {', '.join(fields)}.")
 
 
 def _groups(items: Sequence[Any]) -> list[list[int]]:
@@ -347,13 +347,7 @@ def inversion_variants(plan, grid: dict[str, tuple[str, ...]]) -> list[tuple[dic
       InputError: a name the plan does not have (the message names its fields) or a
         value that is not a number.
     """
-    fields = inversion_fields(plan)
-    unknown = [n for n in grid if n not in fields]
-    if unknown:
-        raise InputError(
-            f"inversion preset {plan.name!r} has no field {unknown[0]!r}; its fields are "
-            f"{', '.join(fields)}."
-        )
+    _check_names(f"inversion preset {plan.name!r}", inversion_fields(plan), grid)
     return [(s, _plan_variant(plan, s)) for s in _combinations(grid)]
 
 

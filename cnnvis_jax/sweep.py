@@ -96,7 +96,10 @@ def _number(name: str, value: str, kind=float):
 
 
 def _positive_int(name: str, value: str) -> int:
-    number = _number(name, value, int)
+    try:
+        number = int(value)
+    except ValueError:
+        raise InputError(f"{name}={value!r} must be a whole number.") from None
     if number < 1:
         raise InputError(f"{name} must be at least 1, got {value}.")
     return number
@@ -238,7 +241,6 @@ def sweep_am(
     step on the transformed images, the finals the recipe's output activation)."""
     from cnnvis_jax.am.presets import preset
     from cnnvis_jax.am.render import render
-    from cnnvis_jax.preimage.engine import seconds_per_step
 
     recipe = preset(recipe) if isinstance(recipe, str) else recipe
     recipe = recipe.with_steps(steps) if steps is not None else recipe
@@ -255,7 +257,7 @@ def sweep_am(
             result = render(model, objectives, recipes, key, seeds=seeds, progress=progress,
                             desc=f"sweep {len(members)} variant(s)", timings=timings,
                             checkpoint=render_checkpoint)  # fmt: skip
-            per_step = seconds_per_step(timings) / len(members)
+            per_step = _measured(timings) / len(members)
             value = (result.best_activation if recipes[0].output == "best"
                      else result.final_activation)  # fmt: skip
             return [{"curves": result.trajectory[i, ..., 0].reshape(-1, result.trajectory.shape[-2]),
@@ -264,7 +266,8 @@ def sweep_am(
                      "images": result.images[i, 0, :, 0]} for i in range(len(members))]  # fmt: skip
 
         mark = (f"{_digest(model, objectives, recipes, key)} seeds={seeds} "
-                f"{[variants[k][0] for k in members]} {jax.tree_util.tree_structure(recipes)}")  # fmt: skip
+                f"{[variants[k][0] for k in members]} {jax.tree_util.tree_structure(recipes)} "
+                f"{jax.tree_util.tree_structure(objectives)}")  # layers, kinds: static fields  # fmt: skip
         for k, row in zip(members, _group_rows(checkpoint, g, mark, run)):
             rows[k] = row
     return SweepResult(
@@ -277,6 +280,14 @@ def sweep_am(
         seconds_per_step=tuple(float(r["seconds_per_step"]) for r in rows),
         images=tuple(r["images"] for r in rows),
     )
+
+
+def _measured(timings) -> float:
+    """Seconds per step of a run's timed chunks; NaN (unknown) when fewer than two
+    chunks ran (a run resumed near its end, or one that compiled in its only chunk)."""
+    from cnnvis_jax.preimage.engine import seconds_per_step
+
+    return seconds_per_step(timings) if len(timings) >= 2 else float("nan")
 
 
 def _digest(*trees) -> str:
@@ -369,7 +380,6 @@ def sweep_inversion(
     energy per step, the finals the feature error). ``checkpoint`` as for
     :func:`sweep_am`."""
     from cnnvis_jax.inversion.regularized import features_of, invert_layers, resolve_plan
-    from cnnvis_jax.preimage.engine import seconds_per_step
 
     name = model.resolve(layer)
     grid = parse_grid(grid) if isinstance(grid, str) else grid
@@ -386,7 +396,7 @@ def sweep_inversion(
                                    timings=timings, checkpoint=folder)[name]  # fmt: skip
             return [{"curves": result.energy.reshape(-1, result.energy.shape[-1]),
                      "final": result.feature_error,
-                     "seconds_per_step": np.asarray(seconds_per_step(timings)),
+                     "seconds_per_step": np.asarray(_measured(timings)),
                      "images": np.clip(result.images[0], 0.0, 1.0)}]  # fmt: skip
 
         mark = f"{_digest(model, target, key)} seeds={seeds} {plan!r}"
@@ -426,7 +436,7 @@ class SweepResult:
     seconds_per_step: tuple[float, ...]
     images: tuple[np.ndarray, ...]
 
-    def _mean_curve(self, k: int) -> np.ndarray:
+    def _mean_curve(self, k: int) -> np.ndarray:  # over seeds and units / images
         curve = np.asarray(self.curves[k], np.float64)
         with np.errstate(all="ignore"):
             return np.nanmean(np.where(np.isfinite(curve), curve, np.nan), axis=0)
@@ -449,6 +459,7 @@ class SweepResult:
             hit = curve >= bar if self.goal == "max" else curve <= bar
             step = int(np.argmax(hit)) + 1 if np.any(hit) else None
             per = self.seconds_per_step[k]
+            timed = bool(np.isfinite(per))
             final = np.asarray(self.final[k], np.float64)
             rows.append({
                 "variant": label,
@@ -457,10 +468,10 @@ class SweepResult:
                 "final_std": float(np.nanstd(final)),
                 "curve_end": ends[k],
                 "steps": int(curve.shape[0]),
-                "seconds_per_step": per,
-                "seconds": per * int(curve.shape[0]),
+                "seconds_per_step": per if timed else None,
+                "seconds": per * int(curve.shape[0]) if timed else None,
                 "steps_to_reach": step,
-                "seconds_to_reach": None if step is None else per * step,
+                "seconds_to_reach": per * step if (timed and step is not None) else None,
             })  # fmt: skip
         return rows
 

@@ -1,6 +1,6 @@
 """Interval bounds: sound (never below what any image reaches), exact for one linear
 layer, planted dead units proven dead, live units never, and an operation outside the
-evaluator refused instead of guessed."""
+evaluator refused instead of guessed; an integer cast is not trusted."""
 
 from __future__ import annotations
 
@@ -44,7 +44,9 @@ def test_one_linear_layer_is_bounded_exactly():
     mean, std = np.asarray(contract.mean), np.asarray(contract.std)
     lo, hi = (0 - mean) / std, (1 - mean) / std  # the normalized input range per channel
     exact = np.maximum(w * lo[:, None], w * hi[:, None]).sum(axis=(0, 1, 2)) + b
-    np.testing.assert_allclose(upper_bounds(model, "conv"), exact, rtol=1e-5, atol=1e-5)
+    bound = upper_bounds(model, "conv")
+    assert np.all(bound >= exact - 1e-6)  # sound
+    np.testing.assert_allclose(bound, exact, rtol=1e-3, atol=1e-2)  # exact up to the widening
     np.testing.assert_array_equal(dead_units(model, "conv"), [False, False, False, True])
 
 
@@ -73,3 +75,12 @@ def test_figures_ask_only_about_silent_units(tiny):
     planted = tiny.replace(params=params)
     assert proven_dead(planted, "conv2", [0, 3]) == (3,)  # 0: silent on some data, not dead
     assert proven_dead(planted, "conv2", []) == ()
+
+
+def test_a_cast_to_an_integer_type_is_not_trusted():
+    def apply(params, x):
+        return {"ints": (x * 3).astype(jnp.int32).astype(jnp.float32)[:, :1, :1, :]}
+
+    model = from_function(apply, {}, input=InputContract(size=(2, 2)), name="casting")
+    with pytest.raises(Unbounded, match="cast"):
+        upper_bounds(model, "ints")

@@ -150,3 +150,28 @@ def test_tv_edge_conventions():
     np.testing.assert_allclose(priors.tv_beta(u, 1.5), full, rtol=1e-5)
     with pytest.raises(ValueError, match="edge"):
         priors.tv_beta(u, 2.0, edge="wrap")
+
+
+def test_a_phase_without_steps_is_never_entered_not_even_on_resume(tmp_path):
+    def enter(state, phase):  # every entered phase appends a column (a shape change)
+        return {"x": jnp.concatenate([state["x"], jnp.full((2, 1), float(phase))], axis=1)}
+
+    def run(stop_after=None):
+        seen = []
+
+        def advance(state, chunk):
+            if stop_after is not None and len(seen) == stop_after:
+                os.kill(os.getpid(), signal.SIGINT)
+            seen.append(chunk.phase)
+            return {"x": state["x"] + chunk.length}, jnp.zeros((2, chunk.length))
+
+        state, _ = engine.drive(advance, {"x": jnp.zeros((2, 1))}, [2, 0, 4], enter=enter,
+                                checkpoint=tmp_path / "s.npz", fingerprint="zero")  # fmt: skip
+        return state, seen
+
+    with pytest.raises(interrupt.Interrupted):
+        run(stop_after=3)  # one-step chunks: saved after step 4, inside phase 2
+    state, seen = run()
+    assert seen == [2, 2]  # the rest of phase 2 only
+    # entered phases 0 and 2 (one column each), stepped 6 times
+    np.testing.assert_array_equal(state["x"], [[6, 6, 6], [6, 6, 6]])

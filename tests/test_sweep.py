@@ -4,6 +4,7 @@ networks (variants of one structure in one render), files, and the command's bad
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import jax
@@ -149,3 +150,14 @@ def test_am_sweep_resumes_from_its_checkpoint(tmp_path):
         MODEL, objectives, base, "optimizer=adam,sgd lr=0.3", key=0, checkpoint=tmp_path / "c"
     )  # other settings: not reused
     assert not np.array_equal(other.final[0], whole.final[0])
+
+
+def test_an_untimed_variant_has_no_seconds_and_is_never_the_fastest():
+    result = _constructed("max")
+    result = dataclasses.replace(result, seconds_per_step=(float("nan"), 0.3, 0.01))
+    rows = result.table()
+    assert rows[0]["steps_to_reach"] == 10 and rows[0]["seconds_to_reach"] is None
+    assert rows[0]["seconds_per_step"] is None and rows[0]["seconds"] is None
+    assert result.fastest() == "fast"
+    with pytest.raises(InputError, match="must be a whole number"):
+        sweep.am_variants(am.preset("yosinski3"), {"steps": ("1.5",)})

@@ -469,7 +469,7 @@ def render(
         return checkpoint_mod.digest(
             model.params, job_recipe, job_objectives, job_keys, job_images, job_params,
             np.asarray([total, chunk, batch, n_jobs]),
-        ) + repr((recipe_axes, treedef))  # fmt: skip
+        ) + repr((recipe_axes, treedef, jax.tree_util.tree_structure(job_objectives)))  # fmt: skip
 
     if recipe_data.center is not None:
         out, trajectory = render_center(

@@ -230,7 +230,8 @@ def drive(
         if raw is not None:
             like = state
             for phase in range(int(raw["phase"]) + 1):  # the shapes at the saved phase
-                like = enter(like, phase)
+                if lengths[phase] > 0:  # (a phase without steps is never entered)
+                    like = enter(like, phase)
             restored = checkpoint_mod.tree_from(raw, like, checkpoint)
             state = jax.tree_util.tree_map(_placed_like, like, restored)
             done = int(raw["done"])

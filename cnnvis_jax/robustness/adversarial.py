@@ -115,9 +115,11 @@ class Adversarial(NamedTuple):
 
     @property
     def success(self) -> np.ndarray:
-        """bool (N,): the prediction changed (untargeted) or is the target (targeted)."""
+        """bool (N,): the prediction changed (untargeted), or became the target from
+        another class (targeted; an image already predicted as the target does not
+        count)."""
         if self.target is not None:
-            return self.predicted == self.target
+            return (self.predicted == self.target) & (self.attacked != self.target)
         return self.predicted != self.attacked
 
     @property

@@ -37,7 +37,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import jax.numpy as jnp
+import jax
 import numpy as np
 from flax import nnx
 
@@ -484,12 +484,15 @@ def _fills(module: nnx.Module, slots: dict[str, _Slot], arrays: Mapping[str, Any
 def _assign(module: nnx.Module, slots: dict[str, _Slot], arrays: Mapping[str, Any]) -> None:
     state = nnx.state(module, nnx.Any(nnx.Param, nnx.BatchStat))
     by_path = {slot.path: (key, slot) for key, slot in slots.items()}
-    updated = []
+    chosen, values = [], []
     for path, variable in nnx.to_flat_state(state):
         key, slot = by_path[path]
         if key in arrays:
-            value = np.ascontiguousarray(_to_nnx_layout(np.asarray(arrays[key]), slot), slot.dtype)
-            updated.append((path, variable.replace(jnp.asarray(value))))
+            chosen.append((path, variable))
+            values.append(np.ascontiguousarray(_to_nnx_layout(np.asarray(arrays[key]), slot),
+                                               slot.dtype))  # fmt: skip
+    placed = jax.device_put(values)  # one transfer for all, not one dispatch per array
+    updated = [(path, variable.replace(v)) for (path, variable), v in zip(chosen, placed)]
     nnx.update(module, nnx.from_flat_state(updated))
 
 

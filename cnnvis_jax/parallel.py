@@ -60,11 +60,14 @@ def devices_multiple(n: int) -> int:
     return -(-int(n) // count) * count
 
 
-def pad_axis(array: np.ndarray, size: int, axis: int = 0) -> np.ndarray:
-    """``array`` padded along ``axis`` to ``size`` by repeating its last entry."""
-    array = np.asarray(array)
-    missing = size - array.shape[axis]
+def pad_axis(array, size: int, axis: int = 0):
+    """``array`` padded along ``axis`` to ``size`` by repeating its last entry (a JAX
+    array, typed PRNG keys included, stays one; anything else becomes numpy)."""
+    xp = jax.numpy if isinstance(array, jax.Array) else np
+    array = array if xp is not np else np.asarray(array)
+    n = array.shape[axis]
+    missing = size - n
     if missing <= 0:
         return array
-    last = np.take(array, [array.shape[axis] - 1], axis=axis)
-    return np.concatenate([array, np.repeat(last, missing, axis=axis)], axis=axis)
+    last = array[(slice(None),) * axis + (slice(n - 1, n),)]
+    return xp.concatenate([array, xp.repeat(last, missing, axis=axis)], axis=axis)

@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from cnnvis_jax.am import jobs
 from cnnvis_jax.am.params import Pixel, mean255
 from cnnvis_jax.am.recipe import Octave, Recipe
 from cnnvis_jax.am.transforms import fit
@@ -35,10 +36,6 @@ from cnnvis_jax.preimage import engine, updates
 from cnnvis_jax.preimage.priors import tv_denoise
 
 __all__ = ["render_center"]
-
-
-def _axes_tree(recipe, recipe_axes):
-    return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(recipe), list(recipe_axes))
 
 
 class _State(NamedTuple):
@@ -71,9 +68,7 @@ def _problem(model, recipe: Recipe, axes, objectives, keys, octave_start, *, ind
         mask[:] = 1.0
     offset = jnp.asarray(mean255(contract))
 
-    def per_job(fn, *args):
-        in_axes = tuple(axes if a is recipe else 0 for a in args)
-        return jax.vmap(fn, in_axes=in_axes)(*args)
+    per_job = functools.partial(jobs.per_job, recipe, axes)
 
     def origins(key, canvas, i):  # (B, 2) for one job's canvases (B, Hc, Wc, 3)
         return canvas_mod.gaussian_origins(jax.random.fold_in(key, i), canvas.shape[0],
@@ -86,10 +81,7 @@ def _problem(model, recipe: Recipe, axes, objectives, keys, octave_start, *, ind
         where = jax.vmap(origins, in_axes=(0, 0, None))(keys, canvas, i)
         images = per_job(lambda r, c, o: r.param.to_image(crops_of(c, o), contract),
                          recipe, canvas, where)  # fmt: skip
-        n_jobs, b = images.shape[:2]
-        acts = model.apply(model.params, images.reshape(n_jobs * b, h, w, 3), objectives.layers)
-        acts = {k: v.reshape(n_jobs, b, *v.shape[1:]) for k, v in acts.items()}
-        values = jax.vmap(lambda o, a: o(a).astype(jnp.float32))(objectives, acts)  # (J, B)
+        values = jobs.objective_values(model, objectives, images)  # (J, B)
         return -jnp.sum(values, axis=1), {"record": values}
 
     def update(grad, opt, canvas, i):
@@ -112,7 +104,7 @@ def _problem(model, recipe: Recipe, axes, objectives, keys, octave_start, *, ind
 
 @functools.partial(jax.jit, static_argnames=("batch", "recipe_axes"))
 def _init_all(model, recipe, keys, init_images, *, batch, recipe_axes):
-    axes = _axes_tree(recipe, recipe_axes)
+    axes = jobs.axes_tree(recipe, recipe_axes)
     images_axis = None if init_images is None else 0
     canvas, run_keys, image = jax.vmap(
         functools.partial(_init_job, batch=batch), in_axes=(None, axes, 0, images_axis)
@@ -131,15 +123,15 @@ def _octave_all(model, recipe, objectives, state: _State, steps, octave_start, *
                 recipe_axes):  # fmt: skip
     """Run the steps numbered ``steps`` (global) of octave ``index``; the trajectory
     (J, T, B) holds the objective per step (NaN once a job stopped)."""
-    axes = _axes_tree(recipe, recipe_axes)
+    axes = jobs.axes_tree(recipe, recipe_axes)
     problem = _problem(model, recipe, axes, objectives, state.key, octave_start, index=index)
     lanes, (_, active, values) = engine.scan(problem, state.lanes, steps)
-    return state._replace(lanes=lanes), jnp.where(active[..., None], values, jnp.nan)
+    return state._replace(lanes=lanes), jobs.stopped_as_nan(active, values)
 
 
 @functools.partial(jax.jit, static_argnames=("recipe_axes",))
 def _finish_all(model, recipe, objectives, state: _State, *, recipe_axes):
-    axes = _axes_tree(recipe, recipe_axes)
+    axes = jobs.axes_tree(recipe, recipe_axes)
 
     def one(recipe, objective, canvas, start):
         contract = model.input

@@ -251,22 +251,11 @@ class MFVResult(NamedTuple):
 
     def summary(self) -> list[dict[str, Any]]:
         """One row per facet: its class, size, members and activations."""
-        found, result = self.facets, self.rendered
-        rows = []
-        for f in range(len(found.mean_images)):
-            stopped = int(result.stopped_at[f])
-            rows.append({
-                "class": int(found.class_index),
-                "class_name": self.class_name,
-                "facet": f,
-                "size": int(found.sizes[f]),
-                "members": [int(m) for m in found.members[f] if m >= 0],
-                "start_activation": float(result.start_activation[f, 0]),
-                "best_activation": float(result.best_activation[f, 0]),
-                "final_activation": float(result.final_activation[f, 0]),
-                "stopped_at_step": stopped if stopped >= 0 else None,
-            })  # fmt: skip
-        return rows
+        found = self.facets
+        return [{"class": int(found.class_index), "class_name": self.class_name, "facet": f,
+                 "size": int(found.sizes[f]),
+                 "members": [int(m) for m in found.members[f] if m >= 0], **row}
+                for f, row in enumerate(self.rendered.summary())]  # fmt: skip
 
     def save(self, out_dir) -> Path:
         """Write ``facets.png`` (top row: each facet's mean image and size; bottom row:

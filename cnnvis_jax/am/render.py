@@ -38,6 +38,7 @@ from jax.sharding import PartitionSpec as P
 
 from cnnvis_jax import checkpoint as checkpoint_mod
 from cnnvis_jax import parallel
+from cnnvis_jax.am import jobs
 from cnnvis_jax.am import objectives as obj_mod
 from cnnvis_jax.am.recipe import Recipe
 from cnnvis_jax.am.regularizers import ClipParams, StepContext
@@ -161,10 +162,7 @@ def _problem(model, recipe: Recipe, axes, objectives, keys) -> engine.Problem:
     all jobs' images (J * B), so the forward and backward are those of one batch.
     Scores (minus the objective) keep the best image per job and image."""
     contract = model.input
-
-    def per_job(fn, *args):
-        in_axes = tuple(axes if a is recipe else 0 for a in args)
-        return jax.vmap(fn, in_axes=in_axes)(*args)
+    per_job = functools.partial(jobs.per_job, recipe, axes)
 
     def energy(params, i):
         step_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys, i)
@@ -174,11 +172,7 @@ def _problem(model, recipe: Recipe, axes, objectives, keys) -> engine.Problem:
             step_keys,
             images,
         )
-        n_jobs, batch = x.shape[:2]
-        acts = model.apply(model.params, x.reshape(n_jobs * batch, *x.shape[2:]),
-                           objectives.layers)  # fmt: skip
-        acts = {k: v.reshape(n_jobs, batch, *v.shape[1:]) for k, v in acts.items()}
-        values = jax.vmap(lambda o, a: o(a).astype(jnp.float32))(objectives, acts)  # (J, B)
+        values = jobs.objective_values(model, objectives, x)  # (J, B)
         per_image = values
         for k in range(len(recipe.penalties)):
             per_image = per_image - per_job(
@@ -222,13 +216,9 @@ def _finish_job(model, recipe: Recipe, objective, params, start, best):
 # --- vmapped and jitted over jobs -------------------------------------------------------------
 
 
-def _axes_tree(recipe, recipe_axes):
-    return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(recipe), list(recipe_axes))
-
-
 @functools.partial(jax.jit, static_argnames=("batch", "recipe_axes"))
 def _init_all(model, recipe, objectives, keys, init_images, init_params, *, batch, recipe_axes):
-    axes = _axes_tree(recipe, recipe_axes)
+    axes = jobs.axes_tree(recipe, recipe_axes)
     images_axis = None if init_images is None else 0
     params_axis = None if init_params is None else 0
     params, opt, run_keys, image = jax.vmap(
@@ -244,15 +234,15 @@ def _init_all(model, recipe, objectives, keys, init_images, init_params, *, batc
 def _advance_all(model, recipe, objectives, state: _State, steps, *, recipe_axes):
     """Run the steps numbered ``steps`` of every job; the trajectory (J, T, B) holds
     the objective per step (NaN once a job stopped)."""
-    axes = _axes_tree(recipe, recipe_axes)
+    axes = jobs.axes_tree(recipe, recipe_axes)
     problem = _problem(model, recipe, axes, objectives, state.key)
     lanes, (_, active, values) = engine.scan(problem, state.lanes, steps)
-    return state._replace(lanes=lanes), jnp.where(active[..., None], values, jnp.nan)
+    return state._replace(lanes=lanes), jobs.stopped_as_nan(active, values)
 
 
 @functools.partial(jax.jit, static_argnames=("recipe_axes",))
 def _finish_all(model, recipe, objectives, state: _State, *, recipe_axes):
-    axes = _axes_tree(recipe, recipe_axes)
+    axes = jobs.axes_tree(recipe, recipe_axes)
     out = jax.vmap(_finish_job, in_axes=(None, axes, 0, 0, 0, 0))(
         model, recipe, objectives, state.lanes.params, state.start, state.lanes.best
     )
@@ -262,7 +252,7 @@ def _finish_all(model, recipe, objectives, state: _State, *, recipe_axes):
 def _phases(steps: int, redirect: int) -> list[int]:
     """Step counts of the phases: redirected-ReLU steps first (when any), then the rest."""
     redirect = min(redirect, steps)
-    return [n for n in (redirect, steps - redirect) if n > 0] if redirect else [steps]
+    return [n for n in (redirect, steps - redirect) if n > 0]
 
 
 # --- inputs --------------------------------------------------------------------------------
@@ -465,10 +455,10 @@ def render(
     job_images = None if job_images is None else put_jobs(job_images)
     job_params = None if job_params is None else put_jobs(job_params)
 
-    def fingerprint(total: int, chunk: int) -> str:
+    def fingerprint(total: int) -> str:
         return checkpoint_mod.digest(
             model.params, job_recipe, job_objectives, job_keys, job_images, job_params,
-            np.asarray([total, chunk, batch, n_jobs]),
+            np.asarray([total, batch, n_jobs]),
         ) + repr((recipe_axes, treedef, jax.tree_util.tree_structure(job_objectives)))  # fmt: skip
 
     if recipe_data.center is not None:
@@ -483,7 +473,7 @@ def render(
             progress=progress,
             desc=desc,
             checkpoint=checkpoint,
-            fingerprint="" if checkpoint is None else fingerprint(recipe_data.center.steps, 0),
+            fingerprint="" if checkpoint is None else fingerprint(recipe_data.center.steps),
             timings=timings,
         )
     else:
@@ -515,7 +505,7 @@ def render(
             advance, state, _phases(total, redirect),
             chunked=_progress_on(progress),
             checkpoint=checkpoint,
-            fingerprint="" if checkpoint is None else fingerprint(total, 0),
+            fingerprint="" if checkpoint is None else fingerprint(total),
             desc=desc, progress=progress, timings=timings,
         )  # fmt: skip
         out = _finish_all(model_r, job_recipe, job_objectives, state, recipe_axes=recipe_axes)

@@ -335,7 +335,8 @@ def _run_group(model, lanes: dict, layers: tuple[str, ...], plan: Plan, has_init
                        + repr((layers, plan, size)))  # fmt: skip
     # lanes are independent: shard them over the devices (padded with copies of the last)
     per_lane, replicated = parallel.shardings(parallel.device_mesh(LANES), P(LANES), None)
-    lanes = parallel.put(_pad_lanes(lanes, size), per_lane)
+    lanes = parallel.put(jax.tree_util.tree_map(lambda a: parallel.pad_axis(a, size), lanes),
+                         per_lane)  # fmt: skip
     fast = model_for_input_gradients(parallel.put(model, replicated))  # fast conv gradients
     args = (lanes["keys"], lanes["targets"], lanes["masks"], lanes["weights"],
             lanes["lam_tv"], lanes["lam_alpha"], lanes["data_weight"])  # fmt: skip
@@ -358,17 +359,6 @@ def _run_group(model, lanes: dict, layers: tuple[str, ...], plan: Plan, has_init
     energy = energy if energy is not None else np.zeros((len(error), 0), np.float32)
     return (np.asarray(images)[:n_lanes], np.asarray(error)[:n_lanes], energy[:n_lanes],
             np.asarray(state.stopped_at)[:n_lanes] < 0)  # fmt: skip
-
-
-def _pad_lanes(tree: Any, size: int) -> Any:
-    """Every leaf (lane axis first) padded to ``size`` lanes by repeating the last."""
-
-    def pad(a):
-        a = jnp.asarray(a)
-        missing = size - a.shape[0]
-        return a if missing <= 0 else jnp.concatenate([a, jnp.repeat(a[-1:], missing, 0)])
-
-    return jax.tree_util.tree_map(pad, tree)
 
 
 def _init_u(model: Model, init: Any, n: int) -> np.ndarray:

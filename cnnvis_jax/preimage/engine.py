@@ -94,13 +94,14 @@ def _lane_finite(tree: Any, lanes: int) -> jax.Array:
     return ok
 
 
-def _per_lane(flag: jax.Array, new: Any, old: Any) -> Any:
-    """``new`` where ``flag`` (L,) holds, else ``old``; 0-d leaves are taken from ``new``."""
+def _choose(mask: jax.Array, new: Any, old: Any) -> Any:
+    """``new`` where the lane-leading ``mask`` ((L,), or (L, B) per item) holds, else
+    ``old``; 0-d leaves (shared by all lanes, e.g. optax's counts) are taken from ``new``."""
 
     def pick(n, o):
         if jnp.ndim(n) == 0:
             return n
-        return jnp.where(flag.reshape((-1,) + (1,) * (jnp.ndim(n) - 1)), n, o)
+        return jnp.where(mask.reshape(mask.shape + (1,) * (jnp.ndim(n) - mask.ndim)), n, o)
 
     return jax.tree_util.tree_map(pick, new, old)
 
@@ -123,25 +124,16 @@ def step(problem: Problem, state: State, i: jax.Array):
     if "score" in aux and not isinstance(best_score, tuple):  # best-so-far tracked
         score = aux["score"]
         better = active.reshape((-1,) + (1,) * (score.ndim - 1)) & (score < best_score)
-        best = _per_lane_items(better, aux["keep"], best)
+        best = _choose(better, aux["keep"], best)
         best_score = jnp.where(better, score, best_score)
     new = State(
-        params=_per_lane(active, params, state.params),
-        opt=_per_lane(active, opt, state.opt),
+        params=_choose(active, params, state.params),
+        opt=_choose(active, opt, state.opt),
         best=best,
         best_score=best_score,
         stopped_at=jnp.where(running & ~finite, jnp.asarray(i, jnp.int32), state.stopped_at),
     )
     return new, (energy, active, aux.get("record", ()))
-
-
-def _per_lane_items(better: jax.Array, new: Any, old: Any) -> Any:
-    """``new`` where ``better`` (a lane-leading mask, e.g. (L, B)) holds, per item."""
-
-    def pick(n, o):
-        return jnp.where(better.reshape(better.shape + (1,) * (n.ndim - better.ndim)), n, o)
-
-    return jax.tree_util.tree_map(pick, new, old)
 
 
 def scan(problem: Problem, state: State, steps: jax.Array):

@@ -63,7 +63,7 @@ def main() -> dict:
         return jax.grad(score)(x)
 
     def run(recipe, steps, objs=objectives):
-        return lambda: am.render(model, objs, recipe, 0, steps=steps).images
+        return lambda: am.render(model, objs, recipe, key=0, steps=steps).images
 
     fast = model_for_input_gradients(model)
 

@@ -254,7 +254,7 @@ def sweep_am(
 
         def run(render_checkpoint, recipes=recipes, members=members):
             timings: list = []
-            result = render(model, objectives, recipes, key, seeds=seeds, progress=progress,
+            result = render(model, objectives, recipes, key=key, seeds=seeds, progress=progress,
                             desc=f"sweep {len(members)} variant(s)", timings=timings,
                             checkpoint=render_checkpoint)  # fmt: skip
             per_step = _measured(timings) / len(members)

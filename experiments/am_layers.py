@@ -106,7 +106,7 @@ def main(argv=None) -> dict:
         if args.objective in ("prepost", "neuron") and info.spatial:
             post = am.objectives_for_units(model, layer, units, kind)
             objectives = [a + b for a, b in zip(objectives, post)]
-        result = am.render(model, objectives, args.preset, args.seed, steps=args.steps,
+        result = am.render(model, objectives, args.preset, key=args.seed, steps=args.steps,
                            progress=True, desc=layer)  # fmt: skip
         record = layer_record(model, layer, result, units, feats[layer], reduce)
         record["seconds"] = time.perf_counter() - start

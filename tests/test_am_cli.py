@@ -137,7 +137,7 @@ def test_units_ending_at_zero_restart_from_data_or_are_marked_silent(trained_con
     np.testing.assert_array_equal(natural.index, centre.argmax(axis=0))
     np.testing.assert_allclose(natural.value, centre.max(axis=0), rtol=1e-5, atol=1e-6)
     recipe = preset("lucid")
-    result = render(model, objectives, recipe, 0, steps=4)
+    result = render(model, objectives, recipe, key=0, steps=4)
     zero = result._replace(
         best_activation=np.zeros_like(result.best_activation)
     )  # all "ended at 0"

@@ -90,3 +90,29 @@ def test_step_phases_split_at_the_redirect_boundary():
     steps = am.preset("mfv-mean").with_steps(40)
     assert steps.steps == sum(o.iterations for o in steps.center.octaves)
     assert all(o.iterations >= 1 for o in steps.center.octaves)
+
+
+def test_center_bias_recipe_refuses_fields_its_octaves_replace():
+    from cnnvis_jax.am._tree import replace
+
+    center = am.preset("mfv-center")
+    assert center.optimizer is None and center.steps == center.center.steps
+    for changes, named in (
+        ({"optimizer": am.Adam(0.05)}, "optimizer"),
+        ({"transforms": (am.Jitter(4),)}, "transforms"),
+        ({"post": (am.ClipParams(),)}, "post"),
+        ({"redirect_steps": 8}, "redirect_steps"),
+    ):
+        with pytest.raises(InputError, match=f"center-bias octaves.*{named}"):
+            replace(center, **changes)
+    with pytest.raises(InputError, match="steps=12 but its center-bias octaves take 530"):
+        replace(center, steps=12)
+    assert center.with_steps(12).steps == sum(o.iterations for o in center.with_steps(12).center.octaves)
+
+
+def test_inversion_presets_are_found_by_the_same_call():
+    from cnnvis_jax import inversion
+
+    assert inversion.preset("mahendran2016") is inversion.presets.PRESETS["mahendran2016"]
+    with pytest.raises(InputError, match="unknown inversion preset 'lucid'.*mahendran2015"):
+        inversion.preset("lucid")

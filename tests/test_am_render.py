@@ -33,7 +33,7 @@ FAST = am.Recipe(
     ids=["neuron", "channel", "class", "direction", "layer_norm"],
 )
 def test_each_objective_increases_under_its_preset(objective, preset, steps, batch):
-    result = am.render(MODEL, objective, preset, 0, steps=steps, batch=batch)
+    result = am.render(MODEL, objective, preset, key=0, steps=steps, batch=batch)
     assert result.images.shape == (1, batch, 16, 16, 3)
     assert result.trajectory.shape == (1, steps, batch)
     assert np.all(result.stopped_at == -1)
@@ -44,17 +44,17 @@ def test_each_objective_increases_under_its_preset(objective, preset, steps, bat
 
 def test_vmap_equals_loop_and_same_key_same_images():
     units = [0, 2, 4]
-    together = am.render(MODEL, [am.channel("conv2", u) for u in units], FAST, 7)
-    again = am.render(MODEL, [am.channel("conv2", u) for u in units], FAST, 7)
+    together = am.render(MODEL, [am.channel("conv2", u) for u in units], FAST, key=7)
+    again = am.render(MODEL, [am.channel("conv2", u) for u in units], FAST, key=7)
     np.testing.assert_array_equal(together.images, again.images)
     for k, unit in enumerate(units):
-        alone = am.render(MODEL, am.channel("conv2", unit), FAST, 7)
+        alone = am.render(MODEL, am.channel("conv2", unit), FAST, key=7)
         np.testing.assert_allclose(alone.images[0], together.images[k], rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(
             alone.final_activation[0], together.final_activation[k], rtol=1e-5, atol=1e-6
         )
         np.testing.assert_allclose(alone.trajectory[0], together.trajectory[k], rtol=1e-5)
-    other = am.render(MODEL, [am.channel("conv2", u) for u in units], FAST, 8)
+    other = am.render(MODEL, [am.channel("conv2", u) for u in units], FAST, key=8)
     assert not np.allclose(other.start_images, together.start_images)
 
 
@@ -62,19 +62,19 @@ def test_sweep_over_hyperparameters_and_seeds_is_one_call():
     recipes = [
         replace(FAST, optimizer=am.Ascent("progress", max_lr=1e4, desired=d)) for d in (0.1, 0.5)
     ]
-    sweep = am.render(MODEL, [am.channel("conv2", u) for u in (0, 2, 4)], recipes, 7, seeds=2)
+    sweep = am.render(MODEL, [am.channel("conv2", u) for u in (0, 2, 4)], recipes, key=7, seeds=2)
     assert sweep.images.shape == (2, 2, 3, 1, 16, 16, 3)
-    base = am.render(MODEL, [am.channel("conv2", u) for u in (0, 2, 4)], recipes[1], 7, seeds=2)
+    base = am.render(MODEL, [am.channel("conv2", u) for u in (0, 2, 4)], recipes[1], key=7, seeds=2)
     np.testing.assert_allclose(sweep.images[1], base.images[0], rtol=1e-5, atol=1e-6)
     # a larger desired progress climbs faster
     gain = sweep.final_activation - sweep.start_activation
     assert np.all(gain[1] >= gain[0] - 1e-6)
     with pytest.raises(InputError, match="differ only in numbers"):
-        am.render(MODEL, am.channel("conv2", 0), [FAST, replace(FAST, steps=3)], 0)
+        am.render(MODEL, am.channel("conv2", 0), [FAST, replace(FAST, steps=3)], key=0)
 
 
 def test_non_finite_objective_stops_only_that_unit():
-    result = am.render(MODEL, [am.neuron("odd", 0), am.neuron("odd", 1)], FAST, 0)
+    result = am.render(MODEL, [am.neuron("odd", 0), am.neuron("odd", 1)], FAST, key=0)
     assert result.stopped_at[0] == -1 and result.stopped_at[1] == 0
     assert result.final_activation[0, 0] > result.start_activation[0, 0]
     assert np.all(np.isnan(result.trajectory[1]))
@@ -84,22 +84,22 @@ def test_non_finite_objective_stops_only_that_unit():
 def test_init_images_and_errors():
     start = np.full((2, 1, 16, 16, 3), 0.5, np.float32)
     start[1] = 0.25
-    result = am.render(MODEL, [am.channel("conv2", 0), am.channel("conv2", 0)], FAST, 0,
+    result = am.render(MODEL, [am.channel("conv2", 0), am.channel("conv2", 0)], FAST, key=0,
                        init_images=start)  # fmt: skip
     np.testing.assert_allclose(result.start_images, start, atol=1e-6)
     with pytest.raises(InputError, match="model expects 16x16"):
-        am.render(MODEL, am.channel("conv2", 0), FAST, 0, init_images=np.zeros((1, 8, 8, 3)))
+        am.render(MODEL, am.channel("conv2", 0), FAST, key=0, init_images=np.zeros((1, 8, 8, 3)))
     with pytest.raises(InputError, match="non-finite"):
-        am.render(MODEL, am.channel("conv2", 0), FAST, 0,
+        am.render(MODEL, am.channel("conv2", 0), FAST, key=0,
                   init_images=np.full((1, 16, 16, 3), np.nan, np.float32))  # fmt: skip
     with pytest.raises(InputError, match="unknown preset 'lucidd'.*'lucid'"):
-        am.render(MODEL, am.channel("conv2", 0), "lucidd", 0)
+        am.render(MODEL, am.channel("conv2", 0), "lucidd", key=0)
     with pytest.raises(InputError, match="no layer 'conv7'"):
-        am.render(MODEL, am.channel("conv7", 0), FAST, 0)
+        am.render(MODEL, am.channel("conv7", 0), FAST, key=0)
     with pytest.raises(InputError, match=r"valid units are 0\.\.4"):
         am.objectives_for_units(MODEL, "conv2", [0, 9])
     with pytest.raises(InputError, match="outside"):
-        am.render(MODEL, am.neuron("conv2", 0, (3, 8)), FAST, 0)
+        am.render(MODEL, am.neuron("conv2", 0, (3, 8)), FAST, key=0)
     with pytest.raises(InputError, match="generator"):
         am.preset("dgn")
 
@@ -119,8 +119,8 @@ def test_generator_parameterization_with_a_random_decoder():
     generator = am.Generator(decoder, params, np.zeros(code), np.full(code, 3.0), code)
     recipe = am.preset("dgn", generator=generator)
     assert recipe.steps == 200 and recipe.output == "last"
-    result = am.render(MODEL, [am.class_logit(1), am.class_logit(4)], recipe, 0, steps=15)
+    result = am.render(MODEL, [am.class_logit(1), am.class_logit(4)], recipe, key=0, steps=15)
     assert result.images.shape == (2, 1, 20, 20, 3)  # the decoder's size; cropped for the model
     assert np.all(result.final_activation > result.start_activation)
     with pytest.raises(InputError, match=r"shape \(5,\) per image, but the generator's code has 8"):
-        am.render(MODEL, am.class_logit(1), recipe, 0, steps=2, init_params=np.zeros((1, 1, 5)))
+        am.render(MODEL, am.class_logit(1), recipe, key=0, steps=2, init_params=np.zeros((1, 1, 5)))

@@ -22,7 +22,7 @@ from cnnvis_jax.parallel import device_mesh
 
 assert jax.device_count() == 8, jax.devices()
 assert device_mesh(AXIS).shape[AXIS] == 8
-r = am.render(tiny_model(), [am.channel("conv2", u) for u in UNITS], recipe(), 3)
+r = am.render(tiny_model(), [am.channel("conv2", u) for u in UNITS], recipe(), key=3)
 np.savez({out!r}, images=r.images, final=r.final_activation, trajectory=r.trajectory)
 """
 
@@ -47,7 +47,7 @@ def test_sharded_equals_unsharded(tmp_path):
     run_on_eight_devices(code, timeout=600)
     assert jax.device_count() == 1
     sharded = np.load(out)
-    single = am.render(tiny_model(), [am.channel("conv2", u) for u in UNITS], recipe(), 3)
+    single = am.render(tiny_model(), [am.channel("conv2", u) for u in UNITS], recipe(), key=3)
     np.testing.assert_allclose(sharded["images"], single.images, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(sharded["final"], single.final_activation, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(sharded["trajectory"], single.trajectory, rtol=1e-5, atol=1e-6)

@@ -52,7 +52,7 @@ def test_units_of_every_layer_beat_their_validation_mean(trained_conceptnet):
         optimizer=am.Adam(0.05),
         post=(am.ClipParams(),),
     )
-    result = am.render(model, objectives, recipe, 0, steps=STEPS)
+    result = am.render(model, objectives, recipe, key=0, steps=STEPS)
     assert np.all(result.stopped_at == -1)
     acts = model(jnp.asarray(result.images[:, 0]), LAYERS)
     val = ConceptSet(256, split="val")

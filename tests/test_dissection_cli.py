@@ -46,8 +46,8 @@ def test_outputs_have_lite_columns_summary_and_escaped_html(tiny, source, tmp_pa
                              Vocabulary(vocab.categories, tuple(labels)))  # fmt: skip
     d = dissect(tiny, src, "conv1,conv2", quantile=Q, batch_size=8, iou_threshold=0.0,
                 progress=False)  # fmt: skip
-    paths = d.save(tmp_path, model=tiny, source=src)
-    summary = json.loads(paths["summary"].read_text())
+    assert d.save(tmp_path, model=tiny, source=src) == tmp_path
+    summary = json.loads((tmp_path / "summary.json").read_text())
     assert set(summary) == {"conv1", "conv2"}
     for name, s in summary.items():
         assert s["units"] == tiny.layer(name).channels
@@ -76,8 +76,29 @@ def test_outputs_have_lite_columns_summary_and_escaped_html(tiny, source, tmp_pa
     # detectors per category are consistent with the scores
     assert sum(summary["conv2"]["detectors_per_category"].values()) == summary["conv2"]["detectors"]
     orig = d.rescore(mode="original", iou_threshold=0.04)
-    assert orig.mode == "original"
-    assert not np.array_equal(orig.layers["conv1"].scores.iou, res.scores.iou) or True
+    assert orig.mode == "original" and orig.iou_threshold == 0.04
+    for name, layer in orig.layers.items():  # same counts, scored again
+        assert np.array_equal(layer.counts.both, d.layers[name].counts.both)
+        assert np.array_equal(layer.scores.detector, layer.scores.score >= 0.04)
+
+
+def test_pictures_drawn_during_pass_2_equal_those_drawn_at_save(tiny, source, tmp_path):
+    kw = dict(quantile=Q, batch_size=8, progress=False)
+    drawn = dissect(tiny, source, "conv1,conv2", pictures=True, **kw)
+    later = dissect(tiny, source, "conv1,conv2", **kw)
+    for name in ("conv1", "conv2"):
+        assert later.layers[name].pictures is None
+        jpegs = drawn.layers[name].pictures
+        assert len(jpegs) == tiny.layer(name).channels
+        assert all(j[:2] == b"\xff\xd8" for j in jpegs)  # JPEG
+    drawn.save(tmp_path / "a", model=tiny, source=source)
+    drawn.save(tmp_path / "b")  # the pictures travel with the result
+    later.save(tmp_path / "c", model=tiny, source=source)
+    for u in range(tiny.layer("conv2").channels):
+        name = f"conv2/units/unit{u:04d}.jpg"
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "c" / name).read_bytes()
+        assert (tmp_path / "b" / name).read_bytes() == (tmp_path / "c" / name).read_bytes()
+    assert "units/unit0000.jpg" in (tmp_path / "b" / "conv2" / "index.html").read_text()
 
 
 def test_interrupted_run_resumes_to_the_same_result(tiny, source, tmp_path):

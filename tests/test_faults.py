@@ -30,7 +30,7 @@ def test_render_resumes_from_its_checkpoint_to_the_same_result(trained_conceptne
     model = trained_conceptnet
     objectives = objectives_for_units(model, "conv3_pre", [0, 5], "neuron")
     recipe = preset("yosinski2")
-    whole = render(model, objectives, recipe, 0, steps=40, checkpoint=tmp_path / "a.npz")
+    whole = render(model, objectives, recipe, key=0, steps=40, checkpoint=tmp_path / "a.npz")
     calls = {"n": 0}
     real = interrupt.check
 
@@ -42,17 +42,17 @@ def test_render_resumes_from_its_checkpoint_to_the_same_result(trained_conceptne
 
     monkeypatch.setattr(interrupt, "check", stop_after_three)
     with pytest.raises(interrupt.Interrupted):
-        render(model, objectives, recipe, 0, steps=40, checkpoint=tmp_path / "b.npz")
+        render(model, objectives, recipe, key=0, steps=40, checkpoint=tmp_path / "b.npz")
     monkeypatch.setattr(interrupt, "check", real)
     assert int(np.load(tmp_path / "b.npz")["done"]) == 6  # 3 chunks of 2 steps
-    resumed = render(model, objectives, recipe, 0, steps=40, checkpoint=tmp_path / "b.npz")
+    resumed = render(model, objectives, recipe, key=0, steps=40, checkpoint=tmp_path / "b.npz")
     for name in ("images", "trajectory", "best_activation", "final_activation"):
         np.testing.assert_array_equal(getattr(whole, name), getattr(resumed, name), name)
-    plain = render(model, objectives, recipe, 0, steps=40)  # one chunk, no checkpoint
+    plain = render(model, objectives, recipe, key=0, steps=40)  # one chunk, no checkpoint
     np.testing.assert_allclose(whole.images, plain.images, atol=1e-5)
     (tmp_path / "c.npz").write_bytes(b"not a checkpoint")
     with pytest.raises(InputError, match="corrupt or not a checkpoint"):
-        render(model, objectives, recipe, 0, steps=40, checkpoint=tmp_path / "c.npz")
+        render(model, objectives, recipe, key=0, steps=40, checkpoint=tmp_path / "c.npz")
 
 
 def _am(weights: Path, out: Path, steps: int = 300) -> list[str]:

@@ -301,7 +301,7 @@ def test_class_level_methods_refuse_vgg16_hed(fake_h5):
     with pytest.raises(InputError, match="'vgg16-hed' has no classifier"):
         am.bind(am.class_logit(3), model)
     with pytest.raises(InputError, match="no classifier"):
-        am.render(model, am.class_logit(0), "lucid", 0, steps=1)
+        am.render(model, am.class_logit(0), "lucid", key=0, steps=1)
 
 
 def _tiny_model():

@@ -8,7 +8,7 @@ import math
 import pytest
 
 from cnnvis_jax.errors import InputError
-from cnnvis_jax.inversion import Mahendran2015, Mahendran2016, get_preset
+from cnnvis_jax.inversion import Mahendran2015, Mahendran2016, preset
 from cnnvis_jax.inversion.presets import lambda_tv_group, layer_stride, matlab_round
 from cnnvis_jax.models import catalog
 
@@ -26,7 +26,7 @@ def test_mahendran2015_constants():
     assert p.learning_rate == 0.004 and p.momentum == 0.9
     assert p.schedule == ((1.0, 100), (0.1, 200), (0.01, 100))
     assert p.image_B((227, 227)) == 27098.1
-    assert get_preset("mahendran2015") == p
+    assert preset("mahendran2015") == p
 
 
 def test_mahendran2016_constants():
@@ -36,7 +36,7 @@ def test_mahendran2016_constants():
     assert p.lambda_beta == (6.5 / 80) ** 2
     assert p.learning_rate == 0.05 * 80**2 / 6
     assert (p.fast_steps, p.slow_steps, p.slow_factor, p.momentum) == (300, 50, 0.1, 0.9)
-    assert get_preset("mahendran2016") == p
+    assert preset("mahendran2016") == p
 
 
 def test_mahendran2015_plan_by_depth(conceptnet):
@@ -77,4 +77,4 @@ def test_plan_rescaling_and_unknown_preset(conceptnet):
     assert [s.steps for s in plan.stages] == [30, 5]
     assert Mahendran2015().plan(conceptnet, "conv3").without_priors().lambda_tv == 0
     with pytest.raises(InputError, match="mahendran2016"):
-        get_preset("mahendran2017")
+        preset("mahendran2017")

@@ -182,7 +182,7 @@ def test_reconstruction_measures_and_saves(tiny, images, tmp_path):
     record = off.summary()
     assert record["non_finite"] == [1] and record["steps"] == 3
     assert record["normalized_image_error"] == pytest.approx(np.mean(off.image_error[[0, 2]]))
-    assert off.save(tmp_path) == 0
+    assert off.save(tmp_path) == tmp_path
     saved = json.loads((tmp_path / "results.json").read_text())
     assert [r["file"] for r in saved["images"]] == [f"reconstruction_{i:03d}.png" for i in range(3)]
     assert (tmp_path / "reconstructions.png").exists()

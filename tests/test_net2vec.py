@@ -71,7 +71,8 @@ def test_planted_concept_combination_beats_single_unit(tmp_path):
     # classification: presence of rg is predicted at least as well as by one unit
     assert list(res.cls_names) == ["rg"]
     assert res.cls_ap[0] >= res.cls_single_ap[0] - 1e-9 and res.cls_loss[-1] < res.cls_loss[0]
-    record = res.save(tmp_path)
+    assert res.save(tmp_path) == tmp_path
+    record = json.loads((tmp_path / "net2vec.json").read_text())
     assert (tmp_path / "net2vec.csv").read_text().startswith("concept,label,alpha,single_unit")
     assert json.loads((tmp_path / "net2vec.json").read_text())["summary"]["concepts"] == 1
     assert record["segmentation"][0]["concept"] == "rg"

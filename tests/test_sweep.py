@@ -90,7 +90,7 @@ def test_am_sweep_runs_variants_and_writes_strict_files(tmp_path):
     assert all(np.isfinite(s) and s > 0 for s in result.seconds_per_step)
     # the variants that differ only in numbers rendered in one program, the same
     # result as alone
-    alone = am.render(MODEL, objectives, sweep.am_variants(base, {"lr": ("0.2",)})[0][1], 0,
+    alone = am.render(MODEL, objectives, sweep.am_variants(base, {"lr": ("0.2",)})[0][1], key=0,
                       seeds=2)  # fmt: skip
     np.testing.assert_allclose(result.final[1], alone.best_activation[0, :, :, 0], rtol=1e-5)
     result.save(tmp_path)

@@ -190,7 +190,7 @@ def render_facets(
         model,
         objectives,
         recipe,
-        key,
+        key=key,
         init_images=found.mean_images[:, None],
         steps=steps,
         progress=progress,

@@ -163,7 +163,7 @@ def _mfv(name: str, octaves: tuple) -> Recipe:
         name=name,
         steps=center.steps,
         param=Pixel("caffe", 175.0, 8.0),
-        optimizer=NormalizedAscent(1.0, 1.0),
+        optimizer=None,
         output="last",
         objective="neuron",
         center=center,

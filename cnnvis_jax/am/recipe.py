@@ -83,9 +83,13 @@ class Recipe:
       output: ``"best"`` (best-so-far image, Yosinski) or ``"last"`` (Lucid, DGN-AM).
       objective: the default objective for a unit of a spatial layer in the command
         line: ``"neuron"`` (centre position) or ``"channel"`` (mean over positions).
-      center: MFV's center-bias octaves; when set they replace ``steps``,
-        ``optimizer``, ``transforms``, ``penalties`` and ``post`` (``param`` must be a
-        caffe-space :class:`~cnnvis_jax.am.params.Pixel`).
+      center: MFV's center-bias octaves. They define the whole update (a normalized
+        step on a Gaussian-drawn crop of a zooming canvas, clipping, TV denoising),
+        so such a recipe has ``steps`` equal to the octaves' and no ``optimizer``,
+        ``transforms``, ``penalties``, ``post`` or ``redirect_steps`` (refused, not
+        ignored); ``param`` must be a caffe-space
+        :class:`~cnnvis_jax.am.params.Pixel`. It runs on the same pre-image engine
+        (:mod:`cnnvis_jax.am.center` gives its energy and update).
     """
 
     name: str
@@ -107,6 +111,27 @@ class Recipe:
             raise InputError(f"output must be 'best' or 'last', got {self.output!r}.")
         if self.objective not in ("neuron", "channel"):
             raise InputError(f"objective must be 'neuron' or 'channel', got {self.objective!r}.")
+        if self.center is not None:
+            self._check_center()
+
+    def _check_center(self) -> None:
+        extra = [name for name, given in (
+            ("optimizer", self.optimizer is not None),
+            ("transforms", len(self.transforms) > 0),
+            ("penalties", len(self.penalties) > 0),
+            ("post", len(self.post) > 0),
+            ("redirect_steps", self.redirect_steps != 0),
+        ) if given]  # fmt: skip
+        if extra:
+            raise InputError(
+                f"recipe {self.name!r} runs MFV's center-bias octaves, which fix the update; "
+                f"it cannot also have {', '.join(extra)}: drop them (or drop center)."
+            )
+        if isinstance(self.steps, int) and self.steps != self.center.steps:
+            raise InputError(
+                f"recipe {self.name!r} has steps={self.steps} but its center-bias octaves "
+                f"take {self.center.steps}; use recipe.with_steps(n) to scale the octaves."
+            )
 
     def with_steps(self, steps: int) -> Recipe:
         """The recipe with ``steps`` steps (center-bias octaves scaled to the total)."""

@@ -25,9 +25,9 @@ image better than the best-so-far becomes the best).
 from __future__ import annotations
 
 import functools
-import numbers
 import os
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import jax
@@ -46,6 +46,7 @@ from cnnvis_jax.am.transforms import apply_chain, fit
 from cnnvis_jax.errors import InputError
 from cnnvis_jax.model import Model, check_images
 from cnnvis_jax.preimage import engine
+from cnnvis_jax.prng import raw_key
 from cnnvis_jax.rules import model_for_input_gradients, model_with_rules
 
 __all__ = ["AXIS", "RenderResult", "render"]
@@ -101,14 +102,12 @@ class RenderResult(NamedTuple):
 
     def save(self, out_dir: str | os.PathLike, *, names: Sequence[str] | None = None,
              labels: Sequence[str] | None = None, records: Sequence[dict] | None = None,
-             hidden: Sequence[bool] | None = None) -> int:  # fmt: skip
+             hidden: Sequence[bool] | None = None) -> Path:  # fmt: skip
         """Write ``<name>.png`` per objective, ``grid.png`` (captioned ``labels``) and
         ``results.json`` (per objective ``records[k]`` followed by its
         :meth:`summary` row) into ``out_dir``. ``hidden[k]`` draws objective ``k`` as a
         grey tile in the grid (e.g. a unit silent on the data). Names default to
-        ``image_0000``... Returns the number of non-finite numbers written as null."""
-        from pathlib import Path
-
+        ``image_0000``... Non-finite numbers are written as null. Returns the folder."""
         from cnnvis_jax.report.files import write_json
         from cnnvis_jax.report.grid import image_grid, save_png
 
@@ -124,7 +123,8 @@ class RenderResult(NamedTuple):
         scale = max(1, 128 // max(tiles.shape[1], 1))
         save_png(image_grid(tiles, labels=labels, scale=scale), out / "grid.png")
         extra = list(records) if records is not None else [{} for _ in range(n)]
-        return write_json(out / "results.json", [{**extra[k], **rows[k]} for k in range(n)])
+        write_json(out / "results.json", [{**extra[k], **rows[k]} for k in range(n)])
+        return out
 
 
 class _State(NamedTuple):
@@ -345,8 +345,8 @@ def render(
     model: Model,
     objectives,
     recipe,
-    key: jax.Array | int = 0,
     *,
+    key: jax.Array | int = 0,
     seeds: int = 1,
     batch: int = 1,
     init_images: Any = None,
@@ -406,11 +406,7 @@ def render(
     recipe_data, n_rec, recipe_axes, swept = _as_recipes(recipe)
     if steps is not None:
         recipe_data = recipe_data.with_steps(steps)
-    if isinstance(key, numbers.Integral):
-        key = jax.random.PRNGKey(int(key))
-    elif jnp.issubdtype(getattr(key, "dtype", np.float32), jax.dtypes.prng_key):
-        key = jax.random.key_data(key)  # typed keys travel as their raw data
-    seed_keys = jax.random.split(key, seeds)
+    seed_keys = jax.random.split(raw_key(key), seeds)
 
     if init_images is not None and init_params is None:
         per = _per_objective_images(init_images, n_obj, batch)

@@ -95,7 +95,7 @@ def restart_silent(model: Model, objectives: Sequence[Any], recipe: Any, result:
         return result, starts
     print(f"cnnvis: {len(restart)} unit(s) ended at 0 from the random start but respond to "
           "data images; rendering them again from those images.", file=sys.stderr)  # fmt: skip
-    again = render(model, [objectives[k] for k in restart], recipe, key, steps=steps,
+    again = render(model, [objectives[k] for k in restart], recipe, key=key, steps=steps,
                    init_images=natural.images[natural.live][:, None], progress=progress,
                    desc="restart", checkpoint=checkpoint)  # fmt: skip
     fields = {}

@@ -59,7 +59,7 @@ def cmd_am(args) -> int:
     from cnnvis_jax.am.render import objectives_for_units, render
     from cnnvis_jax.cli.common import load_model_arg, start_run
     from cnnvis_jax.deconv import parse_units
-    from cnnvis_jax.report.files import warn_non_finite
+    from cnnvis_jax.report.files import strict, warn_non_finite
 
     if args.steps is not None and args.steps < 1:
         raise InputError(f"--steps must be at least 1, got {args.steps}.")
@@ -103,7 +103,7 @@ def cmd_am(args) -> int:
         model,
         objectives,
         recipe,
-        args.seed,
+        key=args.seed,
         steps=args.steps,
         progress=not args.quiet,
         desc=f"{args.preset} {info.name}",
@@ -129,9 +129,9 @@ def cmd_am(args) -> int:
                 record["proven_dead"] = None if dead is None else record["unit"] in dead
     labels = [_silent_label(u, r) if quiet else _unit_label(u, row[value], names)
               for u, row, r, quiet in zip(units, rows, records, silent)]  # fmt: skip
-    count = result.save(out, names=[f"unit_{u:04d}" for u in units], labels=labels,
-                        records=records, hidden=silent)  # fmt: skip
-    warn_non_finite(count, out / "results.json", f"layer {info.name}")
+    result.save(out, names=[f"unit_{u:04d}" for u in units], labels=labels, records=records,
+                hidden=silent)  # fmt: skip
+    warn_non_finite(strict(rows)[1], out / "results.json", f"layer {info.name}")
     checkpoint.unlink(missing_ok=True)
     (out / ".restart-checkpoint.npz").unlink(missing_ok=True)
     stopped = sum(r["stopped_at_step"] is not None for r in rows)

@@ -116,6 +116,7 @@ def cmd_dissect(args) -> int:
         preprocess=args.preprocess,
         thresholds=given,
         feature_memory=None if args.feature_memory is None else args.feature_memory << 20,
+        pictures=not args.no_pictures,
         checkpoint=out / "checkpoint",
         checkpoint_every=args.checkpoint_every,
         progress=not args.quiet,
@@ -169,7 +170,7 @@ def cmd_net2vec(args) -> int:
         batch_size=args.batch_size,
         learning_rate=args.lr,
         momentum=args.momentum,
-        seed=args.seed,
+        key=args.seed,
         progress=not args.quiet,
         checkpoint=checkpoint,
     )
@@ -202,7 +203,9 @@ def add_commands(sub) -> None:
     p.add_argument("--skip-bad-masks", action="store_true",
                    help="skip missing/corrupt Broden mask files (listed in run.json)")  # fmt: skip
     p.add_argument("--top", type=int, default=8, help="top images per unit in the report")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="images per step (default: chosen per model and device, 32 for "
+                   "224-px images on CPU)")  # fmt: skip
     p.add_argument("--engine", choices=("auto", "sparse", "dense"), default="auto",
                    help="sparse: host counts where units can fire (CPU default); dense: all "
                    "on device (accelerators)")  # fmt: skip

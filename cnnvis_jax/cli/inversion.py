@@ -70,7 +70,7 @@ def cmd_invert(args) -> int:
     from cnnvis_jax.inversion.reconstruction import reconstruction
     from cnnvis_jax.inversion.regularized import features_of, invert_layers, resolve_plan
     from cnnvis_jax.inversion.upconv import decode
-    from cnnvis_jax.report.files import warn_non_finite, write_json
+    from cnnvis_jax.report.files import strict, warn_non_finite, write_json
 
     if args.images and args.count is not None:
         raise InputError("give either --images or --dataset/--count, not both.")
@@ -110,7 +110,8 @@ def cmd_invert(args) -> int:
         decoder = cached_decoder(model, layer, args.decoder, progress=not args.quiet)
         done = reconstruction(model, layer, images, decode(decoder, target), method=args.method,
                               perturbation=args.perturb, names=names)  # fmt: skip
-    warn_non_finite(done.save(out), out / "results.json", f"layer {layer}")
+    done.save(out)
+    warn_non_finite(strict(done.record())[1], out / "results.json", f"layer {layer}")
     shutil.rmtree(checkpoint, ignore_errors=True)
     record = done.summary()
     if record["non_finite"]:

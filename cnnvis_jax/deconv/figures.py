@@ -85,10 +85,11 @@ class DeconvResult(NamedTuple):
             "dead_units": None if self.dead is None else [int(u) for u in self.dead],
         }
 
-    def save(self, out_dir: str | os.PathLike) -> tuple[Path, Path]:
+    def save(self, out_dir: str | os.PathLike) -> Path:
         """Write ``<layer>.png`` and ``results.json`` into ``out_dir`` (see
-        :func:`save_outputs`); return both paths."""
-        return save_outputs(out_dir, self)
+        :func:`save_outputs`); returns the folder."""
+        save_outputs(out_dir, self)
+        return Path(out_dir)
 
 
 def _resize_tiles(tiles: np.ndarray, size: tuple[int, int]) -> np.ndarray:

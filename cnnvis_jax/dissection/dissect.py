@@ -12,6 +12,7 @@ continues from there, a call with different arguments starts over.
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import dataclasses
 import functools
 import hashlib
@@ -68,6 +69,9 @@ class LayerResult:
     thresholds: th.Thresholds
     counts: Counts
     scores: Scores
+    pictures: tuple[bytes, ...] | None = dataclasses.field(default=None, repr=False)
+    """Per unit, the JPEG of its top images with its mask (``dissect(...,
+    pictures=True)``), or None (drawn when the result is saved)."""
 
     def summary(self, layout: LabelLayout) -> dict[str, Any]:
         s = self.scores
@@ -106,14 +110,16 @@ class Dissection:
         return {name: r.summary(self.layout) for name, r in self.layers.items()}
 
     def save(self, out_dir, *, model: Model | None = None, source: Any = None,
-             extra: dict[str, Any] | None = None) -> dict[str, Path]:  # fmt: skip
+             extra: dict[str, Any] | None = None) -> Path:  # fmt: skip
         """Write the dissection's files into ``out_dir`` (tally.csv and report per
         layer, summary.json, run.json, detectors.csv; see
         :func:`~cnnvis_jax.dissection.outputs.write_outputs`); with ``model`` and
-        ``source`` the reports show each unit's top images. Returns the paths."""
+        ``source`` (or pictures drawn by ``dissect(..., pictures=True)``) the reports
+        show each unit's top images. Returns the folder."""
         from cnnvis_jax.dissection.outputs import write_outputs
 
-        return write_outputs(out_dir, self, model=model, source=source, extra=extra)
+        write_outputs(out_dir, self, model=model, source=source, extra=extra)
+        return Path(out_dir)
 
     def rescore(self, mode: str | None = None, iou_threshold: float | None = None) -> Dissection:
         """The same counts scored with another mode or IoU threshold (thresholds are
@@ -690,6 +696,30 @@ class _SparseTally:
 # --- both passes -----------------------------------------------------------------------
 
 
+def _draw_pictures(model, source, thresholds, layout, store, order):
+    """Start drawing every layer's unit pictures in one worker thread (from the kept
+    activations when ``store`` is complete, else by a forward of the top images);
+    ``(executor, {layer: future})``."""
+    from cnnvis_jax.dissection.outputs import unit_pictures
+
+    kept = store is not None and store.complete
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+    futures = {
+        name: pool.submit(
+            unit_pictures,
+            model,
+            source,
+            name,
+            t,
+            layout.seg_size,
+            features=store.acts[name] if kept else None,
+            order=order,
+        )  # fmt: skip
+        for name, t in thresholds.items()
+    }
+    return pool, futures
+
+
 def dissect(
     model: Model,
     source: Any,
@@ -709,6 +739,7 @@ def dissect(
     preprocess: str = "model",
     thresholds: dict[str, Any] | None = None,
     feature_memory: int | None = None,
+    pictures: bool = False,
     checkpoint: str | os.PathLike | None = None,
     checkpoint_every: int = 25,
     on_checkpoint: Callable[[str, int], None] | None = None,
@@ -749,6 +780,10 @@ def dissect(
         :data:`FEATURE_MEMORY`; 0 always runs two forwards). When the activations of
         the whole data set don't fit, pass 2 runs the forward again, so memory stays
         flat in the data set's size.
+      pictures: also draw each unit's top images with its mask
+        (:func:`~cnnvis_jax.dissection.outputs.unit_pictures`, JPEG in
+        ``LayerResult.pictures``) in a worker thread while pass 2 counts: they need
+        only pass 1's thresholds and top images, so the report costs little more.
       checkpoint: folder for resumable state (``pass1.npz``, ``tally.npz``).
       checkpoint_every: batches between checkpoints.
       on_checkpoint: called as ``(stage, images_done)`` after each checkpoint.
@@ -819,30 +854,40 @@ def dissect(
             values=np.where(thresholds[name].constant, np.inf, values),
             readout="given",
         )
+    drawing = _draw_pictures(model, source, thresholds, layout, store, order) if pictures else None
     digest = hashlib.sha256(b"".join(t.values.tobytes() for t in thresholds.values()))
     fp2 = json.dumps(
         {**base, "layout": layout.describe(), "thresholds": digest.hexdigest()[:16]},
         sort_keys=True,
     )
-    counts = compute_tally(
-        model,
-        source,
-        layout,
-        thresholds,
-        batch_size=batch_size,
-        indices=order,
-        contraction=contraction,
-        engine=engine,
-        checkpoint=checkpoint,
-        checkpoint_every=checkpoint_every,
-        fingerprint=fp2,
-        on_checkpoint=on_checkpoint,
-        progress=progress,
-        store=store,
-    )
+    try:
+        counts = compute_tally(
+            model,
+            source,
+            layout,
+            thresholds,
+            batch_size=batch_size,
+            indices=order,
+            contraction=contraction,
+            engine=engine,
+            checkpoint=checkpoint,
+            checkpoint_every=checkpoint_every,
+            fingerprint=fp2,
+            on_checkpoint=on_checkpoint,
+            progress=progress,
+            store=store,
+        )
+    finally:
+        if drawing is not None:
+            drawing[0].shutdown(wait=True, cancel_futures=True)
+    drawn = {name: future.result() for name, future in drawing[1].items()} if drawing else {}
     results = {
         name: LayerResult(
-            name, thresholds[name], counts[name], score(counts[name], layout, mode, iou_threshold)
+            name,
+            thresholds[name],
+            counts[name],
+            score(counts[name], layout, mode, iou_threshold),
+            drawn.get(name),
         )
         for name in layers
     }

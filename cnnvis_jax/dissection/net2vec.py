@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -43,6 +44,7 @@ from cnnvis_jax.dissection.upsample import layer_matrices, upsample
 from cnnvis_jax.errors import InputError
 from cnnvis_jax.features import to_model_input
 from cnnvis_jax.model import Model
+from cnnvis_jax.prng import raw_key
 from cnnvis_jax.progress import progress_bar
 
 
@@ -98,10 +100,11 @@ class Net2VecResult:
             for i in range(len(self.concepts))
         ]
 
-    def save(self, out_dir) -> dict[str, Any]:
+    def save(self, out_dir) -> Path:
         """Write ``net2vec.csv``, ``net2vec.json``, ``net2vec.png`` and ``index.html``
-        into ``out_dir`` (:func:`write_net2vec`); return the JSON record."""
-        return write_net2vec(out_dir, self)
+        into ``out_dir`` (:func:`write_net2vec`); returns the folder."""
+        write_net2vec(out_dir, self)
+        return Path(out_dir)
 
     def summary(self) -> dict[str, Any]:
         better = self.set_iou > self.single_iou
@@ -319,7 +322,7 @@ def net2vec(
     cls_learning_rate: float = 0.05,
     min_images: int = 5,
     categories: Any = None,
-    seed: int = 0,
+    key: Any = 0,
     progress: bool = True,
     checkpoint: Any = None,
 ) -> Net2VecResult:
@@ -334,7 +337,7 @@ def net2vec(
       cls_learning_rate: SGD learning rate of the classification variant.
       min_images: concepts need this many training images containing them.
       categories: categories whose labels are concepts (default all).
-      seed: PRNG seed of the shuffling.
+      key: PRNG key (or int seed) of the shuffling.
       checkpoint: a ``.npz`` file for resumable state: the embeddings, optimizer
         states and losses are saved every few seconds between epochs
         (:class:`~cnnvis_jax.checkpoint.Periodic`), a call with the same arguments
@@ -391,7 +394,7 @@ def net2vec(
             rows_c = has.any(axis=1)
             frac[i] = has[rows_c].mean()
         alpha = 1.0 - frac
-        key = jax.random.PRNGKey(seed)
+        key = raw_key(key)
         optimizer = _sgd(float(learning_rate), float(momentum))
         params = (
             jnp.zeros((n_units, len(concepts)), jnp.float32),
@@ -404,7 +407,7 @@ def net2vec(
         if checkpoint is not None:
             mark = checkpoint_mod.digest(model.params, thresholds, concepts, train["bits"])
             mark += repr((layer, epochs, batch_size, learning_rate, momentum, cls_learning_rate,
-                          min_images, seed, n_train, n_val))  # fmt: skip
+                          min_images, np.asarray(key).tolist(), n_train, n_val))  # fmt: skip
         saver = checkpoint_mod.Periodic(checkpoint, mark)
         saved = saver.load() or {}
         losses, key, (params, opt_state) = _resumed(saved, "seg", (params, opt_state), key,

@@ -19,7 +19,6 @@ from __future__ import annotations
 import csv
 import functools
 import io
-import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -32,11 +31,11 @@ from PIL import Image
 from cnnvis_jax.dissection.dissect import Dissection
 from cnnvis_jax.dissection.labels import LabelLayout
 from cnnvis_jax.dissection.scoring import tally_fields, tally_rows
-from cnnvis_jax.dissection.thresholds import NO_IMAGE, float32_below
+from cnnvis_jax.dissection.thresholds import NO_IMAGE, Thresholds, float32_below
 from cnnvis_jax.dissection.upsample import layer_matrices, upsample
 from cnnvis_jax.features import load_batch, to_model_input
 from cnnvis_jax.model import Model
-from cnnvis_jax.report.files import naming, save_figure, write_csv, write_json, write_text
+from cnnvis_jax.report.files import save_figure, write_bytes, write_csv, write_json, write_text
 from cnnvis_jax.report.html import esc, page
 from cnnvis_jax.report.svg import bar_chart
 
@@ -101,13 +100,14 @@ def _unit_masks(maps, rows, cols, thresholds):
 def top_image_masks(
     model: Model,
     source: Any,
-    result,
+    layer: str,
+    th: Thresholds,
     seg_size: tuple[int, int],
     chunk: int = 64,
     features: np.ndarray | None = None,
     order: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Each unit's top images and their masks.
+    """Each unit's top images and their masks (``th``: the layer's pass-1 thresholds).
 
     With ``features`` (float32 (N, h, w, U) kept from pass 1, rows in ``order``, the
     dissected source indices) no forward runs; otherwise the top images are run
@@ -117,12 +117,11 @@ def top_image_masks(
     sw))``: the M distinct top images, which of them fills each unit's slot (-1:
     no image, when there are fewer images than k; its mask is empty).
     """
-    th = result.thresholds
     index = th.top_images
     n_units, k = index.shape
     real = index != NO_IMAGE
     unique = np.unique(index[real])
-    h, w, _ = model.layer(result.layer).shape
+    h, w, _ = model.layer(layer).shape
     rows, cols = layer_matrices((h, w), seg_size)
     pics, acts = [], []
     if features is not None:
@@ -136,7 +135,7 @@ def top_image_masks(
             padded = np.concatenate([part, np.full(chunk - len(part), part[-1])])
             batch = load_batch(source, padded)["image"]
             pics.append(np.asarray(batch[: len(part)]))
-            acts.append(np.asarray(_layer_acts(model, batch, layer=result.layer))[: len(part)])
+            acts.append(np.asarray(_layer_acts(model, batch, layer=layer))[: len(part)])
     pics = np.concatenate(pics) if pics else np.zeros((0, 1, 1, 3), np.uint8)
     acts = np.concatenate(acts) if acts else np.zeros((0, h, w, n_units), np.float32)
     pos = np.searchsorted(unique, np.where(real, index, unique[0] if len(unique) else 0))
@@ -177,12 +176,38 @@ def unit_strips(
     return np.asarray(_strips(small, np.where(slot < 0, len(pictures), slot), masks, gap))
 
 
-def _save_jpeg(image: np.ndarray, path: Path) -> None:
-    """Write uint8 ``image`` as a JPEG (quality 90) atomically."""
-    partial = path.with_name(path.name + ".partial")
-    with naming(path):
-        Image.fromarray(image).save(partial, format="JPEG", quality=90)
-    os.replace(partial, path)
+def _jpeg(image: np.ndarray) -> bytes:
+    """uint8 ``image`` encoded as a JPEG (quality 90)."""
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def unit_pictures(
+    model: Model,
+    source: Any,
+    layer: str,
+    th: Thresholds,
+    seg_size: tuple[int, int],
+    *,
+    features: np.ndarray | None = None,
+    order: np.ndarray | None = None,
+) -> tuple[bytes, ...]:
+    """Per unit of ``layer``, the JPEG of its top images with its mask
+    (:func:`unit_strips` of :func:`top_image_masks`), drawn from ``th`` (pass 1) alone:
+    no count of pass 2 is needed, so :func:`~cnnvis_jax.dissection.dissect.dissect`
+    draws them while pass 2 runs. ``features`` and ``order`` as in
+    :func:`top_image_masks`."""
+    pics, slot, masks = top_image_masks(
+        model, source, layer, th, seg_size, features=features, order=order
+    )
+    small = small_pictures(pics, masks.shape[2:])[:-1]  # resized once for all units
+    encoded: list[bytes] = []
+    with ThreadPoolExecutor(2) as pool:  # JPEG encoding releases the GIL
+        for start in range(0, slot.shape[0], 64):
+            part = slice(start, start + 64)
+            encoded.extend(pool.map(_jpeg, unit_strips(small, slot[part], masks[part])))
+    return tuple(encoded)
 
 
 def small_pictures(pictures: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -266,7 +291,7 @@ document.querySelectorAll('table.sortable th').forEach(function (th, col) {
 </script>"""
 
 
-def layer_html(result, layout: LabelLayout, d: Dissection, unit_pictures: bool) -> str:
+def layer_html(result, layout: LabelLayout, d: Dissection, with_pictures: bool) -> str:
     s, th = result.scores, result.thresholds
     summary = result.summary(layout)
     n_units = len(s.score)
@@ -284,7 +309,7 @@ def layer_html(result, layout: LabelLayout, d: Dissection, unit_pictures: bool) 
         shown = ", ".join(str(u) for u in summary["constant_units"])
         parts.append(f"<p>{esc(f'constant units (no threshold, never detectors): {shown}')}</p>")
     head = ["unit", "label", "category", "IoU", "detector", "threshold"]
-    if unit_pictures:
+    if with_pictures:
         head.append("top images (mask overlaid)")
     rows = []
     for u in s.order.tolist():
@@ -297,7 +322,7 @@ def layer_html(result, layout: LabelLayout, d: Dissection, unit_pictures: bool) 
             f"<td>{'yes' if s.detector[u] else 'no'}</td>",
             f"<td>{esc('constant' if th.constant[u] else f'{th.values[u]:.4g}')}</td>",
         ]
-        if unit_pictures:
+        if with_pictures:
             src = f"units/unit{u:04d}.jpg"
             cells.append(f'<td><img src="{esc(src)}" alt="{esc(f"unit {u}")}"></td>')
         rows.append("<tr>" + "".join(cells) + "</tr>")
@@ -335,22 +360,19 @@ def write_outputs(
         folder = out / name
         paths[f"{name}/tally"] = write_tally_csv(folder / "tally.csv", result, d.layout, d.mode)
         bargraph(folder / "bargraph.svg", result, d.layout)
-        if pictures:
-            feats = None if d.features is None else d.features.get(name)
-            pics, slot, masks = top_image_masks(
-                model, source, result, d.layout.seg_size, features=feats, order=d.order
-            )
-            (folder / "units").mkdir(parents=True, exist_ok=True)
-            small = small_pictures(pics, masks.shape[2:])[:-1]  # resized once for all units
-            with ThreadPoolExecutor(2) as pool:  # JPEG encoding releases the GIL
-                for start in range(0, slot.shape[0], 64):
-                    part = slice(start, start + 64)
-                    strips = unit_strips(small, slot[part], masks[part])
-                    names = [folder / "units" / f"unit{u:04d}.jpg"
-                             for u in range(start, start + len(strips))]  # fmt: skip
-                    list(pool.map(_save_jpeg, strips, names))
+        drawn = pictures or result.pictures is not None
+        if drawn:
+            jpegs = result.pictures
+            if jpegs is None:
+                jpegs = unit_pictures(
+                    model, source, name, result.thresholds, d.layout.seg_size,
+                    features=None if d.features is None else d.features.get(name),
+                    order=d.order,
+                )  # fmt: skip
+            for u, data in enumerate(jpegs):
+                write_bytes(folder / "units" / f"unit{u:04d}.jpg", data)
         paths[f"{name}/html"] = folder / "index.html"
-        write_text(paths[f"{name}/html"], layer_html(result, d.layout, d, pictures))
+        write_text(paths[f"{name}/html"], layer_html(result, d.layout, d, drawn))
     if len(d.layers) > 1:  # a plot across layers
         paths["plot"] = detectors_plot(out / "detectors.png", d)
     summary = d.summary()

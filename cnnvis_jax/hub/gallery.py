@@ -173,7 +173,7 @@ def _am_figure(model, layer, units, config: GalleryConfig, out: Path, progress: 
     recipe = preset(config.am_preset)
     objectives = objectives_for_units(model, layer, [int(u) for u in units], kind=recipe.objective)
     result = render(
-        model, objectives, recipe, int(config.seed), steps=config.am_steps,
+        model, objectives, recipe, key=int(config.seed), steps=config.am_steps,
         progress=progress, desc=f"AM {layer}", checkpoint=out / _CHECKPOINTS / f"am_{layer}.npz",
     )  # fmt: skip
     images = np.clip(result.images[:, 0], 0, 1)

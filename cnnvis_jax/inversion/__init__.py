@@ -43,7 +43,7 @@ from cnnvis_jax.inversion.presets import (
     Mahendran2016,
     Plan,
     Stage,
-    get_preset,
+    preset,
 )
 from cnnvis_jax.inversion.reconstruction import Reconstruction, reconstruction
 from cnnvis_jax.inversion.regularized import (
@@ -83,7 +83,7 @@ __all__ = [
     "features_of",
     "fingerprint",
     "full_mask",
-    "get_preset",
+    "preset",
     "invert",
     "invert_images",
     "invert_layers",

@@ -57,7 +57,7 @@ __all__ = [
     "Mahendran2016",
     "Plan",
     "Stage",
-    "get_preset",
+    "preset",
     "lambda_tv_group",
     "layer_stride",
 ]
@@ -315,8 +315,11 @@ class Mahendran2016:
 PRESETS = {"mahendran2015": Mahendran2015(), "mahendran2016": Mahendran2016()}
 
 
-def get_preset(name: str):
-    """The preset called ``name`` (``mahendran2015`` or ``mahendran2016``)."""
+def preset(name: str):
+    """The preset called ``name`` (``mahendran2015`` or ``mahendran2016``): an object
+    whose ``plan(model, layer)`` gives the :class:`Plan` of a layer (inversion's
+    constants depend on the layer: its TV weight group and its stride). The same call
+    as :func:`cnnvis_jax.am.preset`, whose recipes do not depend on the layer."""
     from cnnvis_jax.errors import did_you_mean
 
     if name not in PRESETS:

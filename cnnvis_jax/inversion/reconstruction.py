@@ -73,29 +73,37 @@ class Reconstruction:
             "non_finite": [int(i) for i in np.flatnonzero(~self.finite)],
         }
 
-    def save(self, out_dir: str | os.PathLike) -> int:
-        """Write the PNGs and ``results.json`` (module docstring) into ``out_dir``;
-        returns the number of non-finite numbers written as null."""
-        from cnnvis_jax.report.files import write_json
-        from cnnvis_jax.report.grid import image_grid, save_png
-
-        out = Path(out_dir)
-        rows = []
-        for i, name in enumerate(self.names):
-            file = f"reconstruction_{i:03d}.png"
-            save_png(self.images[i], out / file)
-            rows.append({
+    def record(self) -> dict[str, Any]:
+        """The content of ``results.json``: :meth:`summary` and one row per image
+        (its errors, whether it stayed finite, its PNG's name)."""
+        rows = [
+            {
                 "index": i,
                 "source": name,
                 "normalized_feature_error": float(self.feature_error[i]),
                 "normalized_image_error": float(self.image_error[i]),
                 "finite": bool(self.finite[i]),
-                "file": file,
-            })  # fmt: skip
+                "file": f"reconstruction_{i:03d}.png",
+            }
+            for i, name in enumerate(self.names)
+        ]
+        return {**self.summary(), "images": rows}
+
+    def save(self, out_dir: str | os.PathLike) -> Path:
+        """Write the PNGs and ``results.json`` (:meth:`record`; non-finite numbers as
+        null) into ``out_dir``; returns the folder."""
+        from cnnvis_jax.report.files import write_json
+        from cnnvis_jax.report.grid import image_grid, save_png
+
+        out = Path(out_dir)
+        record = self.record()
+        for image, row in zip(self.images, record["images"]):
+            save_png(image, out / row["file"])
         grid = image_grid(np.concatenate([self.originals, self.images]),
                           ncols=len(self.images), scale=2)  # fmt: skip
         save_png(grid, out / "reconstructions.png")
-        return write_json(out / "results.json", {**self.summary(), "images": rows})
+        write_json(out / "results.json", record)
+        return out
 
 
 def reconstruction(model, layer: str, originals, estimates, *, method: str,

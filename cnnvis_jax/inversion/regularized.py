@@ -49,7 +49,8 @@ from jax.sharding import PartitionSpec as P
 
 from cnnvis_jax import parallel
 from cnnvis_jax.errors import InputError
-from cnnvis_jax.inversion.presets import Plan, get_preset
+from cnnvis_jax.inversion import presets as presets_mod
+from cnnvis_jax.inversion.presets import Plan
 from cnnvis_jax.model import Model, check_images
 from cnnvis_jax.preimage import canvas as canvas_mod
 from cnnvis_jax.preimage import engine, updates
@@ -119,7 +120,7 @@ def resolve_plan(
 ) -> Plan:
     """A :class:`Plan` for ``layer`` from a preset name, a preset object or a plan."""
     if isinstance(preset, str):
-        preset = get_preset(preset)
+        preset = presets_mod.preset(preset)
     plan = preset if isinstance(preset, Plan) else preset.plan(model, layer)
     return plan.with_steps(steps) if steps is not None else plan
 

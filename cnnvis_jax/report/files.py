@@ -40,6 +40,17 @@ def write_text(path: str | os.PathLike, text: str) -> Path:
     return path
 
 
+def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    with naming(path):
+        partial.write_bytes(data)
+    os.replace(partial, path)
+    return path
+
+
 def write_csv(path: str | os.PathLike, rows: list[dict[str, Any]],
               fields: list[str] | None = None) -> Path:  # fmt: skip
     """Write ``rows`` as CSV with a header (``fields``, default the first row's keys;

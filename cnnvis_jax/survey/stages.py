@@ -237,7 +237,7 @@ def am(ctx: Context, out: Path) -> dict:
         for layer, (units, natural) in chosen.items():
             target = objective_layer(model, layer)
             objectives = objectives_for_units(model, target, units.tolist(), kind=recipe.objective)
-            result = render(model, objectives, recipe, cfg.seed, steps=cfg.am_steps,
+            result = render(model, objectives, recipe, key=cfg.seed, steps=cfg.am_steps,
                             progress=ctx.progress, desc=f"AM {name} {layer}")  # fmt: skip
             images = np.clip(result.images[:, 0], 0.0, 1.0)
             peaks = _peaks(model, images, layer, units)
@@ -288,7 +288,7 @@ def _class_visualizations(ctx: Context, out: Path, data: dict):
     classes = list(range(min(cfg.classes, len(model.class_names))))
     recipe = preset(cfg.am_presets[0])
     objectives = objectives_for_units(model, model.logits_layer, classes, kind="neuron")
-    result = render(model, objectives, recipe, cfg.seed, steps=cfg.am_steps,
+    result = render(model, objectives, recipe, key=cfg.seed, steps=cfg.am_steps,
                     progress=ctx.progress, desc=f"AM {model.logits_layer}")  # fmt: skip
     images = np.clip(result.images[:, 0], 0.0, 1.0)
     labels = [model.class_names[c] for c in classes]
@@ -545,7 +545,7 @@ def decoders(ctx: Context, out: Path) -> dict:
         generator = generator_from_decoder(trained[code_layer], feats)
         classes = list(range(min(cfg.classes, len(model.class_names))))
         objectives = objectives_for_units(model, model.logits_layer, classes, kind="neuron")
-        result = render(model, objectives, preset("dgn", generator=generator), cfg.seed,
+        result = render(model, objectives, preset("dgn", generator=generator), key=cfg.seed,
                         steps=cfg.am_steps, progress=ctx.progress, desc="DGN-AM")  # fmt: skip
         names = [model.class_names[c] for c in classes]
         pictures = np.clip(result.images[:, 0], 0.0, 1.0)
@@ -612,7 +612,7 @@ def dissection(ctx: Context, out: Path) -> dict:
     else:
         try:
             result = net2vec(model, pair[0], pair[1], layer, epochs=cfg.net2vec_epochs,
-                             seed=cfg.seed, progress=ctx.progress)  # fmt: skip
+                             key=cfg.seed, progress=ctx.progress)  # fmt: skip
         except InputError as e:  # e.g. too few images for one batch
             notes.append(f"Net2Vec skipped: {e}")
     if result is not None:
@@ -693,7 +693,7 @@ def monitoring(ctx: Context, out: Path) -> dict:
         objectives = objectives_for_units(snapshot_model, target, units, kind=recipe.objective)
         for epoch, p in zip(epochs, params):
             at_epoch = dataclasses.replace(snapshot_model, params=p)
-            result = render(at_epoch, objectives, recipe, cfg.seed, steps=cfg.am_steps)
+            result = render(at_epoch, objectives, recipe, key=cfg.seed, steps=cfg.am_steps)
             tiles.extend(np.clip(result.images[:, 0], 0.0, 1.0))
             labels.extend(f"{layer} u{u} epoch {epoch}" for u in units)
     order = np.arange(len(tiles)).reshape(2, len(epochs), -1).transpose(0, 2, 1).reshape(-1)

@@ -71,3 +71,60 @@ def pad_axis(array, size: int, axis: int = 0):
         return array
     last = array[(slice(None),) * axis + (slice(n - 1, n),)]
     return xp.concatenate([array, xp.repeat(last, missing, axis=axis)], axis=axis)
+
+
+# --- several processes (jax.distributed) --------------------------------------------------
+#
+# Under ``jax.distributed`` the mesh spans every process's devices. A batch split over the
+# 1-D mesh is built from each process's own rows (it decodes only those), and per-image
+# results come back as each process's rows; everything else is the same code.
+
+
+def process_rows(size: int, mesh: jax.sharding.Mesh | None = None) -> slice:
+    """The rows of a batch of ``size`` (a multiple of the device count) that this
+    process's devices hold when it is split over ``mesh`` (default the 1-D images mesh):
+    all of them in one process."""
+    mesh = image_mesh() if mesh is None else mesh
+    if jax.process_count() == 1 or mesh is None:
+        return slice(0, size)
+    sharding = NamedSharding(mesh, P(mesh.axis_names[0]))
+    blocks = sorted(
+        (idx[0].start or 0, idx[0].stop if idx[0].stop is not None else size)
+        for idx in sharding.addressable_devices_indices_map((size,)).values()
+    )
+    for (_, stop), (start, _) in zip(blocks, blocks[1:]):
+        if stop != start:  # pragma: no cover - meshes from jax.make_mesh keep them together
+            raise RuntimeError(f"this process's rows of the mesh are not contiguous: {blocks}")
+    return slice(blocks[0][0], blocks[-1][1])
+
+
+def put_rows(tree, sharding, size: int):
+    """A global batch of ``size`` rows split with ``sharding`` from this process's rows
+    (:func:`process_rows`) in ``tree``; :func:`put` in one process."""
+    if jax.process_count() == 1 or sharding is None:
+        return put(tree, sharding)
+    return jax.tree_util.tree_map(
+        lambda a: jax.make_array_from_process_local_data(
+            sharding, np.asarray(a), (size, *np.shape(a)[1:])
+        ),
+        tree,
+    )
+
+
+def local_rows(tree):
+    """numpy copies of ``tree``'s arrays: a batch split over the mesh gives this process's
+    rows (:func:`process_rows`), anything replicated or on one process all of it."""
+
+    def one(a):
+        if not isinstance(a, jax.Array) or a.is_fully_addressable or a.is_fully_replicated:
+            return np.asarray(a)
+        shards = sorted(a.addressable_shards, key=lambda s: s.index[0].start or 0)
+        seen, parts = set(), []
+        for s in shards:
+            start = s.index[0].start or 0
+            if start not in seen:  # a row block replicated on several local devices once
+                seen.add(start)
+                parts.append(np.asarray(s.data))
+        return np.concatenate(parts)
+
+    return jax.tree_util.tree_map(one, tree)

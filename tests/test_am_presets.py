@@ -107,7 +107,9 @@ def test_center_bias_recipe_refuses_fields_its_octaves_replace():
             replace(center, **changes)
     with pytest.raises(InputError, match="steps=12 but its center-bias octaves take 530"):
         replace(center, steps=12)
-    assert center.with_steps(12).steps == sum(o.iterations for o in center.with_steps(12).center.octaves)
+    assert center.with_steps(12).steps == sum(
+        o.iterations for o in center.with_steps(12).center.octaves
+    )
 
 
 def test_inversion_presets_are_found_by_the_same_call():

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from cnnvis_jax.errors import CnnvisError, InputError
 
 COMMAND_MODULES = ("survey", "train", "models", "am", "deconv", "inversion", "monitor",
-                   "dissection", "robustness", "sweep", "hub")  # fmt: skip
+                   "dissection", "robustness", "sweep", "hub", "launch")  # fmt: skip
 """The modules of ``cnnvis_jax.cli`` that register commands (``add_commands(sub)``), in
 the order ``cnnvis --help`` lists them. They import the library only inside their
 command functions, so ``cnnvis --help`` loads no JAX."""
@@ -29,6 +29,17 @@ def build_parser() -> argparse.ArgumentParser:
         prog="cnnvis",
         description="See what convolutional networks learn (JAX).",
     )
+    group = parser.add_argument_group(
+        "several processes (jax.distributed; see docs/scale.md)",
+        "run the command as one process of a multi-process run; `cnnvis launch` sets "
+        "these for local processes",
+    )
+    group.add_argument("--coordinator", metavar="HOST:PORT", help="process 0's address")
+    group.add_argument("--num-processes", type=int, metavar="N", help="processes in the run")
+    group.add_argument("--process-id", type=int, metavar="I", help="this process (0..N-1)")
+    group.add_argument("--distributed", action="store_true",
+                       help="find the other processes by JAX's cluster detection (TPU pod "
+                       "slice, SLURM)")  # fmt: skip
     sub = parser.add_subparsers(dest="command", required=True)
     for name in COMMAND_MODULES:
         importlib.import_module(f"cnnvis_jax.cli.{name}").add_commands(sub)
@@ -57,15 +68,77 @@ def enable_compilation_cache() -> None:
             os.environ.setdefault(name.upper(), str(value))
 
 
+_PROCESS_FLAGS = ("--coordinator", "--num-processes", "--process-id")
+
+
+def _same_everywhere(argv: Sequence[str]) -> dict[str, str]:
+    """What every process of a run must share: the command line (without the process's
+    own id) and the versions of the package, JAX and Python."""
+    import jax
+
+    from cnnvis_jax import __version__
+
+    command, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a in _PROCESS_FLAGS:
+            skip = True
+        elif not a.startswith(tuple(f + "=" for f in _PROCESS_FLAGS)):
+            command.append(a)
+    return {"command line": " ".join(command), "cnnvis_jax": __version__,
+            "jax": jax.__version__, "python": sys.version.split()[0]}  # fmt: skip
+
+
+def join_processes(args, argv: Sequence[str]) -> bool:
+    """Join a multi-process run when the flags or the environment say so (nothing for
+    ``launch`` itself); a process other than 0 then prints nothing on stdout and shows
+    no progress. Returns whether this is a run of several processes.
+
+    Raises:
+      InputError: bad settings, an unanswered coordinator, or processes started with
+        different commands or versions.
+    """
+    import os
+
+    from cnnvis_jax import distributed
+
+    if args.command == "launch":
+        return False
+    timeout = int(os.environ.get("CNNVIS_JOIN_TIMEOUT", distributed.INIT_TIMEOUT))
+    several = distributed.initialize(args.coordinator, args.num_processes, args.process_id,
+                                     auto=args.distributed, timeout=timeout)  # fmt: skip
+    if several:
+        distributed.agree(_same_everywhere(argv))
+        if not distributed.is_primary():
+            os.environ["CNNVIS_PROGRESS"] = "0"
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - for the whole process
+    return several
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from cnnvis_jax.cli.common import check_outputs, release_locks
 
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     code = 1
     try:
-        check_outputs(args)  # before any work
-        enable_compilation_cache()
+        enable_compilation_cache()  # before JAX loads
+        several = join_processes(args, argv)
+        primary = True
+        if several:
+            from cnnvis_jax import distributed
+
+            primary = distributed.is_primary()
+        ok = False
+        try:
+            if primary:  # process 0 alone owns (and locks) the output folder
+                check_outputs(args)  # before any work
+            ok = True
+        finally:
+            if several:
+                distributed.all_succeeded(ok, "checking the output folder")
         code = int(args.func(args) or 0)
         return code
     except InputError as e:

@@ -65,6 +65,7 @@ def cmd_dissect(args) -> int:
 
     import numpy as np
 
+    from cnnvis_jax import distributed
     from cnnvis_jax.cli.common import load_model_arg
     from cnnvis_jax.dissection.dissect import dissect, dissection_model, spatial_layers
     from cnnvis_jax.dissection.outputs import write_outputs
@@ -122,6 +123,8 @@ def cmd_dissect(args) -> int:
         progress=not args.quiet,
     )
     lap("dissect")
+    if not distributed.is_primary():  # process 0 writes the run's files
+        return 0
     extra = {"model": model.name, "weights": args.weights, "dataset": args.dataset}
     model = dissection_model(model, source, layers, args.preprocess)
     write_outputs(

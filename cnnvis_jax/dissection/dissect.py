@@ -14,7 +14,6 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import dataclasses
-import functools
 import hashlib
 import json
 import os
@@ -25,7 +24,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from cnnvis_jax import parallel
+from cnnvis_jax import distributed, parallel
 from cnnvis_jax.checkpoint import load_arrays, save_arrays
 from cnnvis_jax.dissection import _mesh, sparse_tally
 from cnnvis_jax.dissection import thresholds as th
@@ -316,6 +315,29 @@ def _given_thresholds(model: Model, layers, given) -> dict[str, np.ndarray]:
 # --- checkpoints -----------------------------------------------------------------------
 
 
+def _resumed_at(saved: dict[str, np.ndarray] | None) -> int:
+    """Images done by a checkpoint, as process 0 read it (every process resumes there)."""
+    done = 0 if saved is None else int(saved["done"])
+    return int(distributed.broadcast(np.asarray(done, np.int64)))
+
+
+def merged_over_processes(
+    states: dict[str, dict[str, np.ndarray]], specs: dict[str, th.PassOneSpec]
+) -> dict[str, dict[str, np.ndarray]]:
+    """Each process's merged pass-1 states (one device's worth per layer) merged
+    exactly into one, the same on every process (the states themselves in one process)."""
+    if distributed.process_count() == 1:
+        return states
+    out = {}
+    for name, state in states.items():
+        every = distributed.allgather(state)  # (processes, 1, ...) per key
+        stacked = {k: v.reshape(-1, *v.shape[2:]) for k, v in every.items()}
+        top = stacked["top"]
+        stacked["buf"] = np.zeros((top.shape[0], top.shape[1], 0), top.dtype)
+        out[name] = th.merge_devices(stacked, specs[name])
+    return out
+
+
 def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
     save_arrays(path, {k: v for k, v in arrays.items() if k != "fingerprint"},
                 str(arrays["fingerprint"]))  # fmt: skip
@@ -324,6 +346,54 @@ def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
 def _load_npz(path: Path, fingerprint: str) -> dict[str, np.ndarray] | None:
     data = load_arrays(path, fingerprint)
     return None if data is None else {**data, "fingerprint": np.asarray(fingerprint)}
+
+
+# --- batches ---------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Batches:
+    """Both passes' global batches of ``size`` images over ``n`` and this process's
+    rows of each (all of them in one process; see :func:`cnnvis_jax.parallel.process_rows`).
+
+    A process decodes, keeps and counts only its rows; the :class:`FeatureStore` holds
+    them batch after batch (row :meth:`stored` of the store is the first local row of a
+    batch).
+    """
+
+    n: int
+    size: int
+    rows: slice
+
+    @staticmethod
+    def of(n: int, batch_size: int) -> Batches:
+        size = parallel.devices_multiple(batch_size)
+        return Batches(int(n), size, parallel.process_rows(size))
+
+    @property
+    def local(self) -> int:
+        return self.rows.stop - self.rows.start
+
+    def starts(self, done: int) -> list[int]:
+        return list(range(done, self.n, self.size))
+
+    def take(self, order: np.ndarray, start: int) -> tuple[np.ndarray, np.ndarray]:
+        """This process's ``(indices, valid)`` of the batch at ``start`` (padding repeats
+        the last index and is not valid)."""
+        chunk = order[start : start + self.size]
+        valid = np.zeros(self.size, bool)
+        valid[: len(chunk)] = True
+        chunk = parallel.pad_axis(chunk, self.size)
+        return chunk[self.rows], valid[self.rows]
+
+    def stored(self, start: int) -> int:
+        return (start // self.size) * self.local
+
+    def stored_total(self) -> int:
+        """This process's valid rows over all batches."""
+        full, rest = divmod(self.n, self.size)
+        last = min(max(rest - self.rows.start, 0), self.local)
+        return full * self.local + last
 
 
 # --- pass 1 ----------------------------------------------------------------------------
@@ -365,15 +435,15 @@ def compute_thresholds(
     order = _order(source, indices)
     n = len(order)
     devices = _mesh.devices()
-    size = parallel.devices_multiple(batch_size)
-    local = size // devices if engine == "dense" else size
+    batches = Batches.of(n, batch_size)
+    size = batches.size
+    local = size // devices if engine == "dense" else batches.local
     specs = th.layer_specs(model, layers, n, quantile, local, top_images)
     path = Path(checkpoint) / "pass1.npz" if checkpoint is not None else None
     saved = _load_npz(path, fingerprint) if path is not None else None
-    done = 0
+    done = _resumed_at(saved)
     merged: dict[str, dict[str, np.ndarray]] | None = None
-    if saved is not None:
-        done = int(saved["done"])
+    if saved is not None and distributed.is_primary():  # the others start empty
         merged = {
             name: {k: saved[f"{name}/{k}"] for k in ("top", "lo", "hi", "img_v", "img_i")}
             for name in layers
@@ -391,30 +461,30 @@ def compute_thresholds(
         if path is None:
             return
         arrays = {"fingerprint": np.array(fingerprint), "done": np.array(done_now)}
-        for name, state in runner.merged().items():
+        for name, state in merged_over_processes(runner.merged(), specs).items():
             for k in ("top", "lo", "hi", "img_v", "img_i"):
                 arrays[f"{name}/{k}"] = state[k]
-        _save_npz(path, arrays)
+        if distributed.is_primary():
+            _save_npz(path, arrays)
         if on_checkpoint is not None:
             on_checkpoint("thresholds", done_now)
 
     def prepare(start):
-        chunk = order[start : start + size]
-        valid = np.zeros(size, bool)
-        valid[: len(chunk)] = True
-        chunk = parallel.pad_axis(chunk, size)
+        chunk, valid = batches.take(order, start)
         return start, chunk, valid, load_batch(source, chunk)["image"]
 
     with progress_bar(n, f"thresholds {','.join(layers)}", enabled=progress) as bar:
         bar.update(done)
-        starts = list(range(done, n, size))
-        for k, (start, chunk, valid, images) in enumerate(prefetched(prepare, starts)):
-            runner.step(images, np.where(valid, chunk, th.NO_IMAGE).astype(np.int32), valid, start)
-            bar.update(int(valid.sum()))
+        for k, (start, chunk, valid, images) in enumerate(
+            prefetched(prepare, batches.starts(done))
+        ):
+            indices = np.where(valid, chunk, th.NO_IMAGE).astype(np.int32)
+            runner.step(images, indices, valid, start, batches)
+            bar.update(min(size, n - start))
             if (k + 1) % checkpoint_every == 0 and start + size < n:
                 save(start + size)
     out = {}
-    for name, state in runner.merged().items():
+    for name, state in merged_over_processes(runner.merged(), specs).items():
         h, w, _ = model.layer(name).shape
         out[name] = th.finish(name, state, n * h * w, quantile, readout)
     if path is not None:
@@ -431,15 +501,24 @@ class _DenseThresholds:
             host = {name: th.spread(merged[name], specs[name], devices) for name in layers}
         else:
             host = {name: th.init_state(specs[name], devices) for name in layers}
-        self.state = jax.device_put(host, split) if split is not None else jax.device_put(host)
+        if split is None:
+            self.state = jax.device_put(host)
+        else:  # this process's devices' rows of the (devices, ...) state
+            mine = parallel.process_rows(devices)
+            host = jax.tree_util.tree_map(lambda a: a[mine], host)
+            self.state = parallel.put_rows(host, split, devices)
         self.run = th.compiled_step(layers, devices)
 
-    def step(self, images, indices, valid, start) -> None:
-        put = functools.partial(parallel.put, sharding=self.split)
+    def step(self, images, indices, valid, start, batches) -> None:
+        def put(a):
+            return parallel.put_rows(a, self.split, batches.size)
+
         self.state = self.run(self.placed, put(images), put(indices), put(valid), self.state)
 
     def merged(self) -> dict[str, dict[str, np.ndarray]]:
-        local = jax.device_get(self.state)
+        """This process's devices' states merged (:func:`merged_over_processes` merges
+        the processes')."""
+        local = parallel.local_rows(self.state)
         return {name: th.merge_devices(local[name], self.specs[name]) for name in self.layers}
 
 
@@ -458,20 +537,23 @@ class _SparseThresholds:
 
     def _absorb_pending(self) -> None:
         if self.pending is not None:
-            out, indices, start, count = self.pending
+            out, indices, row, count = self.pending
             self.pending = None
-            out = jax.device_get(out)
+            out = parallel.local_rows(out)
             for name in self.layers:
                 self.tops[name].absorb(out[name], indices)
             if self.store is not None:
-                self.store.put(start, {n: out[n]["acts"] for n in self.layers}, count)
+                self.store.put(row, {n: out[n]["acts"] for n in self.layers}, count)
 
-    def step(self, images, indices, valid, start) -> None:
-        kth = parallel.put({n: t.kth for n, t in self.tops.items()}, self.replicated)
-        put = functools.partial(parallel.put, sharding=self.split)
-        out = self.run(self.placed, put(images), put(valid), kth)
+    def step(self, images, indices, valid, start, batches) -> None:
+        def put(a):
+            return parallel.put_rows(a, self.split, batches.size)
+
+        # each image is compared with its own process's running K-th values
+        kth = {n: np.broadcast_to(t.kth, (len(valid), len(t.kth))) for n, t in self.tops.items()}
+        out = self.run(self.placed, put(images), put(valid), put(kth))
         self._absorb_pending()
-        self.pending = (out, indices, start, int(valid.sum()))
+        self.pending = (out, indices, batches.stored(start), int(valid.sum()))
 
     def merged(self) -> dict[str, dict[str, np.ndarray]]:
         self._absorb_pending()
@@ -550,13 +632,13 @@ def compute_tally(
     order = _order(source, indices)
     n = len(order)
     devices = _mesh.devices()
-    size = parallel.devices_multiple(batch_size)
+    batches = Batches.of(n, batch_size)
+    size = batches.size
     acc = _zero_counts(model, layers, layout)
     path = Path(checkpoint) / "tally.npz" if checkpoint is not None else None
     saved = _load_npz(path, fingerprint) if path is not None else None
-    done = 0
-    if saved is not None:
-        done = int(saved["done"])
+    done = _resumed_at(saved)
+    if saved is not None and distributed.is_primary():  # the others count from zero
         flat = _flatten(acc)
         for key in flat:
             flat[key][...] = saved[key]
@@ -571,33 +653,42 @@ def compute_tally(
     else:
         runner = _SparseTally(layers, layout, thr, split, replicated, placed, cached)
 
+    def combined() -> dict[str, np.ndarray]:
+        """The counts of all processes so far (the dense tally sums them on the mesh)."""
+        runner.flush(acc)
+        flat = _flatten(acc)
+        if engine == "dense" or distributed.process_count() == 1:
+            return flat
+        return distributed.sum_over_processes(flat)
+
     def save(done_now: int) -> None:
         if path is None:
             return
-        runner.flush(acc)
         arrays = {"fingerprint": np.array(fingerprint), "done": np.array(done_now)}
-        arrays.update(_flatten(acc))
-        _save_npz(path, arrays)
+        arrays.update(combined())
+        if distributed.is_primary():
+            _save_npz(path, arrays)
         if on_checkpoint is not None:
             on_checkpoint("tally", done_now)
 
     def prepare(start):
-        chunk = order[start : start + size]
-        valid = np.zeros(size, bool)
-        valid[: len(chunk)] = True
-        chunk = parallel.pad_axis(chunk, size)
+        chunk, valid = batches.take(order, start)
         return start, valid, load_labelled(source, chunk, layout, images=cached is None)
 
     with progress_bar(n, f"tally {','.join(layers)}", enabled=progress) as bar:
         bar.update(done)
-        for k, (start, valid, batch) in enumerate(prefetched(prepare, list(range(done, n, size)))):
-            runner.step(batch, valid, acc, start)
-            bar.update(int(valid.sum()))
+        for k, (start, valid, batch) in enumerate(prefetched(prepare, batches.starts(done))):
+            runner.step(batch, valid, acc, start, batches)
+            bar.update(min(size, n - start))
             if (k + 1) % checkpoint_every == 0 and start + size < n:
                 save(start + size)
         runner.flush(acc)
     if path is not None:
         save(n)
+    if engine != "dense" and distributed.process_count() > 1:
+        total = distributed.sum_over_processes(_flatten(acc))
+        for key, value in _flatten(acc).items():  # views of acc's arrays
+            value[...] = total[key]
     return {
         name: Counts(
             both=acc[name]["both"],
@@ -628,8 +719,10 @@ class _DenseTally:
         self.run = compiled_tally(layers, contraction, devices)
         self.pending = None
 
-    def step(self, batch, valid, acc, start) -> None:
-        put = functools.partial(parallel.put, sharding=self.split)
+    def step(self, batch, valid, acc, start, batches) -> None:
+        def put(a):
+            return parallel.put_rows(a, self.split, batches.size)
+
         result = self.run(
             self.placed,
             put(batch["image"]),
@@ -645,7 +738,7 @@ class _DenseTally:
 
     def flush(self, acc) -> None:
         if self.pending is not None:
-            _add(acc, jax.device_get(self.pending))
+            _add(acc, parallel.local_rows(self.pending))  # summed on the mesh: replicated
             self.pending = None
 
 
@@ -666,12 +759,15 @@ class _SparseTally:
         self.run = sparse_tally.compiled_cells(layers)
         self.pending = None
 
-    def step(self, batch, valid, acc, start) -> None:
+    def step(self, batch, valid, acc, start, batches) -> None:
         if self.store is not None:
-            acts = self.store.batch(start, len(valid))
+            acts = self.store.batch(batches.stored(start), len(valid))
             out = {n: sparse_tally.host_cells(a, self.thr_host[n], valid) for n, a in acts.items()}
         else:
-            put = functools.partial(parallel.put, sharding=self.split)
+
+            def put(a):
+                return parallel.put_rows(a, self.split, batches.size)
+
             out = self.run(self.placed, put(batch["image"]), put(valid), self.thr)
         self.flush(acc)
         self.pending = (out, batch, valid)
@@ -681,7 +777,7 @@ class _SparseTally:
             return
         out, batch, valid = self.pending
         self.pending = None
-        out = jax.device_get(out)
+        out = parallel.local_rows(out)
         labels = sparse_tally.batch_labels(batch["pixel"], batch["scalar"], valid, self.layout)
         part: dict[str, Any] = sparse_tally.image_counts(labels, valid)
         for name in self.layers:
@@ -809,13 +905,14 @@ def dissect(
     order = _order(source, indices)
     batch_size = default_batch_size(model) if batch_size is None else batch_size
     budget = FEATURE_MEMORY if feature_memory is None else int(feature_memory)
+    kept = Batches.of(len(order), batch_size).stored_total()  # this process's images
     store = None
     if (
         resolve_engine(engine) == "sparse"
-        and FeatureStore.size(model, layers, len(order)) <= budget
+        and FeatureStore.size(model, layers, kept) <= budget
         and sparse_tally.sparse_applies(model, layers, layout.seg_size)
     ):
-        store = FeatureStore(model, layers, len(order))
+        store = FeatureStore(model, layers, kept)
     if checkpoint is not None:
         Path(checkpoint).mkdir(parents=True, exist_ok=True)
     base = {
@@ -854,7 +951,10 @@ def dissect(
             values=np.where(thresholds[name].constant, np.inf, values),
             readout="given",
         )
-    drawing = _draw_pictures(model, source, thresholds, layout, store, order) if pictures else None
+    one = distributed.process_count() == 1  # else each process kept only its own rows
+    drawing = None
+    if pictures and distributed.is_primary():
+        drawing = _draw_pictures(model, source, thresholds, layout, store if one else None, order)
     digest = hashlib.sha256(b"".join(t.values.tobytes() for t in thresholds.values()))
     fp2 = json.dumps(
         {**base, "layout": layout.describe(), "thresholds": digest.hexdigest()[:16]},
@@ -877,10 +977,13 @@ def dissect(
             progress=progress,
             store=store,
         )
-    finally:
+    except BaseException:  # interrupted or failed: drop the pictures not begun
         if drawing is not None:
             drawing[0].shutdown(wait=True, cancel_futures=True)
+        raise
     drawn = {name: future.result() for name, future in drawing[1].items()} if drawing else {}
+    if drawing is not None:
+        drawing[0].shutdown()
     results = {
         name: LayerResult(
             name,
@@ -900,5 +1003,5 @@ def dissect(
         images=len(order),
         skipped=tuple(getattr(source, "skipped", ())),
         order=order,
-        features=store.acts if store is not None and store.complete else None,
+        features=store.acts if one and store is not None and store.complete else None,
     )

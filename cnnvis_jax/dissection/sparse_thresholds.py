@@ -28,19 +28,20 @@ from cnnvis_jax.model import Model
 
 
 def _local_step(model: Model, images, valid, kth, *, layers):
-    """Forward; per layer (activations, bool above ``kth``, min, max, per-image max)."""
+    """Forward; per layer and image: activations, bool above the image's ``kth`` row
+    (B, U), minimum, maximum. Everything is per image, so a batch split over the
+    processes of a run needs no collective."""
     acts = model.apply(model.params, to_model_input(model, images), layers)
     out = {}
     for name in layers:
         a = acts[name].astype(jnp.float32)
         a = jnp.where(jnp.isnan(a) | ~valid[:, None, None, None], -jnp.inf, a)
-        lo = jnp.min(jnp.where(valid[:, None, None, None], a, jnp.inf), axis=(0, 1, 2))
+        lo = jnp.min(jnp.where(valid[:, None, None, None], a, jnp.inf), axis=(1, 2))
         peak = jnp.max(a, axis=(1, 2))
         out[name] = {
             "acts": a,
-            "above": a > kth[name],
+            "above": a > kth[name][:, None, None, :],
             "lo": lo,
-            "hi": jnp.max(peak, axis=0),
             "peak": jnp.where(peak == 0, 0.0, peak),
         }
     return out
@@ -48,7 +49,7 @@ def _local_step(model: Model, images, valid, kth, *, layers):
 
 @functools.lru_cache(maxsize=16)
 def compiled_step(layers: tuple[str, ...]):
-    """jit(step)(model, images, valid, kth) -> {layer: {acts, above, lo, hi, peak}}."""
+    """jit(step)(model, images, valid, kth) -> {layer: {acts, above, lo, peak}}."""
     return jax.jit(functools.partial(_local_step, layers=layers))
 
 
@@ -78,8 +79,8 @@ class HostTopK:
         self._values.append(out["acts"].reshape(-1)[where])
         self._units.append((where % units).astype(np.int32))
         self._pending += len(where)
-        self.lo = np.minimum(self.lo, out["lo"])
-        self.hi = np.maximum(self.hi, out["hi"])
+        self.lo = np.minimum(self.lo, np.min(out["lo"], axis=0, initial=np.inf))
+        self.hi = np.maximum(self.hi, np.max(out["peak"], axis=0, initial=-np.inf))
         peak = np.asarray(out["peak"]).T  # (U, B)
         value = np.concatenate([self.img_v, peak], axis=1)
         image = np.concatenate([self.img_i, np.broadcast_to(indices, peak.shape)], axis=1)

@@ -1,0 +1,184 @@
+"""Several processes through ``jax.distributed`` (2 processes x 4 CPU devices on
+loopback, CPU collectives over gloo) give the one-process results; a run killed under
+two processes resumes under one; bad process settings fail fast with one line."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_dissection_tally import make_source, tiny_model  # noqa: E402
+
+from cnnvis_jax.cli import main  # noqa: E402
+from cnnvis_jax.dissection import dissect  # noqa: E402
+from cnnvis_jax.launch import free_port, process_env  # noqa: E402
+
+TESTS = str(Path(__file__).parent)
+CLI = [sys.executable, "-m", "cnnvis_jax.cli"]
+
+CHILD = """
+import sys
+import numpy as np
+sys.path.insert(0, {tests!r})
+from cnnvis_jax import distributed
+assert distributed.initialize()  # from the environment
+import jax
+assert jax.process_count() == 2 and jax.device_count() == 8, jax.devices()
+from test_dissection_tally import make_source, tiny_model
+from cnnvis_jax.dissection import dissect
+arrays = {{}}
+for engine in ("dense", "sparse"):
+    d = dissect(tiny_model(), make_source(), "conv1,conv2", quantile=0.05, batch_size=8,
+                engine=engine, progress=False)
+    for name, r in d.layers.items():
+        arrays[engine + name + "/thr"] = r.thresholds.values
+        arrays[engine + name + "/top"] = r.thresholds.top_images
+        for key in ("both", "units", "units_cat_lite", "units_cat_original", "labels"):
+            arrays[engine + name + "/" + key] = getattr(r.counts, key)
+np.savez({out!r} + str(jax.process_index()) + ".npz", **arrays)
+"""
+
+
+def _env(index: int, port: int, **extra) -> dict[str, str]:
+    env = process_env(index, 2, port, 4)
+    env.update(JAX_PLATFORMS="cpu", CNNVIS_JOIN_TIMEOUT="60", **extra)
+    return env
+
+
+def _run_pair(argvs, timeout=300, **extra):
+    """Start two processes of one run (``argvs[i]`` for process ``i``); their results."""
+    port = free_port()
+    procs = [subprocess.Popen(argv, env=_env(i, port, **extra), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+             for i, argv in enumerate(argvs)]  # fmt: skip
+    try:
+        outputs = [p.communicate(timeout=timeout) for p in procs]
+        return [(p.returncode, *o) for p, o in zip(procs, outputs)]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+
+
+def test_two_processes_count_what_one_process_counts(tmp_path):
+    code = textwrap.dedent(CHILD).format(tests=TESTS, out=str(tmp_path / "process"))
+    runs = _run_pair([[sys.executable, "-c", code]] * 2)
+    for rc, _, err in runs:
+        assert rc == 0, err[-3000:]
+    assert jax.device_count() == 1 and jax.process_count() == 1
+    one = dissect(tiny_model(), make_source(), "conv1,conv2", quantile=0.05, batch_size=8,
+                  progress=False)  # fmt: skip
+    for process in (0, 1):  # every process ends with the whole result
+        got = np.load(tmp_path / f"process{process}.npz")
+        for engine in ("dense", "sparse"):
+            for name, r in one.layers.items():
+                key = engine + name + "/"
+                np.testing.assert_array_equal(got[key + "thr"], r.thresholds.values)
+                np.testing.assert_array_equal(got[key + "top"], r.thresholds.top_images)
+                for field in ("both", "units", "units_cat_lite", "units_cat_original", "labels"):
+                    np.testing.assert_array_equal(got[key + field], getattr(r.counts, field))
+
+
+DISSECT = ["dissect", "--model", "conceptnet", "--dataset", "concepts", "--layers",
+           "conv3,conv5", "--batch-size", "16", "--top", "3", "--quiet"]  # fmt: skip
+
+
+def test_launch_writes_the_one_process_files(tmp_path, capsys):
+    args = DISSECT + ["--count", "64"]
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    run = subprocess.run(
+        CLI + ["launch", "--processes", "2", "--devices-per-process", "4", "--"] + args
+        + ["--out", str(tmp_path / "a")], env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.stdout.count("units covering") == 2  # conv3 and conv5, printed once
+    assert main(args + ["--out", str(tmp_path / "b")]) == 0
+    for layer in ("conv3", "conv5"):
+        a, b = tmp_path / "a" / layer, tmp_path / "b" / layer
+        assert (a / "tally.csv").read_bytes() == (b / "tally.csv").read_bytes()
+        assert (a / "units" / "unit0002.jpg").read_bytes() == (
+            b / "units" / "unit0002.jpg"
+        ).read_bytes()
+    a_summary = json.loads((tmp_path / "a" / "summary.json").read_text())
+    assert a_summary == json.loads((tmp_path / "b" / "summary.json").read_text())
+
+
+def test_killed_two_process_run_resumes_in_one_process(tmp_path):
+    args = DISSECT + ["--count", "256", "--checkpoint-every", "1", "--no-pictures"]
+    out = tmp_path / "run"
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    launcher = subprocess.Popen(
+        CLI + ["launch", "--processes", "2", "--devices-per-process", "4", "--"] + args
+        + ["--out", str(out)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        start_new_session=True,
+    )  # fmt: skip
+    checkpoint = out / "checkpoint" / "pass1.npz"
+    deadline = time.monotonic() + 240
+    while not checkpoint.exists() and launcher.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    os.killpg(launcher.pid, signal.SIGINT)  # Ctrl-C reaches every process of the run
+    launcher.communicate(timeout=120)
+    assert launcher.returncode != 0
+    done = int(np.load(checkpoint)["done"])
+    assert 0 < done < 256  # stopped part way through pass 1
+    assert main(args + ["--out", str(out)]) == 0  # one process, the same command
+    whole = tmp_path / "whole"
+    assert main(args + ["--out", str(whole)]) == 0
+    for layer in ("conv3", "conv5"):
+        assert (out / layer / "tally.csv").read_bytes() == (
+            whole / layer / "tally.csv"
+        ).read_bytes()
+
+
+def test_an_unanswered_coordinator_fails_in_time_naming_it(tmp_path):
+    port = free_port()
+    start = time.monotonic()
+    run = subprocess.run(
+        CLI + ["--coordinator", f"127.0.0.1:{port}", "--num-processes", "2", "--process-id",
+               "1", "models"], env=dict(os.environ, JAX_PLATFORMS="cpu", CNNVIS_JOIN_TIMEOUT="3"),
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert run.returncode == 2
+    assert f"could not join the process group at 127.0.0.1:{port} within 3 s" in run.stderr
+    assert time.monotonic() - start < 60
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--num-processes", "2", "--process-id", "2"], "process id 2 is out of range"),
+        (["--num-processes", "2"], "together"),
+        (["--process-id", "0", "--num-processes", "0"], "at least 1"),
+    ],
+)
+def test_bad_process_settings_are_refused_before_connecting(flags, message, capsys):
+    assert main(["--coordinator", "127.0.0.1:1", *flags, "models"]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_processes_started_differently_are_refused_naming_the_difference(tmp_path):
+    base = CLI + ["dissect", "--model", "conceptnet", "--layers", "conv5", "--quiet",
+                  "--out", str(tmp_path / "x")]  # fmt: skip
+    runs = _run_pair([base + ["--count", "16"], base + ["--count", "32"]], timeout=120)
+    for rc, _, err in runs:
+        assert rc == 2, err[-2000:]
+        assert "command line differs" in err and "--count 16" in err and "--count 32" in err
+
+
+def test_launch_refuses_bad_arguments(capsys):
+    assert main(["launch", "--processes", "0", "--", "models"]) == 2
+    assert "--processes must be at least 1" in capsys.readouterr().err
+    assert main(["launch", "--processes", "2"]) == 2
+    assert "give the command to run after --" in capsys.readouterr().err

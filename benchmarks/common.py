@@ -49,9 +49,11 @@ def best_time(fn: Callable[[], object], *, repeats: int = 5, warmup: int = 1) ->
 
 
 def save(name: str, record: dict) -> Path:
-    """Write ``results/<name>.json`` with the machine description attached."""
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    path = RESULTS_DIR / f"{name}.json"
+    """Write ``results/<name>.json`` (or ``$CNNVIS_BENCH_RESULTS/<name>.json``, e.g. a
+    GPU run's own folder) with the machine description attached."""
+    folder = Path(os.environ.get("CNNVIS_BENCH_RESULTS") or RESULTS_DIR)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.json"
     path.write_text(json.dumps({"machine": machine(), **record}, indent=2))
     print(json.dumps(record, indent=2))
     return path

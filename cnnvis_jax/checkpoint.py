@@ -27,8 +27,13 @@ VERSION = "1"
 
 
 def save_arrays(path: str | os.PathLike, arrays: dict[str, Any], fingerprint: str) -> Path:
-    """Write ``arrays`` and ``fingerprint`` to ``path`` (``.npz``) atomically."""
+    """Write ``arrays`` and ``fingerprint`` to ``path`` (``.npz``) atomically (process 0
+    alone in a run of several processes: the others hold the same state)."""
+    from cnnvis_jax.report.files import writes_here
+
     path = Path(path)
+    if not writes_here():
+        return path
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".partial")
     with naming(path), open(tmp, "wb") as f:
@@ -118,12 +123,14 @@ def digest(*trees: Any) -> str:
     """16 hex digits identifying the values of ``trees`` (shapes, dtypes, bytes)."""
     import hashlib
 
+    from cnnvis_jax import parallel
+
     h = hashlib.sha256()
     for tree in trees:
         for leaf in jax.tree_util.tree_leaves(tree):
             if jax.dtypes.issubdtype(getattr(leaf, "dtype", None), jax.dtypes.prng_key):
                 leaf = jax.random.key_data(leaf)  # typed PRNG keys hash as their data
-            a = np.ascontiguousarray(np.asarray(jax.device_get(leaf)))
+            a = np.ascontiguousarray(parallel.to_host(leaf))  # split over processes: gathered
             h.update(str((a.dtype, a.shape)).encode())
             h.update(a.tobytes())
     return h.hexdigest()[:16]

@@ -160,7 +160,10 @@ def process_index() -> int:
 
 
 def is_primary() -> bool:
-    """Whether this process writes the run's files (process 0; always in one process)."""
+    """Whether this process writes the run's files: process 0 of a multi-process run,
+    and always a process that never loaded JAX or runs alone."""
+    if "jax" not in sys.modules:
+        return True
     return process_index() == 0
 
 

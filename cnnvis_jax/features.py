@@ -8,13 +8,16 @@ Loading the next batch overlaps with computing the current one.
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
+import itertools
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import PartitionSpec
 
 from cnnvis_jax.errors import InputError
 from cnnvis_jax.model import Model
@@ -38,18 +41,53 @@ def load_batch(source: Any, indices: np.ndarray) -> dict[str, np.ndarray]:
     return {"image": np.stack(images), "target": targets}
 
 
-def prefetched(fn: Callable[[Any], Any], items: Sequence[Any]) -> Iterator[Any]:
-    """Yield ``fn(item)`` for each item, computing the next one in a worker thread
-    while the caller works on the current one."""
+def decode_threads() -> int:
+    """Threads that decode batches ahead of the device: ``$CNNVIS_DECODE_THREADS``, or
+    the number of CPUs up to 4 (decoding releases the GIL; more threads than cores only
+    take time from the forward on CPU)."""
+    import os
+
+    value = os.environ.get("CNNVIS_DECODE_THREADS")
+    if value:
+        try:
+            threads = int(value)
+        except ValueError:
+            threads = 0
+        if threads < 1:
+            raise InputError(f"CNNVIS_DECODE_THREADS must be a positive integer, got {value!r}.")
+        return threads
+    return max(1, min(4, os.cpu_count() or 1))
+
+
+def prefetched(
+    fn: Callable[[Any], Any],
+    items: Sequence[Any],
+    *,
+    threads: int | None = None,
+    ahead: int | None = None,
+) -> Iterator[Any]:
+    """Yield ``fn(item)`` for each item in order, computing the next ones on ``threads``
+    worker threads (default :func:`decode_threads`) while the caller works: at most
+    ``ahead`` results (default ``threads + 1``) are computed or waiting at any time, so
+    memory stays bounded; the order never depends on which thread finishes first."""
     if not items:
         return
-    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
-        pending = pool.submit(fn, items[0])
-        for k in range(len(items)):
-            current = pending.result()
-            if k + 1 < len(items):
-                pending = pool.submit(fn, items[k + 1])
-            yield current
+    threads = decode_threads() if threads is None else max(1, int(threads))
+    ahead = threads + 1 if ahead is None else max(1, int(ahead))
+    with concurrent.futures.ThreadPoolExecutor(max_workers=threads) as pool:
+        pending: collections.deque = collections.deque()
+        upcoming = iter(items)
+        for item in itertools.islice(upcoming, ahead):
+            pending.append(pool.submit(fn, item))
+        try:
+            while pending:
+                current = pending.popleft().result()
+                for item in itertools.islice(upcoming, 1):
+                    pending.append(pool.submit(fn, item))
+                yield current
+        finally:
+            for future in pending:  # an early exit (error, Ctrl-C): drop what has not begun
+                future.cancel()
 
 
 def to_model_input(model: Model, images_uint8: jax.Array) -> jax.Array:
@@ -112,6 +150,32 @@ def iterate_batches(
     yield from prefetched(prepare, list(range(0, len(order), batch_size)))
 
 
+def iterate_local_batches(
+    source: Any,
+    size: int,
+    indices: Sequence[int] | None = None,
+) -> Iterator[tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]]:
+    """:func:`iterate_batches` over global batches of ``size`` (a multiple of the
+    device count) split over the image mesh, yielding only this process's rows of each
+    (:func:`cnnvis_jax.parallel.process_rows`): every row in one process; under
+    ``jax.distributed`` a process decodes only its own images."""
+    from cnnvis_jax import parallel
+
+    rows = parallel.process_rows(size)
+    order = np.arange(len(source)) if indices is None else np.asarray(indices, np.int64)
+    if order.size == 0:
+        raise InputError("no images to process: the source (or the index list) is empty.")
+
+    def prepare(start):
+        chunk = order[start : start + size]
+        valid = np.zeros(size, bool)
+        valid[: len(chunk)] = True
+        chunk = np.concatenate([chunk, np.full(size - len(chunk), chunk[-1])])[rows]
+        return chunk, valid[rows], load_batch(source, chunk)
+
+    yield from prefetched(prepare, list(range(0, len(order), size)))
+
+
 def extract_features(
     model: Model,
     source: Any,
@@ -129,17 +193,31 @@ def extract_features(
     the per-layer reduced arrays. Memory grows with N: for whole data sets prefer
     a streaming consumer of :func:`iterate_batches` and :func:`make_forward`.
     """
+    from cnnvis_jax import parallel
+
     layers = tuple(layers)
     for name in layers:
         model.resolve(name)
     forward = make_forward(model, layers, reduce)
     n = len(source) if indices is None else len(indices)
+    if batch_size < 1:
+        raise InputError(f"batch_size must be >= 1, got {batch_size}.")
+    if n == 0:
+        raise InputError("no images to process: the source (or the index list) is empty.")
+    size = parallel.devices_multiple(batch_size)
+    mesh = parallel.image_mesh()
+    replicated, split = parallel.shardings(mesh, None, PartitionSpec(parallel.AXIS))
+    params = parallel.put(model.params, replicated)
     chunks: dict[str, list[np.ndarray]] = {name: [] for name in layers}
     with progress_bar(total=n, desc=f"features {','.join(layers)}", enabled=progress) as bar:
-        for _, valid, batch in iterate_batches(source, batch_size, indices):
-            out = forward(model.params, batch["image"])
-            count = int(valid.sum())
+        for start, (_, _, batch) in zip(
+            range(0, n, size), iterate_local_batches(source, size, indices)
+        ):
+            out = parallel.local_rows(
+                forward(params, parallel.put_rows(batch["image"], split, size))
+            )
             for name in layers:
-                chunks[name].append(np.asarray(out[name][:count], dtype))
-            bar.update(count)
-    return {name: np.concatenate(parts) for name, parts in chunks.items()}
+                chunks[name].append(np.asarray(out[name], dtype))
+            bar.update(min(size, n - start))
+    return {name: parallel.gather_batches(np.concatenate(parts), n, size)
+            for name, parts in chunks.items()}  # fmt: skip

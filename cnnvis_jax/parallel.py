@@ -50,8 +50,21 @@ def shardings(mesh: jax.sharding.Mesh | None, *specs: P | None):
 
 
 def put(tree, sharding):
-    """``tree`` placed with ``sharding`` (a no-op without one, or when already placed so)."""
-    return tree if sharding is None else jax.device_put(tree, sharding)
+    """``tree`` placed with ``sharding`` (a no-op without one, or when already placed so).
+    In a run of several processes, host values (numpy arrays, Python numbers) must be the
+    same on every process; each process places its devices' parts of them."""
+    if sharding is None:
+        return tree
+    if jax.process_count() == 1:
+        return jax.device_put(tree, sharding)
+
+    def one(a):
+        if isinstance(a, jax.Array):
+            return jax.device_put(a, sharding)
+        host = np.asarray(a)
+        return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+    return jax.tree_util.tree_map(one, tree)
 
 
 def devices_multiple(n: int) -> int:
@@ -128,3 +141,33 @@ def local_rows(tree):
         return np.concatenate(parts)
 
     return jax.tree_util.tree_map(one, tree)
+
+
+def to_host(tree):
+    """numpy copies of ``tree``'s arrays, whole: an array split over the devices of
+    several processes is gathered (a collective every process must reach)."""
+
+    def one(a):
+        if not isinstance(a, jax.Array) or a.is_fully_addressable or a.is_fully_replicated:
+            return np.asarray(a)
+        from jax.experimental import multihost_utils
+
+        return np.asarray(multihost_utils.process_allgather(a, tiled=True))
+
+    return jax.tree_util.tree_map(one, tree)
+
+
+def gather_batches(local: np.ndarray, n: int, size: int) -> np.ndarray:
+    """The (n, ...) rows of every process in data order, from this process's rows
+    ``local`` (its :func:`process_rows` of each global batch of ``size``, batch after
+    batch, padded rows included: ``ceil(n / size) * local_rows`` of them)."""
+    local = np.asarray(local)
+    if jax.process_count() == 1:
+        return local[:n]
+    from cnnvis_jax import distributed
+
+    every = distributed.allgather(local)  # (P, batches * per, ...)
+    per = local.shape[0] // max(-(-n // size), 1)
+    batches = every.reshape(every.shape[0], -1, per, *local.shape[1:])
+    ordered = np.swapaxes(batches, 0, 1).reshape(-1, *local.shape[1:])  # batch by batch
+    return ordered[:n]

@@ -91,6 +91,66 @@ def test_two_processes_count_what_one_process_counts(tmp_path):
                     np.testing.assert_array_equal(got[key + field], getattr(r.counts, field))
 
 
+FAMILIES = """
+import sys
+import numpy as np
+sys.path.insert(0, {tests!r})
+from cnnvis_jax import distributed
+assert distributed.initialize()
+import jax
+from test_am_helpers import tiny_model as am_model
+from test_am_sharded import UNITS, recipe
+from test_dissection_tally import make_source, tiny_model
+from test_net2vec import colour_model, planted
+from cnnvis_jax import am
+from cnnvis_jax.deconv import top_activations
+from cnnvis_jax.dissection.net2vec import net2vec
+from cnnvis_jax.features import extract_features
+out = {{}}
+source = make_source(n=45)
+out["features"] = extract_features(tiny_model(), source, ["conv2"], batch_size=8,
+                                   progress=False)["conv2"]
+top = top_activations(tiny_model(), source, "conv2", k=4, batch_size=8, progress=False)
+out["top_values"], out["top_images"] = top.values, top.image_index
+r = am.render(am_model(), [am.channel("conv2", u) for u in UNITS], recipe(), key=3)
+out["am_images"], out["am_final"] = r.images, r.final_activation
+res = net2vec(colour_model(), planted(64, 0), planted(32, 1), "conv1", quantile=0.05, epochs=3,
+              learning_rate=0.01, min_images=3, progress=False)
+out["n2v_weights"], out["n2v_iou"] = res.weights, res.set_iou
+np.savez({out!r} + str(jax.process_index()) + ".npz", **out)
+"""
+
+
+def test_features_top_k_am_and_net2vec_over_two_processes(tmp_path):
+    from test_am_helpers import tiny_model as am_model
+    from test_am_sharded import UNITS, recipe
+    from test_net2vec import colour_model, planted
+
+    from cnnvis_jax import am
+    from cnnvis_jax.deconv import top_activations
+    from cnnvis_jax.dissection.net2vec import net2vec
+    from cnnvis_jax.features import extract_features
+
+    code = textwrap.dedent(FAMILIES).format(tests=TESTS, out=str(tmp_path / "process"))
+    for rc, _, err in _run_pair([[sys.executable, "-c", code]] * 2):
+        assert rc == 0, err[-3000:]
+    source = make_source(n=45)
+    feats = extract_features(tiny_model(), source, ["conv2"], batch_size=8, progress=False)
+    top = top_activations(tiny_model(), source, "conv2", k=4, batch_size=8, progress=False)
+    r = am.render(am_model(), [am.channel("conv2", u) for u in UNITS], recipe(), key=3)
+    res = net2vec(colour_model(), planted(64, 0), planted(32, 1), "conv1", quantile=0.05,
+                  epochs=3, learning_rate=0.01, min_images=3, progress=False)  # fmt: skip
+    for process in (0, 1):
+        got = np.load(tmp_path / f"process{process}.npz")
+        np.testing.assert_allclose(got["features"], feats["conv2"], rtol=1e-6, atol=1e-6)
+        np.testing.assert_array_equal(got["top_images"], top.image_index)  # bitwise indices
+        np.testing.assert_allclose(got["top_values"], top.values, rtol=1e-6)
+        np.testing.assert_allclose(got["am_images"], r.images, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(got["am_final"], r.final_activation, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(got["n2v_weights"], res.weights, rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(got["n2v_iou"], res.set_iou, rtol=1e-6, atol=1e-6)
+
+
 DISSECT = ["dissect", "--model", "conceptnet", "--dataset", "concepts", "--layers",
            "conv3,conv5", "--batch-size", "16", "--top", "3", "--quiet"]  # fmt: skip
 

@@ -506,7 +506,7 @@ def render(
         )  # fmt: skip
         out = _finish_all(model_r, job_recipe, job_objectives, state, recipe_axes=recipe_axes)
 
-    out = {k: np.asarray(v)[:n_jobs] for k, v in out.items()}
+    out = {k: v[:n_jobs] for k, v in parallel.to_host(out).items()}
     trajectory = np.asarray(trajectory)[:n_jobs]
     chosen = out["best_images"] if recipe_data.output == "best" else out["final_images"]
     lead = (n_obj,) if (n_rec == 1 and seeds == 1 and not swept) else (n_rec, seeds, n_obj)

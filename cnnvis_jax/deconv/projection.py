@@ -253,11 +253,8 @@ def _run(ruled: Model, images, units: np.ndarray, positions: np.ndarray | None, 
         parallel.put(units, per_pair),
         parallel.put(positions, per_pair),
     )
-    return (
-        np.asarray(projections)[:, :n_images],
-        np.asarray(where)[:, :n_images],
-        np.asarray(values)[:, :n_images],
-    )
+    projections, where, values = parallel.to_host((projections, where, values))
+    return projections[:, :n_images], where[:, :n_images], values[:, :n_images]
 
 
 # --- public API -----------------------------------------------------------------------

@@ -35,7 +35,7 @@ from cnnvis_jax import checkpoint as checkpoint_mod
 from cnnvis_jax import interrupt, parallel
 from cnnvis_jax.deconv.projection import check_units, projectable_layer
 from cnnvis_jax.errors import InputError
-from cnnvis_jax.features import iterate_batches, load_batch, to_model_input
+from cnnvis_jax.features import iterate_local_batches, load_batch, to_model_input
 from cnnvis_jax.model import Model
 from cnnvis_jax.progress import progress_bar
 
@@ -208,17 +208,19 @@ def top_activations(
     with guard, progress_bar(count, f"top-{k} {info.name}", enabled=progress) as bar:
         bar.update(done)
         rest = order[done:]
-        for batch_indices, valid, batch in iterate_batches(source, size, rest) if rest.size else ():
+        batches = iterate_local_batches(source, size, rest) if rest.size else ()
+        for start, (batch_indices, valid, batch) in zip(range(0, rest.size, size), batches):
             state = step(
                 placed,
                 state,
-                parallel.put(batch["image"], split),
-                parallel.put(batch_indices.astype(np.int32), split),
-                parallel.put(valid, split),
+                parallel.put_rows(batch["image"], split, size),
+                parallel.put_rows(batch_indices.astype(np.int32), split, size),
+                parallel.put_rows(valid, split, size),
                 device_units,
             )
-            done += int(valid.sum())
-            bar.update(int(valid.sum()))
+            count = min(size, rest.size - start)  # images of the whole batch, all processes
+            done += count
+            bar.update(count)
             saver.step(dict(zip(("values", "image", "flat"), state), done=done),
                        f"top-{k} {info.name}")  # fmt: skip
     values, image, flat = (np.asarray(a) for a in state)

@@ -464,8 +464,7 @@ def compute_thresholds(
         for name, state in merged_over_processes(runner.merged(), specs).items():
             for k in ("top", "lo", "hi", "img_v", "img_i"):
                 arrays[f"{name}/{k}"] = state[k]
-        if distributed.is_primary():
-            _save_npz(path, arrays)
+        _save_npz(path, arrays)  # process 0 writes
         if on_checkpoint is not None:
             on_checkpoint("thresholds", done_now)
 
@@ -666,8 +665,7 @@ def compute_tally(
             return
         arrays = {"fingerprint": np.array(fingerprint), "done": np.array(done_now)}
         arrays.update(combined())
-        if distributed.is_primary():
-            _save_npz(path, arrays)
+        _save_npz(path, arrays)  # process 0 writes
         if on_checkpoint is not None:
             on_checkpoint("tally", done_now)
 

@@ -37,6 +37,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from cnnvis_jax import parallel
+
 __all__ = [
     "Chunk",
     "Problem",
@@ -244,17 +246,18 @@ def drive(
                 timings.append((chunk.start, chunk.length, time.perf_counter() - clock))
             bar.update(chunk.length)
             if checkpoint is not None:
-                records = [np.concatenate([np.asarray(r) for r in records], axis=1)]
-                checkpoint_mod.save_arrays(
+                records = [np.concatenate(parallel.to_host(records), axis=1)]
+                host = parallel.to_host(state)  # every process takes part in the gather
+                checkpoint_mod.save_arrays(  # process 0 writes
                     checkpoint,
-                    {**checkpoint_mod.tree_arrays(state), "record": records[0],
+                    {**checkpoint_mod.tree_arrays(host), "record": records[0],
                      "done": chunk.start + chunk.length, "phase": chunk.phase},
                     mark,
                 )  # fmt: skip
                 interrupt.check(desc)
     if not records:
         return state, None
-    return state, np.concatenate([np.asarray(r) for r in records], axis=1)
+    return state, np.concatenate(parallel.to_host(records), axis=1)
 
 
 def seconds_per_step(timings: Sequence[tuple[int, int, float]]) -> float:

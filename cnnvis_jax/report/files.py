@@ -1,7 +1,9 @@
 """Atomic file writers: a crash never leaves a half-written file behind.
 
 Each writer writes to ``<name>.partial`` beside the target, then renames it over the
-target (``os.replace`` is atomic on one file system), creating parent folders.
+target (``os.replace`` is atomic on one file system), creating parent folders. In a run
+of several processes (:mod:`cnnvis_jax.distributed`) only process 0 writes; the others'
+writes do nothing (they compute the same files).
 """
 
 from __future__ import annotations
@@ -29,9 +31,18 @@ def naming(path: str | os.PathLike):
         raise
 
 
+def writes_here() -> bool:
+    """Whether this process writes files (see the module docstring)."""
+    from cnnvis_jax.distributed import is_primary
+
+    return is_primary()
+
+
 def write_text(path: str | os.PathLike, text: str) -> Path:
     """Write ``text`` (UTF-8) to ``path`` atomically."""
     path = Path(path)
+    if not writes_here():
+        return path
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.name + ".partial")
     with naming(path):
@@ -43,6 +54,8 @@ def write_text(path: str | os.PathLike, text: str) -> Path:
 def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     """Write ``data`` to ``path`` atomically."""
     path = Path(path)
+    if not writes_here():
+        return path
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.name + ".partial")
     with naming(path):
@@ -70,6 +83,9 @@ def save_figure(fig: Any, path: str | os.PathLike, dpi: int = 100) -> Path:
     import matplotlib.pyplot as plt
 
     path = Path(path)
+    if not writes_here():
+        plt.close(fig)
+        return path
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.name + ".partial")
     with naming(path):

@@ -83,8 +83,13 @@ def image_grid(
 
 
 def save_png(image: np.ndarray, path: str | os.PathLike) -> Path:
-    """Write an (H, W, 3) uint8/float image as PNG atomically, creating parent folders."""
+    """Write an (H, W, 3) uint8/float image as PNG atomically, creating parent folders
+    (process 0 alone in a run of several processes)."""
+    from cnnvis_jax.report.files import writes_here
+
     path = Path(path)
+    if not writes_here():
+        return path
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.name + ".partial")
     with naming(path):

@@ -122,6 +122,23 @@ def make_forward(
     return forward
 
 
+def _batches(source: Any, size: int, indices, rows: slice):
+    if size < 1:
+        raise InputError(f"batch_size must be >= 1, got {size}.")
+    order = np.arange(len(source)) if indices is None else np.asarray(indices, np.int64)
+    if order.size == 0:
+        raise InputError("no images to process: the source (or the index list) is empty.")
+
+    def prepare(start):
+        chunk = order[start : start + size]
+        valid = np.zeros(size, bool)
+        valid[: len(chunk)] = True
+        chunk = np.concatenate([chunk, np.full(size - len(chunk), chunk[-1])])[rows]
+        return chunk, valid[rows], load_batch(source, chunk)
+
+    yield from prefetched(prepare, list(range(0, len(order), size)))
+
+
 def iterate_batches(
     source: Any,
     batch_size: int,
@@ -131,23 +148,10 @@ def iterate_batches(
 
     ``indices`` int64 (B,) (padding repeats the last index), ``valid`` bool (B,),
     ``batch`` as :func:`load_batch` (``batch["image"]`` uint8 (B, H, W, 3)). The
-    next batch is loaded in a worker thread while the caller works.
+    next batches are loaded on worker threads while the caller works
+    (:func:`prefetched`).
     """
-    if batch_size < 1:
-        raise InputError(f"batch_size must be >= 1, got {batch_size}.")
-    order = np.arange(len(source)) if indices is None else np.asarray(indices, np.int64)
-    if order.size == 0:
-        raise InputError("no images to process: the source (or the index list) is empty.")
-
-    def prepare(start):
-        chunk = order[start : start + batch_size]
-        valid = np.ones(batch_size, bool)
-        if len(chunk) < batch_size:
-            valid[len(chunk) :] = False
-            chunk = np.concatenate([chunk, np.full(batch_size - len(chunk), chunk[-1])])
-        return chunk, valid, load_batch(source, chunk)
-
-    yield from prefetched(prepare, list(range(0, len(order), batch_size)))
+    yield from _batches(source, batch_size, indices, slice(None))
 
 
 def iterate_local_batches(
@@ -161,19 +165,7 @@ def iterate_local_batches(
     ``jax.distributed`` a process decodes only its own images."""
     from cnnvis_jax import parallel
 
-    rows = parallel.process_rows(size)
-    order = np.arange(len(source)) if indices is None else np.asarray(indices, np.int64)
-    if order.size == 0:
-        raise InputError("no images to process: the source (or the index list) is empty.")
-
-    def prepare(start):
-        chunk = order[start : start + size]
-        valid = np.zeros(size, bool)
-        valid[: len(chunk)] = True
-        chunk = np.concatenate([chunk, np.full(size - len(chunk), chunk[-1])])[rows]
-        return chunk, valid[rows], load_batch(source, chunk)
-
-    yield from prefetched(prepare, list(range(0, len(order), size)))
+    yield from _batches(source, size, indices, parallel.process_rows(size))
 
 
 def extract_features(

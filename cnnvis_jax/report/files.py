@@ -40,15 +40,7 @@ def writes_here() -> bool:
 
 def write_text(path: str | os.PathLike, text: str) -> Path:
     """Write ``text`` (UTF-8) to ``path`` atomically."""
-    path = Path(path)
-    if not writes_here():
-        return path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    with naming(path):
-        partial.write_text(text, encoding="utf-8")
-    os.replace(partial, path)
-    return path
+    return write_bytes(path, text.encode("utf-8"))
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> Path:

@@ -9,8 +9,6 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from cnnvis_jax.report.files import naming
-
 
 def to_uint8(images: np.ndarray) -> np.ndarray:
     """Float images in [0, 1] (clipped) or uint8 -> uint8, same shape."""
@@ -85,14 +83,12 @@ def image_grid(
 def save_png(image: np.ndarray, path: str | os.PathLike) -> Path:
     """Write an (H, W, 3) uint8/float image as PNG atomically, creating parent folders
     (process 0 alone in a run of several processes)."""
-    from cnnvis_jax.report.files import writes_here
+    import io
 
-    path = Path(path)
+    from cnnvis_jax.report.files import write_bytes, writes_here
+
     if not writes_here():
-        return path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    with naming(path):
-        Image.fromarray(to_uint8(image)).save(partial, format="PNG")
-    os.replace(partial, path)
-    return path
+        return Path(path)
+    buffer = io.BytesIO()
+    Image.fromarray(to_uint8(image)).save(buffer, format="PNG")
+    return write_bytes(path, buffer.getvalue())

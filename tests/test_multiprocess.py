@@ -117,11 +117,19 @@ out["am_images"], out["am_final"] = r.images, r.final_activation
 res = net2vec(colour_model(), planted(64, 0), planted(32, 1), "conv1", quantile=0.05, epochs=3,
               learning_rate=0.01, min_images=3, progress=False)
 out["n2v_weights"], out["n2v_iou"] = res.weights, res.set_iou
+import dataclasses
+from test_inversion_decoder import CONFIG, tiny_model as decoder_model
+from cnnvis_jax.data.concepts import ConceptSet
+from cnnvis_jax.inversion import train_decoder
+config = dataclasses.replace(CONFIG, steps=4, checkpoint_every=2)  # orbax, two processes
+d = train_decoder(decoder_model(), config, {decoder!r}, progress=False,
+                  source=ConceptSet(64, split="train", image_size=32))
+out.update({{"decoder/" + k: np.asarray(v) for k, v in d.params.items()}})
 np.savez({out!r} + str(jax.process_index()) + ".npz", **out)
 """
 
 
-def test_features_top_k_am_and_net2vec_over_two_processes(tmp_path):
+def test_features_top_k_am_net2vec_and_decoder_over_two_processes(tmp_path):
     from test_am_helpers import tiny_model as am_model
     from test_am_sharded import UNITS, recipe
     from test_net2vec import colour_model, planted
@@ -131,7 +139,9 @@ def test_features_top_k_am_and_net2vec_over_two_processes(tmp_path):
     from cnnvis_jax.dissection.net2vec import net2vec
     from cnnvis_jax.features import extract_features
 
-    code = textwrap.dedent(FAMILIES).format(tests=TESTS, out=str(tmp_path / "process"))
+    code = textwrap.dedent(FAMILIES).format(
+        tests=TESTS, out=str(tmp_path / "process"), decoder=str(tmp_path / "decoder")
+    )
     for rc, _, err in _run_pair([[sys.executable, "-c", code]] * 2):
         assert rc == 0, err[-3000:]
     source = make_source(n=45)
@@ -140,8 +150,21 @@ def test_features_top_k_am_and_net2vec_over_two_processes(tmp_path):
     r = am.render(am_model(), [am.channel("conv2", u) for u in UNITS], recipe(), key=3)
     res = net2vec(colour_model(), planted(64, 0), planted(32, 1), "conv1", quantile=0.05,
                   epochs=3, learning_rate=0.01, min_images=3, progress=False)  # fmt: skip
+    import dataclasses
+
+    from test_inversion_decoder import CONFIG
+    from test_inversion_decoder import tiny_model as decoder_model
+
+    from cnnvis_jax.data.concepts import ConceptSet
+    from cnnvis_jax.inversion import train_decoder
+
+    config = dataclasses.replace(CONFIG, steps=4, checkpoint_every=2)
+    decoder = train_decoder(decoder_model(), config, tmp_path / "one", progress=False,
+                            source=ConceptSet(64, split="train", image_size=32))  # fmt: skip
     for process in (0, 1):
         got = np.load(tmp_path / f"process{process}.npz")
+        for k, v in decoder.params.items():  # data-parallel: gradients summed in another order
+            np.testing.assert_allclose(got["decoder/" + k], v, rtol=1e-3, atol=2e-5, err_msg=k)
         np.testing.assert_allclose(got["features"], feats["conv2"], rtol=1e-6, atol=1e-6)
         np.testing.assert_array_equal(got["top_images"], top.image_index)  # bitwise indices
         np.testing.assert_allclose(got["top_values"], top.values, rtol=1e-6)

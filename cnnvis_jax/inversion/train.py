@@ -230,6 +230,7 @@ def train_decoder(
 
     mesh = parallel.image_mesh()
     rep, batch_sharding = parallel.shardings(mesh, None, P(parallel.AXIS))
+    rows = parallel.process_rows(config.batch_size, mesh) if mesh is not None else slice(None)
     fn = _step_fn(layer, d, scale, config, jax.device_count())
     placed = parallel.put(model, rep)
     params = parallel.put(params, rep)
@@ -240,13 +241,14 @@ def train_decoder(
         with interrupt.graceful(), progress_bar(config.steps, f"decoder {layer}",
                                                 enabled=progress, unit="step") as bar:  # fmt: skip
             bar.update(step)
-            for images in prefetched(
-                lambda s: source.batch(batch_indices(config, s, n))["image"],
+            for images in prefetched(  # this process's rows of each batch
+                lambda s: source.batch(batch_indices(config, s, n)[rows])["image"],
                 list(range(step, config.steps)),
             ):
                 params, opt_state, loss = fn(
-                    params, opt_state, placed, parallel.put(images, batch_sharding)
-                )
+                    params, opt_state, placed,
+                    parallel.put_rows(images, batch_sharding, config.batch_size),
+                )  # fmt: skip
                 losses.append(float(loss))
                 step += 1
                 done_now += 1

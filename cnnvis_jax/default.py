@@ -43,8 +43,12 @@ def default_model(*, progress: bool = True) -> Model:
             f"cnnvis: training the default model once (cached in {final})...",
             file=sys.stderr,
         )
-        train(TrainConfig(), partial, progress=progress)
-        if final.exists():
-            shutil.rmtree(final)
-        partial.rename(final)
+        train(TrainConfig(), partial, progress=progress)  # every process of a run takes part
+        from cnnvis_jax import distributed
+
+        if distributed.is_primary():  # process 0 wrote it and moves it into place
+            if final.exists():
+                shutil.rmtree(final)
+            partial.rename(final)
+        distributed.all_succeeded(True, "training the default model")  # then all load it
     return load_trained(weights)

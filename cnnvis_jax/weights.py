@@ -294,7 +294,11 @@ def save_safetensors(module: nnx.Module, name: str, path: str | os.PathLike) -> 
     """
     from safetensors.numpy import save_file
 
+    from cnnvis_jax.report.files import writes_here
+
     path = Path(path)
+    if not writes_here():  # process 0 of several writes
+        return path
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     save_file(

@@ -125,6 +125,13 @@ config = dataclasses.replace(CONFIG, steps=4, checkpoint_every=2)  # orbax, two 
 d = train_decoder(decoder_model(), config, {decoder!r}, progress=False,
                   source=ConceptSet(64, split="train", image_size=32))
 out.update({{"decoder/" + k: np.asarray(v) for k, v in d.params.items()}})
+import functools
+import cnnvis_jax.train as train_module
+from cnnvis_jax.default import default_model
+train_module.TrainConfig = functools.partial(  # a first use that trains quickly
+    train_module.TrainConfig, epochs=1, train_size=64, val_size=32, batch_size=32)
+first_use = default_model(progress=False)  # trained by both, moved into place by process 0
+out["default"] = np.concatenate([np.ravel(a) for a in jax.tree_util.tree_leaves(first_use.params)])
 np.savez({out!r} + str(jax.process_index()) + ".npz", **out)
 """
 
@@ -142,8 +149,13 @@ def test_features_top_k_am_net2vec_and_decoder_over_two_processes(tmp_path):
     code = textwrap.dedent(FAMILIES).format(
         tests=TESTS, out=str(tmp_path / "process"), decoder=str(tmp_path / "decoder")
     )
-    for rc, _, err in _run_pair([[sys.executable, "-c", code]] * 2):
+    cache = tmp_path / "cache"
+    for rc, _, err in _run_pair([[sys.executable, "-c", code]] * 2, CNNVIS_CACHE=str(cache)):
         assert rc == 0, err[-3000:]
+    assert (cache / "conceptnet-default" / "weights.safetensors").is_file()
+    assert not (cache / "conceptnet-default.partial").exists()
+    trained = [np.load(tmp_path / f"process{p}.npz")["default"] for p in (0, 1)]
+    np.testing.assert_array_equal(trained[0], trained[1])
     source = make_source(n=45)
     feats = extract_features(tiny_model(), source, ["conv2"], batch_size=8, progress=False)
     top = top_activations(tiny_model(), source, "conv2", k=4, batch_size=8, progress=False)
@@ -199,7 +211,7 @@ def test_launch_writes_the_one_process_files(tmp_path, capsys):
 
 
 def test_killed_two_process_run_resumes_in_one_process(tmp_path):
-    args = DISSECT + ["--count", "256", "--checkpoint-every", "1", "--no-pictures"]
+    args = DISSECT + ["--count", "128", "--checkpoint-every", "1", "--no-pictures"]
     out = tmp_path / "run"
     env = dict(os.environ, JAX_PLATFORMS="cpu")
     launcher = subprocess.Popen(
@@ -215,7 +227,7 @@ def test_killed_two_process_run_resumes_in_one_process(tmp_path):
     launcher.communicate(timeout=120)
     assert launcher.returncode != 0
     done = int(np.load(checkpoint)["done"])
-    assert 0 < done < 256  # stopped part way through pass 1
+    assert 0 < done < 128  # stopped part way through pass 1
     assert main(args + ["--out", str(out)]) == 0  # one process, the same command
     whole = tmp_path / "whole"
     assert main(args + ["--out", str(whole)]) == 0

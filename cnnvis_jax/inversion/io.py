@@ -21,7 +21,7 @@ import numpy as np
 from cnnvis_jax.errors import InputError, WeightsError
 from cnnvis_jax.inversion.decoder import Decoder, DecoderDesign
 from cnnvis_jax.model import Model
-from cnnvis_jax.report.files import write_json
+from cnnvis_jax.report.files import write_json, writes_here
 
 __all__ = ["DECODER_FILE", "check_decoder", "fingerprint", "load_decoder", "save_decoder"]
 
@@ -69,9 +69,10 @@ def save_decoder(decoder: Decoder, path: str | os.PathLike, extra: dict | None =
     tensors = {
         k: np.ascontiguousarray(np.asarray(v, np.float32)) for k, v in decoder.params.items()
     }
-    tmp = target.with_suffix(".tmp")
-    save_file(tensors, str(tmp), metadata={META_KEY: json.dumps(record)})
-    os.replace(tmp, target)
+    if writes_here():  # process 0 of several writes
+        tmp = target.with_suffix(".tmp")
+        save_file(tensors, str(tmp), metadata={META_KEY: json.dumps(record)})
+        os.replace(tmp, target)
     write_json(target.with_suffix(".json"), record)
     return target
 

@@ -29,9 +29,12 @@ def save_weights(
     """Write ``module``'s weights and description to ``path`` atomically."""
     from safetensors.numpy import save_file
 
+    from cnnvis_jax.report.files import writes_here
     from cnnvis_jax.weights import export_state_dict
 
     path = Path(path)
+    if not writes_here():  # process 0 of several writes
+        return path
     path.parent.mkdir(parents=True, exist_ok=True)
     metadata = {
         MODEL_KEY: "conceptnet",

@@ -129,12 +129,11 @@ def _batches(source: Any, size: int, indices, rows: slice):
     if order.size == 0:
         raise InputError("no images to process: the source (or the index list) is empty.")
 
+    from cnnvis_jax import parallel
+
     def prepare(start):
-        chunk = order[start : start + size]
-        valid = np.zeros(size, bool)
-        valid[: len(chunk)] = True
-        chunk = np.concatenate([chunk, np.full(size - len(chunk), chunk[-1])])[rows]
-        return chunk, valid[rows], load_batch(source, chunk)
+        chunk, valid = parallel.take_batch(order, start, size, rows)
+        return chunk, valid, load_batch(source, chunk)
 
     yield from prefetched(prepare, list(range(0, len(order), size)))
 

@@ -111,6 +111,17 @@ def process_rows(size: int, mesh: jax.sharding.Mesh | None = None) -> slice:
     return slice(blocks[0][0], blocks[-1][1])
 
 
+def take_batch(
+    order: np.ndarray, start: int, size: int, rows: slice = slice(None)
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(indices, valid)``: the batch of ``size`` at ``start`` of ``order`` (padding
+    repeats the last index and is not valid), ``rows`` of it (:func:`process_rows`)."""
+    chunk = order[start : start + size]
+    valid = np.zeros(size, bool)
+    valid[: len(chunk)] = True
+    return pad_axis(chunk, size)[rows], valid[rows]
+
+
 def put_rows(tree, sharding, size: int):
     """A global batch of ``size`` rows split with ``sharding`` from this process's rows
     (:func:`process_rows`) in ``tree``; :func:`put` in one process."""

@@ -287,38 +287,32 @@ def state_dict_shapes(module: nnx.Module) -> dict[str, tuple[int, ...]]:
     return {key: slot.torch_shape for key, slot in _slots(module).items()}
 
 
+def write_safetensors(
+    path: str | os.PathLike, tensors: Mapping[str, np.ndarray], metadata: dict[str, str]
+) -> Path:
+    """Write ``tensors`` (contiguous numpy arrays) and ``metadata`` as a safetensors file,
+    atomically (:func:`cnnvis_jax.report.files.write_bytes`: process 0 alone in a run of
+    several processes)."""
+    from safetensors.numpy import save
+
+    from cnnvis_jax.report.files import write_bytes
+
+    return write_bytes(path, save(dict(tensors), metadata=metadata))
+
+
 def save_safetensors(module: nnx.Module, name: str, path: str | os.PathLike) -> Path:
     """Write :func:`export_state_dict` of ``module`` to ``path`` (safetensors), atomically.
 
     The metadata records ``format = "pt"`` (torch layout) and ``cnnvis.network = name``.
     """
-    from safetensors.numpy import save_file
-
-    from cnnvis_jax.report.files import writes_here
-
-    path = Path(path)
-    if not writes_here():  # process 0 of several writes
-        return path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(
-        export_state_dict(module, name),
-        str(tmp),
-        metadata={"format": "pt", "cnnvis.network": str(name)},
-    )
-    os.replace(tmp, path)
-    return path
+    metadata = {"format": "pt", "cnnvis.network": str(name)}
+    return write_safetensors(path, export_state_dict(module, name), metadata)
 
 
 def convert_to_safetensors(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
     """Copy any readable weights file (e.g. a ``.pth``, with torch) to safetensors, as is."""
-    from safetensors.numpy import save_file
-
     arrays = {k: np.ascontiguousarray(v) for k, v in read_state_dict(src).items()}
-    dst = Path(dst)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    save_file(arrays, str(dst), metadata={"format": "pt"})
-    return dst
+    return write_safetensors(dst, arrays, {"format": "pt"})
 
 
 # --- import -------------------------------------------------------------------------

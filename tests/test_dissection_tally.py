@@ -272,24 +272,44 @@ def test_several_layers_equal_separate_passes(tiny, source, thresholds):
         np.testing.assert_array_equal(getattr(alone["conv1"], key), getattr(both["conv1"], key))
 
 
+COUNTS = ("both", "units", "units_cat_lite", "units_cat_original", "labels")
+
+
+def dissected_arrays() -> dict[str, np.ndarray]:
+    """Thresholds, top images and counts of ``conv1,conv2`` of the tiny model on
+    :func:`make_source` with both engines, flat (``<engine><layer>/<field>``): what a
+    child process run on other devices or processes saves for the parent to compare."""
+    arrays = {}
+    for engine in ("dense", "sparse"):
+        d = dissect(tiny_model(), make_source(), "conv1,conv2", quantile=Q, batch_size=BATCH,
+                    engine=engine, progress=False)  # fmt: skip
+        for name, r in d.layers.items():
+            arrays[engine + name + "/thr"] = r.thresholds.values
+            arrays[engine + name + "/top"] = r.thresholds.top_images
+            for key in COUNTS:
+                arrays[engine + name + "/" + key] = getattr(r.counts, key)
+    return arrays
+
+
+def assert_equals_one_device(arrays, d) -> None:
+    """:func:`dissected_arrays` from elsewhere equal the dissection ``d`` bit for bit."""
+    for engine in ("dense", "sparse"):  # counts psummed over the mesh / gathered to the host
+        for name, r in d.layers.items():
+            key = engine + name + "/"
+            np.testing.assert_array_equal(arrays[key + "thr"], r.thresholds.values)
+            np.testing.assert_array_equal(arrays[key + "top"], r.thresholds.top_images)
+            for field in COUNTS:
+                np.testing.assert_array_equal(arrays[key + field], getattr(r.counts, field))
+
+
 CHILD = """
-import sys, json
+import sys
 import numpy as np
 sys.path.insert(0, {tests!r})
 import jax
 assert jax.device_count() == 8, jax.devices()
-from test_dissection_tally import make_source, tiny_model
-from cnnvis_jax.dissection import dissect
-arrays = {{}}
-for engine in ("dense", "sparse"):
-    d = dissect(tiny_model(), make_source(), "conv1,conv2", quantile=0.05, batch_size=8,
-                engine=engine, progress=False)
-    for name, r in d.layers.items():
-        arrays[engine + name + "/thr"] = r.thresholds.values
-        arrays[engine + name + "/top"] = r.thresholds.top_images
-        for key in ("both", "units", "units_cat_lite", "units_cat_original", "labels"):
-            arrays[engine + name + "/" + key] = getattr(r.counts, key)
-np.savez({out!r}, **arrays)
+from test_dissection_tally import dissected_arrays
+np.savez({out!r}, **dissected_arrays())
 """
 
 
@@ -297,15 +317,7 @@ def test_sharded_equals_single_device(tiny, source, tmp_path):
     out = tmp_path / "sharded.npz"
     code = textwrap.dedent(CHILD).format(tests=str(Path(__file__).parent), out=str(out))
     run_on_eight_devices(code)
-    sharded = np.load(out)
     assert jax.device_count() == 1
     d = dissect(tiny, source, "conv1,conv2", quantile=Q, batch_size=BATCH, progress=False)
-    for engine in ("dense", "sparse"):  # counts psummed over the mesh / gathered to the host
-        for name, r in d.layers.items():
-            got = {k[len(engine + name) + 1 :]: v for k, v in sharded.items()
-                   if k.startswith(engine + name + "/")}  # fmt: skip
-            np.testing.assert_array_equal(got["thr"], r.thresholds.values)
-            np.testing.assert_array_equal(got["top"], r.thresholds.top_images)
-            for key in ("both", "units", "units_cat_lite", "units_cat_original", "labels"):
-                np.testing.assert_array_equal(got[key], getattr(r.counts, key))
+    assert_equals_one_device(np.load(out), d)
     json.dumps(d.summary())

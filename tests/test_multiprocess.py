@@ -18,7 +18,11 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_dissection_tally import make_source, tiny_model  # noqa: E402
+from test_dissection_tally import (  # noqa: E402
+    assert_equals_one_device,
+    make_source,
+    tiny_model,
+)
 
 from cnnvis_jax.cli import main  # noqa: E402
 from cnnvis_jax.dissection import dissect  # noqa: E402
@@ -35,18 +39,8 @@ from cnnvis_jax import distributed
 assert distributed.initialize()  # from the environment
 import jax
 assert jax.process_count() == 2 and jax.device_count() == 8, jax.devices()
-from test_dissection_tally import make_source, tiny_model
-from cnnvis_jax.dissection import dissect
-arrays = {{}}
-for engine in ("dense", "sparse"):
-    d = dissect(tiny_model(), make_source(), "conv1,conv2", quantile=0.05, batch_size=8,
-                engine=engine, progress=False)
-    for name, r in d.layers.items():
-        arrays[engine + name + "/thr"] = r.thresholds.values
-        arrays[engine + name + "/top"] = r.thresholds.top_images
-        for key in ("both", "units", "units_cat_lite", "units_cat_original", "labels"):
-            arrays[engine + name + "/" + key] = getattr(r.counts, key)
-np.savez({out!r} + str(jax.process_index()) + ".npz", **arrays)
+from test_dissection_tally import dissected_arrays
+np.savez({out!r} + str(jax.process_index()) + ".npz", **dissected_arrays())
 """
 
 
@@ -81,14 +75,7 @@ def test_two_processes_count_what_one_process_counts(tmp_path):
     one = dissect(tiny_model(), make_source(), "conv1,conv2", quantile=0.05, batch_size=8,
                   progress=False)  # fmt: skip
     for process in (0, 1):  # every process ends with the whole result
-        got = np.load(tmp_path / f"process{process}.npz")
-        for engine in ("dense", "sparse"):
-            for name, r in one.layers.items():
-                key = engine + name + "/"
-                np.testing.assert_array_equal(got[key + "thr"], r.thresholds.values)
-                np.testing.assert_array_equal(got[key + "top"], r.thresholds.top_images)
-                for field in ("both", "units", "units_cat_lite", "units_cat_original", "labels"):
-                    np.testing.assert_array_equal(got[key + field], getattr(r.counts, field))
+        assert_equals_one_device(np.load(tmp_path / f"process{process}.npz"), one)
 
 
 FAMILIES = """

@@ -117,6 +117,7 @@ def join_processes(args, argv: Sequence[str]) -> bool:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from cnnvis_jax import distributed
     from cnnvis_jax.cli.common import check_outputs, release_locks
 
     parser = build_parser()
@@ -126,14 +127,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         enable_compilation_cache()  # before JAX loads
         several = join_processes(args, argv)
-        primary = True
-        if several:
-            from cnnvis_jax import distributed
-
-            primary = distributed.is_primary()
         ok = False
         try:
-            if primary:  # process 0 alone owns (and locks) the output folder
+            if distributed.is_primary():  # process 0 alone owns (and locks) the output folder
                 check_outputs(args)  # before any work
             ok = True
         finally:

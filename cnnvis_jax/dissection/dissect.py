@@ -14,6 +14,7 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -378,13 +379,9 @@ class Batches:
         return list(range(done, self.n, self.size))
 
     def take(self, order: np.ndarray, start: int) -> tuple[np.ndarray, np.ndarray]:
-        """This process's ``(indices, valid)`` of the batch at ``start`` (padding repeats
-        the last index and is not valid)."""
-        chunk = order[start : start + self.size]
-        valid = np.zeros(self.size, bool)
-        valid[: len(chunk)] = True
-        chunk = parallel.pad_axis(chunk, self.size)
-        return chunk[self.rows], valid[self.rows]
+        """This process's ``(indices, valid)`` of the batch at ``start``
+        (:func:`cnnvis_jax.parallel.take_batch`)."""
+        return parallel.take_batch(order, start, self.size, self.rows)
 
     def stored(self, start: int) -> int:
         return (start // self.size) * self.local
@@ -509,9 +506,7 @@ class _DenseThresholds:
         self.run = th.compiled_step(layers, devices)
 
     def step(self, images, indices, valid, start, batches) -> None:
-        def put(a):
-            return parallel.put_rows(a, self.split, batches.size)
-
+        put = functools.partial(parallel.put_rows, sharding=self.split, size=batches.size)
         self.state = self.run(self.placed, put(images), put(indices), put(valid), self.state)
 
     def merged(self) -> dict[str, dict[str, np.ndarray]]:
@@ -545,9 +540,7 @@ class _SparseThresholds:
                 self.store.put(row, {n: out[n]["acts"] for n in self.layers}, count)
 
     def step(self, images, indices, valid, start, batches) -> None:
-        def put(a):
-            return parallel.put_rows(a, self.split, batches.size)
-
+        put = functools.partial(parallel.put_rows, sharding=self.split, size=batches.size)
         # each image is compared with its own process's running K-th values
         kth = {n: np.broadcast_to(t.kth, (len(valid), len(t.kth))) for n, t in self.tops.items()}
         out = self.run(self.placed, put(images), put(valid), put(kth))
@@ -660,11 +653,9 @@ def compute_tally(
             return flat
         return distributed.sum_over_processes(flat)
 
-    def save(done_now: int) -> None:
-        if path is None:
-            return
+    def save(done_now: int, counts: dict[str, np.ndarray]) -> None:
         arrays = {"fingerprint": np.array(fingerprint), "done": np.array(done_now)}
-        arrays.update(combined())
+        arrays.update(counts)
         _save_npz(path, arrays)  # process 0 writes
         if on_checkpoint is not None:
             on_checkpoint("tally", done_now)
@@ -678,15 +669,13 @@ def compute_tally(
         for k, (start, valid, batch) in enumerate(prefetched(prepare, batches.starts(done))):
             runner.step(batch, valid, acc, start, batches)
             bar.update(min(size, n - start))
-            if (k + 1) % checkpoint_every == 0 and start + size < n:
-                save(start + size)
-        runner.flush(acc)
+            if path is not None and (k + 1) % checkpoint_every == 0 and start + size < n:
+                save(start + size, combined())
+    total = combined()
     if path is not None:
-        save(n)
-    if engine != "dense" and distributed.process_count() > 1:
-        total = distributed.sum_over_processes(_flatten(acc))
-        for key, value in _flatten(acc).items():  # views of acc's arrays
-            value[...] = total[key]
+        save(n, total)
+    for key, value in _flatten(acc).items():  # views of acc's arrays (in one process: total)
+        value[...] = total[key]
     return {
         name: Counts(
             both=acc[name]["both"],
@@ -718,8 +707,7 @@ class _DenseTally:
         self.pending = None
 
     def step(self, batch, valid, acc, start, batches) -> None:
-        def put(a):
-            return parallel.put_rows(a, self.split, batches.size)
+        put = functools.partial(parallel.put_rows, sharding=self.split, size=batches.size)
 
         result = self.run(
             self.placed,
@@ -762,10 +750,7 @@ class _SparseTally:
             acts = self.store.batch(batches.stored(start), len(valid))
             out = {n: sparse_tally.host_cells(a, self.thr_host[n], valid) for n, a in acts.items()}
         else:
-
-            def put(a):
-                return parallel.put_rows(a, self.split, batches.size)
-
+            put = functools.partial(parallel.put_rows, sharding=self.split, size=batches.size)
             out = self.run(self.placed, put(batch["image"]), put(valid), self.thr)
         self.flush(acc)
         self.pending = (out, batch, valid)

@@ -21,7 +21,7 @@ import numpy as np
 from cnnvis_jax.errors import InputError, WeightsError
 from cnnvis_jax.inversion.decoder import Decoder, DecoderDesign
 from cnnvis_jax.model import Model
-from cnnvis_jax.report.files import write_json, writes_here
+from cnnvis_jax.report.files import write_json
 
 __all__ = ["DECODER_FILE", "check_decoder", "fingerprint", "load_decoder", "save_decoder"]
 
@@ -51,10 +51,9 @@ def _file(path: str | os.PathLike) -> Path:
 def save_decoder(decoder: Decoder, path: str | os.PathLike, extra: dict | None = None) -> Path:
     """Write ``decoder`` to ``path`` (a directory, or a ``.safetensors`` file) and the
     JSON copy of its record beside it; returns the safetensors path."""
-    from safetensors.numpy import save_file
+    from cnnvis_jax.weights import write_safetensors
 
     target = _file(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
     record = {
         "format": FORMAT,
         "layer": decoder.layer,
@@ -69,10 +68,7 @@ def save_decoder(decoder: Decoder, path: str | os.PathLike, extra: dict | None =
     tensors = {
         k: np.ascontiguousarray(np.asarray(v, np.float32)) for k, v in decoder.params.items()
     }
-    if writes_here():  # process 0 of several writes
-        tmp = target.with_suffix(".tmp")
-        save_file(tensors, str(tmp), metadata={META_KEY: json.dumps(record)})
-        os.replace(tmp, target)
+    write_safetensors(target, tensors, {META_KEY: json.dumps(record)})
     write_json(target.with_suffix(".json"), record)
     return target
 

@@ -27,15 +27,8 @@ def save_weights(
     epoch: int,
 ) -> Path:
     """Write ``module``'s weights and description to ``path`` atomically."""
-    from safetensors.numpy import save_file
+    from cnnvis_jax.weights import export_state_dict, write_safetensors
 
-    from cnnvis_jax.report.files import writes_here
-    from cnnvis_jax.weights import export_state_dict
-
-    path = Path(path)
-    if not writes_here():  # process 0 of several writes
-        return path
-    path.parent.mkdir(parents=True, exist_ok=True)
     metadata = {
         MODEL_KEY: "conceptnet",
         "cnnvis.variant": json.dumps(config.variant, sort_keys=True),
@@ -43,10 +36,7 @@ def save_weights(
         "cnnvis.epoch": str(epoch),
         "cnnvis.target": config.target,
     }
-    tmp = path.with_suffix(".tmp")
-    save_file(export_state_dict(module, "conceptnet"), str(tmp), metadata=metadata)
-    os.replace(tmp, path)
-    return path
+    return write_safetensors(path, export_state_dict(module, "conceptnet"), metadata)
 
 
 def read_metadata(path: str | os.PathLike) -> dict[str, str]:

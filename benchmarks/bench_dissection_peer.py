@@ -90,7 +90,7 @@ def run_case(name: str, args, work: Path) -> dict:
         peer_cmd = [args.peer_python, str(ROOT / "benchmarks/peers/netdissect_lite.py"),
                     "--source", str(args.source), "--broden", str(broden), "--weights",
                     str(weights), "--model", name, "--layer", case["peer"], "--out",
-                    str(peer_out)]  # fmt: skip
+                    str(peer_out), *(["--gpu"] if args.peer_gpu else [])]  # fmt: skip
         peer = json.loads(subprocess.run(peer_cmd, capture_output=True, text=True,
                                          check=True).stdout.strip().splitlines()[-1])  # fmt: skip
         ours = _timed([*cnnvis, "dissect", "--model", name, "--weights", str(weights),
@@ -119,11 +119,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--source", type=Path, required=True, help="NetDissect-Lite git dir")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--cases", default="resnet18,alexnet")
+    ap.add_argument("--peer-gpu", action="store_true", help="run NetDissect-Lite with GPU=True")
     ap.add_argument("--work", type=Path, default=Path("/tmp/cnnvis_bench_dissection_peer"))
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/dissection_peer.json")
     args = ap.parse_args(argv)
     args.work.mkdir(parents=True, exist_ok=True)
-    record = {"machine": {"cpus": os.cpu_count(), "platform": sys.platform}, "cases": {}}
+    import jax
+
+    record = {
+        "machine": {"cpus": os.cpu_count(), "platform": sys.platform,
+                    "backend": jax.default_backend(), "peer_gpu": args.peer_gpu},
+        "cases": {},
+    }  # fmt: skip
     for name in args.cases.split(","):
         record["cases"][name] = run_case(name, args, args.work)
     from cnnvis_jax.report.files import write_json

@@ -1,5 +1,6 @@
-"""Feature extraction images/s at batch 64 on CPU: conceptnet and alexnet, with a
-torch CPU forward of the same alexnet weights side by side (ratio in one run).
+"""Feature extraction images/s at batch 64 on JAX's default device: conceptnet and
+alexnet, with a torch forward of the same alexnet weights side by side on the same kind
+of device (CPU here, the GPU where torch sees one; ratio in one run).
 
 Run: ``python -m benchmarks.bench_features``. The torch column needs the optional
 ``torch`` extra (torch + torchvision); without it only the JAX figures are taken.
@@ -32,7 +33,9 @@ def jax_images_per_second(model, layers, batch=BATCH) -> float:
 
 
 def torch_alexnet_images_per_second(module, batch=BATCH) -> float | None:
-    """torchvision AlexNet holding ``module``'s weights, same taps kept on host."""
+    """torchvision AlexNet holding ``module``'s weights, same taps kept on host.
+
+    On the GPU when torch sees one (as JAX then does), else on the CPU."""
     try:
         import torch
         import torchvision
@@ -46,6 +49,8 @@ def torch_alexnet_images_per_second(module, batch=BATCH) -> float | None:
         for k, v in export_state_dict(module, "alexnet").items()
     }
     net.load_state_dict(state)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    net = net.to(device)
     taps = {}
     modules = dict(net.named_modules())
     for name in (
@@ -58,13 +63,13 @@ def torch_alexnet_images_per_second(module, batch=BATCH) -> float | None:
         "classifier.5",
     ):
         modules[name].register_forward_hook(
-            lambda m, i, o, name=name: taps.__setitem__(name, o.numpy())
+            lambda m, i, o, name=name: taps.__setitem__(name, o.cpu().numpy())
         )
-    x = torch.rand(batch, 3, 224, 224)
+    x = torch.rand(batch, 3, 224, 224).to(device)
 
     def run():
         with torch.no_grad():
-            net(x).numpy()
+            net(x).cpu().numpy()
 
     return batch / best_time(run, repeats=5, warmup=2)
 
@@ -88,6 +93,12 @@ def main() -> dict:
         "alexnet_224_conv5_images_per_second": jax_images_per_second(alexnet, ("conv5",)),
     }
     torch_ips = None
+    try:
+        import torch
+
+        record["torch_device"] = "cuda" if torch.cuda.is_available() else "cpu"
+    except ImportError:
+        pass
     try:
         torch_ips = torch_alexnet_images_per_second(alexnet_module)
     except Exception as e:  # the torch side is optional; say why it is missing

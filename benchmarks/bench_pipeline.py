@@ -5,7 +5,9 @@ On the generated Broden-format fixture of the peer benchmark (160 images at 224 
 
 * decoding: the images alone (pass 1 of a dissection) and images with their labels
   encoded for the tally (``load_labelled``), per image, through
-  :func:`cnnvis_jax.features.prefetched` with 1, 2 and 4 threads;
+  :func:`cnnvis_jax.features.prefetched` with 1, 2, 4, 8 and 16 threads (those up to
+  the larger of 4 and the number of CPUs; the 160 images are cycled so that every
+  thread has at least four batches to decode);
 * the forward: a torchvision-layout ResNet-18 (synthetic weights) to layer4 at batch 32,
   jitted, steady state;
 
@@ -28,7 +30,7 @@ from benchmarks.common import save
 BATCH = 32
 
 
-def _fixture(work: Path) -> tuple[Path, Path]:
+def _fixture(work: Path, images: int = 160) -> tuple[Path, Path]:
     from safetensors.numpy import save_file
 
     from cnnvis_jax.data.synthetic_broden import (
@@ -36,9 +38,10 @@ def _fixture(work: Path) -> tuple[Path, Path]:
         write_synthetic_broden,
     )
 
-    broden, weights = work / "broden_resnet18", work / "resnet18.safetensors"
+    name = "broden_resnet18" if images == 160 else f"broden_resnet18_{images}"
+    broden, weights = work / name, work / "resnet18.safetensors"
     if not (broden / "index.csv").exists():
-        write_synthetic_broden(broden, images=160, image_size=224, seed=0)
+        write_synthetic_broden(broden, images=images, image_size=224, seed=0)
     if not weights.exists():
         save_file(synthetic_torchvision_weights("resnet18", 0), str(weights))
     return broden, weights
@@ -46,10 +49,13 @@ def _fixture(work: Path) -> tuple[Path, Path]:
 
 def decode_rate(fn, n: int, threads: int, repeats: int = 3) -> float:
     """Images per second of ``fn(batch_indices)`` over ``n`` images in batches of
-    :data:`BATCH` through :func:`prefetched` with ``threads`` (best of ``repeats``)."""
+    :data:`BATCH` through :func:`prefetched` with ``threads`` (best of ``repeats``),
+    the batches cycled until each thread has at least four."""
     from cnnvis_jax.features import prefetched
 
     starts = list(range(0, n, BATCH))
+    starts = starts * -(-4 * threads // len(starts))
+    n = sum(min(BATCH, n - s) for s in starts)
     best = float("inf")
     for _ in range(repeats):
         clock = time.perf_counter()
@@ -80,6 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--work", default=os.path.join(tempfile.gettempdir(),
                                                    "cnnvis_bench_dissection_peer"))  # fmt: skip
+    ap.add_argument("--threads", default="1,2,4,8,16",
+                    help="thread counts to time (those above max(4, CPUs) are skipped)")  # fmt: skip
     args = ap.parse_args(argv)
     from cnnvis_jax.data.broden import BrodenSource
     from cnnvis_jax.dissection.labels import label_layout, load_labelled
@@ -91,7 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     layout = label_layout(source, None, zero_scalar=True)
     n = len(source)
     decode = {}
-    for threads in (1, 2, 4):
+    counts = [int(t) for t in args.threads.split(",") if t]
+    for threads in [t for t in counts if t <= max(4, os.cpu_count() or 1)]:
         decode[threads] = {
             "images": decode_rate(lambda i: load_batch(source, i)["image"], n, threads),
             "labels": decode_rate(
@@ -102,8 +111,9 @@ def main(argv: list[str] | None = None) -> int:
             ),  # fmt: skip
         }
     forward = forward_rate(load_model("resnet18", weights))
-    default = min(decode_threads(), 4)
-    pass1, pass2 = decode[default]["images"], decode[default]["labels"]
+    default = decode_threads()
+    nearest = min(decode, key=lambda t: abs(t - default))
+    pass1, pass2 = decode[nearest]["images"], decode[nearest]["labels"]
     record = {
         "images": n,
         "batch": BATCH,

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # GPU figures in one go, under 8 minutes: the features, AM, DeconvNet, inversion,
-# dissection and input-pipeline benchmarks on one GPU; their JSON (and one log per
-# benchmark) land in $OUT (default benchmarks/results/gpu), with status.jsonl saying
-# how long each took and whether it finished.
+# dissection and input-pipeline benchmarks on one GPU, and, where PEER_SOURCE names a
+# NetDissect-Lite checkout (git dir or folder), dissection against NetDissect-Lite with
+# both on the GPU (the peer runs under PEER_PYTHON, default PYTHON, which needs torch); their JSON (and one log per benchmark)
+# land in $OUT (default benchmarks/results/gpu), with status.jsonl saying how long each
+# took and whether it finished.
 #
 # Needs JAX with a GPU backend and the package's dependencies importable, and the
 # trained default model (nothing downloads there). From a checkout here:
@@ -11,8 +13,8 @@
 #   # then on the GPU machine, carrying .device-cache (32 MB):
 #   bash benchmarks/device_run.sh
 #
-# Each benchmark has its own time limit (together 7.5 minutes); one that runs over
-# is stopped and recorded as such, and the others still run.
+# Each benchmark has its own time limit (together 7.5 minutes with the peer); one that
+# runs over is stopped and recorded as such, and the others still run.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-benchmarks/results/gpu}
@@ -44,10 +46,17 @@ run() {  # run NAME SECONDS MODULE [ARGS...]
         "$([ $status -eq 124 ] && echo true || echo false)" $((SECONDS - start)) >> "$OUT/status.jsonl"
 }
 
-run features 45 benchmarks.bench_features
-run am 100 benchmarks.bench_am
-run deconv 75 benchmarks.bench_deconv
-run inversion 75 benchmarks.bench_inversion
-run dissection 75 benchmarks.bench_dissection --speed-only --images 1024 --rounds 1
-run pipeline 60 benchmarks.bench_pipeline
+run features 40 benchmarks.bench_features
+run am 70 benchmarks.bench_am
+run deconv 40 benchmarks.bench_deconv
+run inversion 100 benchmarks.bench_inversion
+run dissection 45 benchmarks.bench_dissection --speed-only --images 1024 --rounds 1
+run pipeline 80 benchmarks.bench_pipeline --threads 1,4,16
+if [ -n "${PEER_SOURCE:-}" ]; then
+    peer_gpu=()  # the peer on the GPU exactly when ours is
+    grep -q '"backend": "gpu"' "$OUT/device.json" && peer_gpu=(--peer-gpu)
+    run dissection_peer 100 benchmarks.bench_dissection_peer --peer-python "${PEER_PYTHON:-$PY}" \
+        --source "$PEER_SOURCE" --cases resnet18 --rounds 2 "${peer_gpu[@]}" \
+        --work "${TMPDIR:-/tmp}/cnnvis_bench_dissection_peer_gpu" --out "$OUT/dissection_peer.json"
+fi
 cat "$OUT/status.jsonl"

@@ -47,6 +47,16 @@ def process_env(
     return env
 
 
+def _ended(rc: int) -> str:
+    """How a process ended, from its return code, in words."""
+    if rc < 0:
+        try:
+            return f"was killed by {signal.Signals(-rc).name}"
+        except ValueError:
+            return f"was killed by signal {-rc}"
+    return f"exited with status {rc}"
+
+
 def _stop(procs: Sequence[subprocess.Popen]) -> None:
     for p in procs:
         if p.poll() is None:
@@ -99,6 +109,11 @@ def launch(
                 running.remove(p)
                 if rc != 0 and code == 0:
                     code = rc
+                    if running:
+                        print(f"cnnvis launch: process {procs.index(p)} {_ended(rc)}; stopping "
+                              f"the other {len(running)} (checkpoints written so far stay valid; "
+                              "a rerun of the same command resumes).", file=sys.stderr,
+                              flush=True)  # fmt: skip
                     _stop(running)
                     running = []
                     break

@@ -4,9 +4,12 @@ README there).
 
 Given NetDissect-Lite's thresholds (its quantile.npy), every unit's label per category,
 truth, activation and intersection counts must equal its tally.csv. The only allowance
-is for units with an upsampled pixel within 1e-5 (relative) of the threshold: JAX's and
-torch's float32 convolutions round differently (about 1e-7), so such a pixel may fall
-on either side; those units may differ by at most that many pixels, and there are few.
+is for units with an upsampled pixel within 5e-5 (relative) of the threshold: JAX's and
+torch's float32 convolutions round differently, and through ResNet-18's seventeen
+layers the difference reaches about 1e-5 of the value (XLA's CPU kernels depend on the
+instruction set: one AVX-512 machine put a torch pixel on the other side of the
+threshold at 1.2e-5), so such a pixel may fall on either side; those units may differ
+by at most that many pixels, and there are few.
 Our own "lite" threshold read-out must equal NetDissect-Lite's for most units (its
 sketch places its two weight-0 extremes by numpy's unstable sort, which moves the
 read-out by up to half a gap between order statistics; see ``thresholds.readout``).
@@ -39,7 +42,7 @@ CASES = {
     "resnet18_layer4": dict(arch="resnet18", layer="layer4", images=160, size=224, seed=0),
     "alexnet_conv5": dict(arch="alexnet", layer="conv5", images=150, size=227, seed=1),
 }
-NEAR = 1e-5
+NEAR = 5e-5
 
 
 def read_tally(path: Path) -> dict[int, dict[str, str]]:

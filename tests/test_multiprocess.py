@@ -1,6 +1,7 @@
 """Several processes through ``jax.distributed`` (2 processes x 4 CPU devices on
 loopback, CPU collectives over gloo) give the one-process results; a run killed under
-two processes resumes under one; bad process settings fail fast with one line."""
+two processes resumes under one, as does one whose second process died (the launcher
+stops the survivor and says so); bad process settings fail fast with one line."""
 
 from __future__ import annotations
 
@@ -198,7 +199,9 @@ def test_launch_writes_the_one_process_files(tmp_path, capsys):
 
 
 def test_killed_two_process_run_resumes_in_one_process(tmp_path):
-    args = DISSECT + ["--count", "128", "--checkpoint-every", "1", "--no-pictures"]
+    # 32 batches per pass: the run is still going when the poll below sees the first
+    # checkpoint, also on a loaded machine
+    args = DISSECT + ["--count", "512", "--checkpoint-every", "1", "--no-pictures"]
     out = tmp_path / "run"
     env = dict(os.environ, JAX_PLATFORMS="cpu")
     launcher = subprocess.Popen(
@@ -211,11 +214,67 @@ def test_killed_two_process_run_resumes_in_one_process(tmp_path):
     while not checkpoint.exists() and launcher.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
     os.killpg(launcher.pid, signal.SIGINT)  # Ctrl-C reaches every process of the run
-    launcher.communicate(timeout=120)
-    assert launcher.returncode != 0
+    _, err = launcher.communicate(timeout=120)
+    assert launcher.returncode != 0, err.decode()[-2000:]
     done = int(np.load(checkpoint)["done"])
-    assert 0 < done < 128  # stopped part way through pass 1
+    assert 0 < done < 512  # stopped part way through pass 1
     assert main(args + ["--out", str(out)]) == 0  # one process, the same command
+    whole = tmp_path / "whole"
+    assert main(args + ["--out", str(whole)]) == 0
+    for layer in ("conv3", "conv5"):
+        assert (out / layer / "tally.csv").read_bytes() == (
+            whole / layer / "tally.csv"
+        ).read_bytes()
+
+
+def _child_of(parent: int, process_id: int) -> int | None:
+    """Pid of the process that ``parent`` started with CNNVIS_PROCESS_ID=``process_id``."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            environ = (entry / "environ").read_bytes().split(b"\0")
+        except (OSError, IndexError, ValueError):
+            continue  # ended meanwhile
+        if ppid == parent and f"CNNVIS_PROCESS_ID={process_id}".encode() in environ:
+            return int(entry.name)
+    return None
+
+
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="needs /proc")
+def test_one_process_dying_stops_the_others_and_the_checkpoint_resumes(tmp_path):
+    args = DISSECT + ["--count", "512", "--checkpoint-every", "1", "--no-pictures"]
+    out = tmp_path / "run"
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    launcher = subprocess.Popen(
+        CLI + ["launch", "--processes", "2", "--devices-per-process", "4", "--"] + args
+        + ["--out", str(out)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        start_new_session=True,
+    )  # fmt: skip
+    try:
+        checkpoint = out / "checkpoint" / "pass1.npz"
+        deadline = time.monotonic() + 240
+        while not checkpoint.exists() and launcher.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        victim = _child_of(launcher.pid, 1)
+        assert victim is not None and checkpoint.exists()
+        os.kill(victim, signal.SIGKILL)  # process 1 dies without a word, mid-run
+        start = time.monotonic()
+        _, err = launcher.communicate(timeout=120)
+        stopped_after = time.monotonic() - start
+    finally:
+        if launcher.poll() is None:
+            os.killpg(launcher.pid, signal.SIGKILL)
+            launcher.wait()
+    err = err.decode()
+    assert launcher.returncode != 0, err[-2000:]
+    assert "process 1 was killed by SIGKILL; stopping the other 1" in err
+    assert "Traceback" not in err, err[-2000:]  # the survivor says what happened in a line
+    assert stopped_after < 60  # the survivor is stopped, not left waiting on its peer
+    done = int(np.load(checkpoint)["done"])  # the checkpoint loads: written atomically
+    assert 0 < done < 512
+    assert main(args + ["--out", str(out)]) == 0  # resumes in one process
     whole = tmp_path / "whole"
     assert main(args + ["--out", str(whole)]) == 0
     for layer in ("conv3", "conv5"):

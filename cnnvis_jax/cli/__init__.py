@@ -116,6 +116,14 @@ def join_processes(args, argv: Sequence[str]) -> bool:
     return several
 
 
+def _lost_a_peer(error: BaseException) -> bool:
+    """Whether ``error`` is JAX's runtime failing a collective (a process of the run
+    died or its connection broke)."""
+    import jax
+
+    return isinstance(error, getattr(jax.errors, "JaxRuntimeError", ()))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from cnnvis_jax import distributed
     from cnnvis_jax.cli.common import check_outputs, release_locks
@@ -124,6 +132,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     code = 1
+    several = False
     try:
         enable_compilation_cache()  # before JAX loads
         several = join_processes(args, argv)
@@ -146,6 +155,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("cnnvis: interrupted; rerun the same command to resume.", file=sys.stderr)
         return 130
+    except Exception as e:
+        if not (several and _lost_a_peer(e)):
+            raise
+        first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+        print(f"cnnvis: failed: lost contact with another process of this run ({first}); "
+              "checkpoints written so far are kept: rerun the same command, with any number "
+              "of processes, to resume.", file=sys.stderr)  # fmt: skip
+        return 1
     except OSError as e:  # a write failed mid-run (full disk, permissions)
         where = f" {e.filename}" if e.filename else ""
         print(

@@ -27,7 +27,7 @@ lint: $(STAMP)
 
 ## Lint, then the whole test suite (parity tests run when torch/torchvision are installed).
 test: lint
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=25
 
 ## Install the optional torch extra (torch 2.14.1 + torchvision 0.29.1, ~5.5 GB) and run parity tests.
 test-torch: $(STAMP)

@@ -5,9 +5,11 @@ On the generated Broden-format fixture of the peer benchmark (160 images at 224 
 
 * decoding: the images alone (pass 1 of a dissection) and images with their labels
   encoded for the tally (``load_labelled``), per image, through
-  :func:`cnnvis_jax.features.prefetched` with 1, 2, 4, 8 and 16 threads (those up to
-  the larger of 4 and the number of CPUs; the 160 images are cycled so that every
-  thread has at least four batches to decode);
+  :func:`cnnvis_jax.features.prefetched` with 1, 2, 4, 8 and 16 threads and as many
+  worker processes (``CNNVIS_DECODE_PROCESSES``; counts up to the larger of 4 and the
+  number of CPUs; the 160 images are cycled so that every worker has at least four
+  batches to decode, each worker process sixteen, and a process pool's start is part
+  of its time);
 * the forward: a torchvision-layout ResNet-18 (synthetic weights) to layer4 at batch 32,
   jitted, steady state;
 
@@ -18,6 +20,7 @@ thread count and the forward. Run: ``python -m benchmarks.bench_pipeline``.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import tempfile
 import time
@@ -47,23 +50,56 @@ def _fixture(work: Path, images: int = 160) -> tuple[Path, Path]:
     return broden, weights
 
 
-def decode_rate(fn, n: int, threads: int, repeats: int = 3) -> float:
-    """Images per second of ``fn(batch_indices)`` over ``n`` images in batches of
-    :data:`BATCH` through :func:`prefetched` with ``threads`` (best of ``repeats``),
-    the batches cycled until each thread has at least four."""
+def _images(source, indices):
+    from cnnvis_jax.features import load_batch
+
+    return load_batch(source, indices)["image"]
+
+
+def _labels(source, layout, images: bool, indices):
+    from cnnvis_jax.dissection.labels import load_labelled
+
+    return load_labelled(source, indices, layout, images=images)
+
+
+def decode_rate(fn, n: int, workers: int, processes: bool, repeats: int = 3):
+    """``(images/s, steady images/s)`` of ``fn(batch_indices)`` over ``n`` images in
+    batches of :data:`BATCH` through :func:`prefetched` with ``workers`` threads or
+    worker processes (best of ``repeats``), the batches cycled until each thread has
+    at least four (each process sixteen). The first figure counts everything from the
+    call on (a process pool's start included, as in a pass of a dissection); the
+    steady one counts from the first batch back to the last."""
     from cnnvis_jax.features import prefetched
 
-    starts = list(range(0, n, BATCH))
-    starts = starts * -(-4 * threads // len(starts))
-    n = sum(min(BATCH, n - s) for s in starts)
-    best = float("inf")
+    batches = [np.arange(s, min(s + BATCH, n)) for s in range(0, n, BATCH)]
+    per_worker = 16 if processes else 4  # processes: their start amortized
+    batches = batches * -(-per_worker * workers // len(batches))
+    total = sum(len(b) for b in batches)
+    pool = {"processes": workers} if processes else {"threads": workers, "processes": 0}
+    best, steady = float("inf"), float("inf")
     for _ in range(repeats):
         clock = time.perf_counter()
-        for _ in prefetched(lambda s: fn(np.arange(s, min(s + BATCH, n))), starts,
-                            threads=threads):  # fmt: skip
-            pass
-        best = min(best, time.perf_counter() - clock)
-    return n / best
+        first = None
+        for _ in prefetched(fn, batches, **pool):
+            first = first or time.perf_counter()
+        end = time.perf_counter()
+        best, steady = min(best, end - clock), min(steady, end - first)
+    return total / best, (total - len(batches[0])) / steady
+
+
+def _rates(source, layout, n: int, workers: int, processes: bool) -> dict:
+    fns = {
+        "images": functools.partial(_images, source),
+        "labels": functools.partial(_labels, source, layout, False),
+        "images_and_labels": functools.partial(_labels, source, layout, True),
+    }
+    out = {}
+    for name, fn in fns.items():
+        rate, steady = decode_rate(fn, n, workers, processes)
+        out[name] = rate
+        if processes:
+            out[f"{name}_steady"] = steady
+    return out
 
 
 def forward_rate(model, repeats: int = 5) -> float:
@@ -82,34 +118,34 @@ def forward_rate(model, repeats: int = 5) -> float:
     return BATCH / best
 
 
+def _counts(text: str, cap: int) -> list[int]:
+    return [c for c in (int(t) for t in text.split(",") if t) if c <= cap]
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--work", default=os.path.join(tempfile.gettempdir(),
                                                    "cnnvis_bench_dissection_peer"))  # fmt: skip
-    ap.add_argument("--threads", default="1,2,4,8,16",
-                    help="thread counts to time (those above max(4, CPUs) are skipped)")  # fmt: skip
+    ap.add_argument(
+        "--threads",
+        default="1,2,4,8,16",
+        help="thread counts to time (those above max(4, CPUs) are skipped)",
+    )
+    ap.add_argument("--processes", default="1,2,4,8,16",
+                    help="worker-process counts to time (likewise; '' for none)")  # fmt: skip
     args = ap.parse_args(argv)
     from cnnvis_jax.data.broden import BrodenSource
-    from cnnvis_jax.dissection.labels import label_layout, load_labelled
-    from cnnvis_jax.features import decode_threads, load_batch
+    from cnnvis_jax.dissection.labels import label_layout
+    from cnnvis_jax.features import decode_threads
     from cnnvis_jax.weights import load_model
 
     broden, weights = _fixture(Path(args.work))
     source = BrodenSource(broden)
     layout = label_layout(source, None, zero_scalar=True)
     n = len(source)
-    decode = {}
-    counts = [int(t) for t in args.threads.split(",") if t]
-    for threads in [t for t in counts if t <= max(4, os.cpu_count() or 1)]:
-        decode[threads] = {
-            "images": decode_rate(lambda i: load_batch(source, i)["image"], n, threads),
-            "labels": decode_rate(
-                lambda i: load_labelled(source, i, layout, images=False), n, threads
-            ),  # fmt: skip
-            "images_and_labels": decode_rate(
-                lambda i: load_labelled(source, i, layout), n, threads
-            ),  # fmt: skip
-        }
+    cap = max(4, os.cpu_count() or 1)
+    decode = {t: _rates(source, layout, n, t, False) for t in _counts(args.threads, cap)}
+    in_processes = {p: _rates(source, layout, n, p, True) for p in _counts(args.processes, cap)}
     forward = forward_rate(load_model("resnet18", weights))
     default = decode_threads()
     nearest = min(decode, key=lambda t: abs(t - default))
@@ -119,6 +155,7 @@ def main(argv: list[str] | None = None) -> int:
         "batch": BATCH,
         "default_threads": decode_threads(),
         "decode_images_per_second": decode,
+        "decode_images_per_second_in_processes": in_processes,
         "forward_images_per_second": forward,
         "pass1_bound": "decode" if pass1 < forward else "forward",
         "pass1_decode_over_forward": pass1 / forward,

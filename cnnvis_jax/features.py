@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import functools
 import itertools
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -41,22 +42,81 @@ def load_batch(source: Any, indices: np.ndarray) -> dict[str, np.ndarray]:
     return {"image": np.stack(images), "target": targets}
 
 
+def _positive_env(name: str) -> int | None:
+    """The positive integer in ``$name``, None when unset; InputError otherwise."""
+    import os
+
+    value = os.environ.get(name)
+    if not value:
+        return None
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise InputError(f"{name} must be a positive integer, got {value!r}.")
+    return number
+
+
 def decode_threads() -> int:
     """Threads that decode batches ahead of the device: ``$CNNVIS_DECODE_THREADS``, or
     the number of CPUs up to 4 (decoding releases the GIL; more threads than cores only
     take time from the forward on CPU)."""
     import os
 
-    value = os.environ.get("CNNVIS_DECODE_THREADS")
-    if value:
+    threads = _positive_env("CNNVIS_DECODE_THREADS")
+    return threads if threads is not None else max(1, min(4, os.cpu_count() or 1))
+
+
+def decode_processes() -> int:
+    """Worker processes that decode batches instead of threads:
+    ``$CNNVIS_DECODE_PROCESSES``, or 0 (threads). Each worker has its own interpreter,
+    so the Python part of decoding (opening files, checking paths, assembling labels)
+    runs on as many cores as there are workers instead of taking turns for the GIL; a
+    worker costs an interpreter's start (about a second) and its memory. For sources
+    that read files (Broden, image folders) on hosts with many cores."""
+    return _positive_env("CNNVIS_DECODE_PROCESSES") or 0
+
+
+_installed: dict[str, Any] = {}
+
+
+def _install(fn: Callable[[Any], Any]) -> None:
+    """A decoding worker's start: keep ``fn``; leave Ctrl-C to the main process (it
+    stops the pool) and keep JAX off any accelerator (the worker only decodes)."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        jax.config.update("jax_platforms", "cpu")
+    except Exception:  # a backend already started: it is not used here anyway
+        pass
+    _installed["fn"] = fn
+
+
+def _call_installed(item: Any) -> Any:
+    return _installed["fn"](item)
+
+
+def _decoding_pool(fn: Callable[[Any], Any], threads: int, processes: int):
+    """``(executor, submit)``: worker processes when asked for and ``fn`` can be sent to
+    them (a closure cannot: it runs on threads), else threads."""
+    if processes:
+        import multiprocessing
+        import pickle
+
         try:
-            threads = int(value)
-        except ValueError:
-            threads = 0
-        if threads < 1:
-            raise InputError(f"CNNVIS_DECODE_THREADS must be a positive integer, got {value!r}.")
-        return threads
-    return max(1, min(4, os.cpu_count() or 1))
+            pickle.dumps(fn)
+        except Exception:
+            processes = 0
+    if processes:
+        pool = concurrent.futures.ProcessPoolExecutor(
+            max_workers=processes, mp_context=multiprocessing.get_context("spawn"),
+            initializer=_install, initargs=(fn,),
+        )  # fmt: skip
+        return pool, lambda item: pool.submit(_call_installed, item)
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=threads)
+    return pool, lambda item: pool.submit(fn, item)
 
 
 def prefetched(
@@ -65,25 +125,35 @@ def prefetched(
     *,
     threads: int | None = None,
     ahead: int | None = None,
+    processes: int | None = None,
 ) -> Iterator[Any]:
     """Yield ``fn(item)`` for each item in order, computing the next ones on ``threads``
     worker threads (default :func:`decode_threads`) while the caller works: at most
-    ``ahead`` results (default ``threads + 1``) are computed or waiting at any time, so
-    memory stays bounded; the order never depends on which thread finishes first."""
+    ``ahead`` results (default workers + 1) are computed or waiting at any time, so
+    memory stays bounded; the order never depends on which worker finishes first.
+
+    With ``processes`` (default :func:`decode_processes`; 0: threads) the items go to
+    that many worker processes instead, ``fn`` sent to each once: it must be picklable
+    (a module-level function or a ``functools.partial`` of one with picklable
+    arguments; anything else runs on threads), and what it returns comes back pickled.
+    """
     if not items:
         return
     threads = decode_threads() if threads is None else max(1, int(threads))
-    ahead = threads + 1 if ahead is None else max(1, int(ahead))
-    with concurrent.futures.ThreadPoolExecutor(max_workers=threads) as pool:
+    processes = decode_processes() if processes is None else max(0, int(processes))
+    pool, submit = _decoding_pool(fn, threads, processes)
+    workers = processes or threads
+    ahead = workers + 1 if ahead is None else max(1, int(ahead))
+    with pool:
         pending: collections.deque = collections.deque()
         upcoming = iter(items)
         for item in itertools.islice(upcoming, ahead):
-            pending.append(pool.submit(fn, item))
+            pending.append(submit(item))
         try:
             while pending:
                 current = pending.popleft().result()
                 for item in itertools.islice(upcoming, 1):
-                    pending.append(pool.submit(fn, item))
+                    pending.append(submit(item))
                 yield current
         finally:
             for future in pending:  # an early exit (error, Ctrl-C): drop what has not begun
@@ -129,13 +199,16 @@ def _batches(source: Any, size: int, indices, rows: slice):
     if order.size == 0:
         raise InputError("no images to process: the source (or the index list) is empty.")
 
+    prepare = functools.partial(_load_rows, source, order, size, rows)
+    yield from prefetched(prepare, list(range(0, len(order), size)))
+
+
+def _load_rows(source: Any, order: np.ndarray, size: int, rows: slice, start: int):
+    """``(indices, valid, batch)`` of this process's rows of the batch at ``start``."""
     from cnnvis_jax import parallel
 
-    def prepare(start):
-        chunk, valid = parallel.take_batch(order, start, size, rows)
-        return chunk, valid, load_batch(source, chunk)
-
-    yield from prefetched(prepare, list(range(0, len(order), size)))
+    chunk, valid = parallel.take_batch(order, start, size, rows)
+    return chunk, valid, load_batch(source, chunk)
 
 
 def iterate_batches(

@@ -75,6 +75,11 @@ def test_mahendran2016_plan_jitter_from_stride(conceptnet):
 def test_plan_rescaling_and_unknown_preset(conceptnet):
     plan = Mahendran2016().plan(conceptnet, "conv3").with_steps(35)
     assert [s.steps for s in plan.stages] == [30, 5]
+    for published in (Mahendran2015().plan(conceptnet, "fc7"), plan):
+        for steps in range(1, 60):  # exactly the steps asked for, even below the pieces
+            scaled = published.with_steps(steps)
+            assert scaled.steps == steps and all(s.steps >= 1 for s in scaled.stages)
+    assert [s.steps for s in plan.with_steps(1).stages] == [1]  # the first stage runs
     assert Mahendran2015().plan(conceptnet, "conv3").without_priors().lambda_tv == 0
     with pytest.raises(InputError, match="mahendran2016"):
         preset("mahendran2017")

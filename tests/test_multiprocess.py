@@ -198,9 +198,19 @@ def test_launch_writes_the_one_process_files(tmp_path, capsys):
     assert a_summary == json.loads((tmp_path / "b" / "summary.json").read_text())
 
 
+def _freeze_at(checkpoint: Path, launcher: subprocess.Popen) -> None:
+    """Stop (SIGSTOP) every process of ``launcher``'s group as soon as ``checkpoint``
+    appears: the run is then frozen part way through, however fast its passes are on
+    this machine (with a warm compilation cache a pass takes a fraction of a second)."""
+    deadline = time.monotonic() + 240
+    while not checkpoint.exists():
+        assert launcher.poll() is None, "the run ended before its first checkpoint"
+        assert time.monotonic() < deadline, "no checkpoint within 240 s"
+        time.sleep(0.002)
+    os.killpg(launcher.pid, signal.SIGSTOP)
+
+
 def test_killed_two_process_run_resumes_in_one_process(tmp_path):
-    # 32 batches per pass: the run is still going when the poll below sees the first
-    # checkpoint, also on a loaded machine
     args = DISSECT + ["--count", "512", "--checkpoint-every", "1", "--no-pictures"]
     out = tmp_path / "run"
     env = dict(os.environ, JAX_PLATFORMS="cpu")
@@ -210,10 +220,9 @@ def test_killed_two_process_run_resumes_in_one_process(tmp_path):
         start_new_session=True,
     )  # fmt: skip
     checkpoint = out / "checkpoint" / "pass1.npz"
-    deadline = time.monotonic() + 240
-    while not checkpoint.exists() and launcher.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.02)
+    _freeze_at(checkpoint, launcher)  # once pass 1 is under way
     os.killpg(launcher.pid, signal.SIGINT)  # Ctrl-C reaches every process of the run
+    os.killpg(launcher.pid, signal.SIGCONT)
     _, err = launcher.communicate(timeout=120)
     assert launcher.returncode != 0, err.decode()[-2000:]
     done = int(np.load(checkpoint)["done"])
@@ -254,12 +263,11 @@ def test_one_process_dying_stops_the_others_and_the_checkpoint_resumes(tmp_path)
     )  # fmt: skip
     try:
         checkpoint = out / "checkpoint" / "pass1.npz"
-        deadline = time.monotonic() + 240
-        while not checkpoint.exists() and launcher.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.02)
+        _freeze_at(checkpoint, launcher)
         victim = _child_of(launcher.pid, 1)
-        assert victim is not None and checkpoint.exists()
+        assert victim is not None
         os.kill(victim, signal.SIGKILL)  # process 1 dies without a word, mid-run
+        os.killpg(launcher.pid, signal.SIGCONT)
         start = time.monotonic()
         _, err = launcher.communicate(timeout=120)
         stopped_after = time.monotonic() - start

@@ -7,7 +7,9 @@ components, default 50) and then t-SNE to 2-D (scikit-learn; perplexity
 points with k-means into K facets (default 10; 10 restarts). Each facet is
 represented by the mean of the ``per_facet`` images (default 15) closest to its
 centroid in the t-SNE plane. The MFV release ships such mean images but not the
-clustering code; these PCA and t-SNE settings are ours.
+clustering code; these PCA and t-SNE settings are ours. The features are computed
+with ``batch_size`` images per device, so the facets are the same, to the last bit,
+on any number of devices or processes.
 
 :func:`render_facets` runs one activation maximization per facet, each starting
 from its facet's mean image, with center-bias regularization (``mfv-mean``).
@@ -68,6 +70,21 @@ def _one_thread():
     return threadpool_limits(limits=1, user_api="openmp")
 
 
+def _features_per_device(model: Model, source: Any, layers, indices, batch_size: int, **kw):
+    """:func:`extract_features` with ``batch_size`` images on every device (the batch is
+    ``batch_size`` times the device count). A row's features then come from the same
+    per-device program whatever the number of devices or processes, so they are the
+    same to the last bit, and so are the t-SNE and k-means that follow; with a batch
+    split over the devices instead, the per-device shape (and XLA's blocking of the
+    dense layers) would change with the device count, and with it the last bits."""
+    import jax
+
+    return extract_features(
+        model, source, layers, batch_size=batch_size * jax.device_count(), indices=indices,
+        **kw,
+    )  # fmt: skip
+
+
 def class_indices(
     source: Any, class_index: int, *, limit: int | None = None, batch_size: int = 256
 ):
@@ -112,7 +129,8 @@ def facets(
     progress: bool = False,
 ) -> Facets:
     """Facets of class ``class_index`` from the images of ``source`` (see the module
-    docstring). ``limit`` scans only the first images of the source.
+    docstring). ``limit`` scans only the first images of the source; ``batch_size``
+    is the number of images per device.
 
     Raises:
       InputError: a class out of range, an unknown layer, fewer than ``2 k`` images
@@ -134,8 +152,8 @@ def facets(
             f"class {class_index} has {indices.size} images in the data set but {k} facets "
             f"need at least {2 * k}; use more images (--images) or fewer facets (--facets)."
         )
-    feats = extract_features(
-        model, source, [info.name], batch_size=batch_size, indices=indices, progress=progress
+    feats = _features_per_device(
+        model, source, [info.name], indices, batch_size, progress=progress
     )[info.name]
     feats = feats.reshape(len(indices), -1).astype(np.float64)
     n_comp = int(min(pca_dim, feats.shape[0] - 1, feats.shape[1]))
@@ -210,19 +228,20 @@ def facet_diversity(
     batch_size: int = 64,
 ) -> dict[str, float]:
     """Mean pairwise cosine distance between the K k-means facet centroids of the
-    images ``indices`` at each layer (see the module docstring)."""
+    images ``indices`` at each layer (see the module docstring); ``batch_size`` images
+    per device."""
     from sklearn.cluster import KMeans
 
     indices = np.asarray(indices, np.int64)
     if indices.size < 2 * k:
         raise InputError(f"facet diversity with {k} facets needs at least {2 * k} images.")
     names = [model.layer(name).name for name in layers]
-    feats = extract_features(
+    feats = _features_per_device(
         model,
         source,
         names,
-        batch_size=batch_size,
-        indices=indices,
+        indices,
+        batch_size,
         reduce=lambda _, a: a.mean(axis=(1, 2)) if a.ndim == 4 else a,
         progress=False,
     )

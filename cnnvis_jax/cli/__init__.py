@@ -155,14 +155,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("cnnvis: interrupted; rerun the same command to resume.", file=sys.stderr)
         return 130
-    except Exception as e:
-        if not (several and _lost_a_peer(e)):
-            raise
-        first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
-        print(f"cnnvis: failed: lost contact with another process of this run ({first}); "
-              "checkpoints written so far are kept: rerun the same command, with any number "
-              "of processes, to resume.", file=sys.stderr)  # fmt: skip
-        return 1
     except OSError as e:  # a write failed mid-run (full disk, permissions)
         where = f" {e.filename}" if e.filename else ""
         print(
@@ -171,5 +163,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
+    except Exception as e:
+        if not (several and _lost_a_peer(e)):
+            raise
+        first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+        print(f"cnnvis: failed: lost contact with another process of this run ({first}); "
+              "checkpoints written so far are kept: rerun the same command, with any number "
+              "of processes, to resume.", file=sys.stderr)  # fmt: skip
+        return 1
     finally:
         release_locks(failed=code != 0)

@@ -4,4 +4,5 @@ import sys
 
 from cnnvis_jax.cli import main
 
-sys.exit(main())
+if __name__ == "__main__":  # not in the decoding processes that import this module
+    sys.exit(main())

@@ -393,6 +393,19 @@ class Batches:
         return full * self.local + last
 
 
+def _threshold_rows(source: Any, batches: Batches, order: np.ndarray, start: int):
+    """Pass 1's ``(start, indices, valid, images)`` of this process's rows of a batch."""
+    chunk, valid = batches.take(order, start)
+    return start, chunk, valid, load_batch(source, chunk)["image"]
+
+
+def _tally_rows(source: Any, batches: Batches, order: np.ndarray, layout, images: bool,
+                start: int):  # fmt: skip
+    """Pass 2's ``(start, valid, labelled batch)`` of this process's rows of a batch."""
+    chunk, valid = batches.take(order, start)
+    return start, valid, load_labelled(source, chunk, layout, images=images)
+
+
 # --- pass 1 ----------------------------------------------------------------------------
 
 
@@ -465,9 +478,7 @@ def compute_thresholds(
         if on_checkpoint is not None:
             on_checkpoint("thresholds", done_now)
 
-    def prepare(start):
-        chunk, valid = batches.take(order, start)
-        return start, chunk, valid, load_batch(source, chunk)["image"]
+    prepare = functools.partial(_threshold_rows, source, batches, order)
 
     with progress_bar(n, f"thresholds {','.join(layers)}", enabled=progress) as bar:
         bar.update(done)
@@ -660,9 +671,7 @@ def compute_tally(
         if on_checkpoint is not None:
             on_checkpoint("tally", done_now)
 
-    def prepare(start):
-        chunk, valid = batches.take(order, start)
-        return start, valid, load_labelled(source, chunk, layout, images=cached is None)
+    prepare = functools.partial(_tally_rows, source, batches, order, layout, cached is None)
 
     with progress_bar(n, f"tally {','.join(layers)}", enabled=progress) as bar:
         bar.update(done)

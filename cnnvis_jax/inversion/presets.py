@@ -139,8 +139,10 @@ class Plan:
         return sum(s.steps for s in self.stages)
 
     def with_steps(self, steps: int) -> Plan:
-        """The same plan with its schedule pieces scaled to ``steps`` in total (piece
-        boundaries rounded, at least one step per piece), for quick runs and tests."""
+        """The same plan with its schedule pieces scaled to exactly ``steps`` in total
+        (piece boundaries rounded), for quick runs and tests. A piece that rounds to no
+        steps is left out, and so is a stage left with none: with fewer steps than
+        pieces, the first pieces of the schedule run."""
         if steps < 1:
             raise InputError(f"steps must be at least 1, got {steps}.")
         factor = steps / self.steps
@@ -151,10 +153,15 @@ class Plan:
             pieces = []
             for lr, n in s.schedule:
                 total += n
-                count = max(1, round(total * factor) - done)
+                count = max(round(total * factor) - done, 0)
+                if count == 0 and done == 0:  # the schedule starts with its first piece
+                    count = 1
+                count = min(count, steps - done)
                 done += count
-                pieces.append((lr, count))
-            stages.append(dataclasses.replace(s, schedule=tuple(pieces)))
+                if count:
+                    pieces.append((lr, count))
+            if pieces:
+                stages.append(dataclasses.replace(s, schedule=tuple(pieces)))
         return dataclasses.replace(self, stages=tuple(stages))
 
     def without_priors(self) -> Plan:

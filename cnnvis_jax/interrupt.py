@@ -8,6 +8,11 @@ loops nothing changes.
 
 An interrupt never lands inside a running XLA computation this way, which is what
 made interrupted commands crash instead of exiting.
+
+A process can start with SIGINT and SIGTERM blocked (the signal mask is inherited from
+whatever started it: a job runner, a Python parent whose libraries blocked them); they
+would then never arrive. :func:`graceful` and :func:`delivered` unblock them for as
+long as they are active.
 """
 
 from __future__ import annotations
@@ -36,6 +41,23 @@ def check(what: str = "work") -> None:
         raise Interrupted(f"{what} interrupted; its state is saved")
 
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+@contextlib.contextmanager
+def delivered(signals=STOP_SIGNALS):
+    """Unblock ``signals`` in the calling thread (and so in the processes it starts)
+    for the duration; the previous signal mask is restored after."""
+    if not hasattr(signal, "pthread_sigmask"):  # not POSIX: nothing is blocked
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_UNBLOCK, signals)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
 @contextlib.contextmanager
 def graceful(enabled: bool = True):
     """Turn the first SIGINT/SIGTERM into a pending interrupt (main thread only;
@@ -60,11 +82,12 @@ def graceful(enabled: bool = True):
             raise KeyboardInterrupt  # a second Ctrl-C: stop now
         _requested.set()
 
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in STOP_SIGNALS:
         previous[sig] = signal.signal(sig, handler)
     _depth = 1
     try:
-        yield
+        with delivered():
+            yield
     finally:
         _depth = 0
         for sig, old in previous.items():

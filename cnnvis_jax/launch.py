@@ -19,6 +19,7 @@ from collections.abc import Sequence
 
 from cnnvis_jax.distributed import ENV
 from cnnvis_jax.errors import InputError
+from cnnvis_jax.interrupt import delivered
 
 GRACE = 10.0
 """Seconds a stopped process gets to exit after SIGTERM before SIGKILL."""
@@ -93,6 +94,12 @@ def launch(
         raise InputError(f"--port must be in 1..65535, got {port}.")
     port = free_port() if port is None else port
     argv = [python, "-m", "cnnvis_jax.cli", *command]
+    with delivered():  # Ctrl-C must reach this process and those it starts
+        return _run(argv, processes, port, devices_per_process, timeout)
+
+
+def _run(argv: list[str], processes: int, port: int, devices_per_process, timeout) -> int:
+    """Start the processes, wait for them, stop the others when one fails."""
     procs: list[subprocess.Popen] = []
     code = 0
     try:

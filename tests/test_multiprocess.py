@@ -198,6 +198,20 @@ def test_launch_writes_the_one_process_files(tmp_path, capsys):
     assert a_summary == json.loads((tmp_path / "b" / "summary.json").read_text())
 
 
+INTERRUPTED = DISSECT + ["--count", "512", "--checkpoint-every", "1", "--no-pictures"]
+"""A run of 32 batches per pass with a checkpoint after each, interrupted below."""
+
+
+def _launch_two(out: Path) -> subprocess.Popen:
+    """:data:`INTERRUPTED` under ``cnnvis launch --processes 2`` into ``out``, in a
+    process group of its own."""
+    return subprocess.Popen(
+        CLI + ["launch", "--processes", "2", "--devices-per-process", "4", "--"]
+        + INTERRUPTED + ["--out", str(out)], env=dict(os.environ, JAX_PLATFORMS="cpu"),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+    )  # fmt: skip
+
+
 def _freeze_at(checkpoint: Path, launcher: subprocess.Popen) -> None:
     """Stop (SIGSTOP) every process of ``launcher``'s group as soon as ``checkpoint``
     appears: the run is then frozen part way through, however fast its passes are on
@@ -210,30 +224,42 @@ def _freeze_at(checkpoint: Path, launcher: subprocess.Popen) -> None:
     os.killpg(launcher.pid, signal.SIGSTOP)
 
 
-def test_killed_two_process_run_resumes_in_one_process(tmp_path):
-    args = DISSECT + ["--count", "512", "--checkpoint-every", "1", "--no-pictures"]
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> Path:
+    """The output folder of :data:`INTERRUPTED` run through in one process."""
+    whole = tmp_path_factory.mktemp("uninterrupted") / "run"
+    assert main(INTERRUPTED + ["--out", str(whole)]) == 0
+    return whole
+
+
+def _resumes_like(out: Path, checkpoint: Path, whole: Path) -> None:
+    """The interrupted run in ``out`` stopped part way through pass 1 with a valid
+    checkpoint, and the same command in one process finishes it as ``whole``."""
+    done = int(np.load(checkpoint)["done"])  # loads: written atomically
+    assert 0 < done < 512  # stopped part way through pass 1
+    assert main(INTERRUPTED + ["--out", str(out)]) == 0  # one process, the same command
+    for layer in ("conv3", "conv5"):
+        assert (out / layer / "tally.csv").read_bytes() == (
+            whole / layer / "tally.csv"
+        ).read_bytes()
+
+
+def test_killed_two_process_run_resumes_in_one_process(tmp_path, uninterrupted):
     out = tmp_path / "run"
-    env = dict(os.environ, JAX_PLATFORMS="cpu")
-    launcher = subprocess.Popen(
-        CLI + ["launch", "--processes", "2", "--devices-per-process", "4", "--"] + args
-        + ["--out", str(out)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        start_new_session=True,
-    )  # fmt: skip
+    # started with SIGINT blocked, as a job runner or a library of the parent can leave
+    # it (blocked signals are inherited): the launcher unblocks it for its processes
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        launcher = _launch_two(out)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
     checkpoint = out / "checkpoint" / "pass1.npz"
     _freeze_at(checkpoint, launcher)  # once pass 1 is under way
     os.killpg(launcher.pid, signal.SIGINT)  # Ctrl-C reaches every process of the run
     os.killpg(launcher.pid, signal.SIGCONT)
     _, err = launcher.communicate(timeout=120)
     assert launcher.returncode != 0, err.decode()[-2000:]
-    done = int(np.load(checkpoint)["done"])
-    assert 0 < done < 512  # stopped part way through pass 1
-    assert main(args + ["--out", str(out)]) == 0  # one process, the same command
-    whole = tmp_path / "whole"
-    assert main(args + ["--out", str(whole)]) == 0
-    for layer in ("conv3", "conv5"):
-        assert (out / layer / "tally.csv").read_bytes() == (
-            whole / layer / "tally.csv"
-        ).read_bytes()
+    _resumes_like(out, checkpoint, uninterrupted)
 
 
 def _child_of(parent: int, process_id: int) -> int | None:
@@ -252,15 +278,9 @@ def _child_of(parent: int, process_id: int) -> int | None:
 
 
 @pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="needs /proc")
-def test_one_process_dying_stops_the_others_and_the_checkpoint_resumes(tmp_path):
-    args = DISSECT + ["--count", "512", "--checkpoint-every", "1", "--no-pictures"]
+def test_one_process_dying_stops_the_others_and_the_checkpoint_resumes(tmp_path, uninterrupted):
     out = tmp_path / "run"
-    env = dict(os.environ, JAX_PLATFORMS="cpu")
-    launcher = subprocess.Popen(
-        CLI + ["launch", "--processes", "2", "--devices-per-process", "4", "--"] + args
-        + ["--out", str(out)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        start_new_session=True,
-    )  # fmt: skip
+    launcher = _launch_two(out)
     try:
         checkpoint = out / "checkpoint" / "pass1.npz"
         _freeze_at(checkpoint, launcher)
@@ -280,15 +300,7 @@ def test_one_process_dying_stops_the_others_and_the_checkpoint_resumes(tmp_path)
     assert "process 1 was killed by SIGKILL; stopping the other 1" in err
     assert "Traceback" not in err, err[-2000:]  # the survivor says what happened in a line
     assert stopped_after < 60  # the survivor is stopped, not left waiting on its peer
-    done = int(np.load(checkpoint)["done"])  # the checkpoint loads: written atomically
-    assert 0 < done < 512
-    assert main(args + ["--out", str(out)]) == 0  # resumes in one process
-    whole = tmp_path / "whole"
-    assert main(args + ["--out", str(whole)]) == 0
-    for layer in ("conv3", "conv5"):
-        assert (out / layer / "tally.csv").read_bytes() == (
-            whole / layer / "tally.csv"
-        ).read_bytes()
+    _resumes_like(out, checkpoint, uninterrupted)
 
 
 def test_an_unanswered_coordinator_fails_in_time_naming_it(tmp_path):

@@ -13,7 +13,7 @@
 #   # then on the GPU machine, carrying .device-cache (32 MB):
 #   bash benchmarks/device_run.sh
 #
-# Each benchmark has its own time limit (together 7.5 minutes with the peer); one that
+# Each benchmark has its own time limit (together 7.9 minutes with the peer); one that
 # runs over is stopped and recorded as such, and the others still run.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -49,13 +49,13 @@ run() {  # run NAME SECONDS MODULE [ARGS...]
 run features 40 benchmarks.bench_features
 run am 70 benchmarks.bench_am
 run deconv 40 benchmarks.bench_deconv
-run inversion 100 benchmarks.bench_inversion
+run inversion 90 benchmarks.bench_inversion
 run dissection 45 benchmarks.bench_dissection --speed-only --images 1024 --rounds 1
-run pipeline 80 benchmarks.bench_pipeline --threads 1,4,16
+run pipeline 100 benchmarks.bench_pipeline --threads 1,4,16 --processes 16
 if [ -n "${PEER_SOURCE:-}" ]; then
     peer_gpu=()  # the peer on the GPU exactly when ours is
     grep -q '"backend": "gpu"' "$OUT/device.json" && peer_gpu=(--peer-gpu)
-    run dissection_peer 100 benchmarks.bench_dissection_peer --peer-python "${PEER_PYTHON:-$PY}" \
+    run dissection_peer 90 benchmarks.bench_dissection_peer --peer-python "${PEER_PYTHON:-$PY}" \
         --source "$PEER_SOURCE" --cases resnet18 --rounds 2 "${peer_gpu[@]}" \
         --work "${TMPDIR:-/tmp}/cnnvis_bench_dissection_peer_gpu" --out "$OUT/dissection_peer.json"
 fi

@@ -9,10 +9,10 @@ loops nothing changes.
 An interrupt never lands inside a running XLA computation this way, which is what
 made interrupted commands crash instead of exiting.
 
-A process can start with SIGINT and SIGTERM blocked (the signal mask is inherited from
-whatever started it: a job runner, a Python parent whose libraries blocked them); they
-would then never arrive. :func:`graceful` and :func:`delivered` unblock them for as
-long as they are active.
+A process can start with SIGINT and SIGTERM blocked, or SIGINT ignored (both are
+inherited from whatever started it: a job runner, a shell's background job, a Python
+parent); they would then never arrive. :func:`graceful` and :func:`delivered` let them
+through for as long as they are active.
 """
 
 from __future__ import annotations
@@ -46,16 +46,24 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 @contextlib.contextmanager
 def delivered(signals=STOP_SIGNALS):
-    """Unblock ``signals`` in the calling thread (and so in the processes it starts)
-    for the duration; the previous signal mask is restored after."""
-    if not hasattr(signal, "pthread_sigmask"):  # not POSIX: nothing is blocked
-        yield
-        return
-    previous = signal.pthread_sigmask(signal.SIG_UNBLOCK, signals)
+    """For the duration, let ``signals`` reach this process and the processes it starts:
+    unblock them in the calling thread, and in the main thread handle a SIGINT that was
+    left ignored (as a shell leaves it for background jobs) as Python does by default
+    (:class:`KeyboardInterrupt`; the processes started meanwhile then start with
+    SIGINT's default action). The previous mask and handler are restored after."""
+    previous_int = None
+    if (threading.current_thread() is threading.main_thread()
+            and signal.getsignal(signal.SIGINT) == signal.SIG_IGN):  # fmt: skip
+        previous_int = signal.signal(signal.SIGINT, signal.default_int_handler)
+    blocking = hasattr(signal, "pthread_sigmask")  # POSIX; elsewhere nothing is blocked
+    previous_mask = signal.pthread_sigmask(signal.SIG_UNBLOCK, signals) if blocking else None
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        if blocking:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous_mask)
+        if previous_int is not None:
+            signal.signal(signal.SIGINT, previous_int)
 
 
 @contextlib.contextmanager

@@ -246,12 +246,15 @@ def _resumes_like(out: Path, checkpoint: Path, whole: Path) -> None:
 
 def test_killed_two_process_run_resumes_in_one_process(tmp_path, uninterrupted):
     out = tmp_path / "run"
-    # started with SIGINT blocked, as a job runner or a library of the parent can leave
-    # it (blocked signals are inherited): the launcher unblocks it for its processes
+    # started with SIGINT blocked and ignored, as a job runner, a shell's background job
+    # or the parent's libraries can leave it (both are inherited): the launcher lets it
+    # through to itself and its processes
     previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    previous_handler = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         launcher = _launch_two(out)
     finally:
+        signal.signal(signal.SIGINT, previous_handler)
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
     checkpoint = out / "checkpoint" / "pass1.npz"
     _freeze_at(checkpoint, launcher)  # once pass 1 is under way

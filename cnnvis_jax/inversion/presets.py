@@ -156,7 +156,6 @@ class Plan:
                 count = max(round(total * factor) - done, 0)
                 if count == 0 and done == 0:  # the schedule starts with its first piece
                     count = 1
-                count = min(count, steps - done)
                 done += count
                 if count:
                     pieces.append((lr, count))

@@ -26,7 +26,7 @@ NAMED = {
 
 AM_PRESETS = (
     "yosinski1", "yosinski2", "yosinski3", "yosinski4", "simonyan", "lucid", "distill", "dgn",
-    "mfv-center", "mfv-mean",
+    "mfv-center", "mfv-mean", "maco", "accentuate",
 )  # fmt: skip
 """The names of :data:`cnnvis_jax.am.PRESETS`, in its order."""
 

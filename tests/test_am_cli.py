@@ -37,6 +37,8 @@ def test_am_command_writes_grid_units_and_results(trained_run, tmp_path, capsys)
         (["--layer", "conv5", "--units", "0", "--position", "9,0"], "outside layer 'conv5'"),
         (["--layer", "conv1", "--units", "0", "--preset", "deepdream"], "unknown preset"),
         (["--layer", "conv1", "--units", "0", "--preset", "dgn"], "needs --generator"),
+        (["--layer", "conv1", "--units", "0", "--preset", "accentuate"], "needs --image"),
+        (["--layer", "conv1", "--units", "0", "--image", "x.png"], "applies to --preset accentu"),
     ],
 )
 def test_am_bad_input_exits_2(trained_run, tmp_path, capsys, extra, message):
@@ -47,6 +49,23 @@ def test_am_bad_input_exits_2(trained_run, tmp_path, capsys, extra, message):
     err = capsys.readouterr().err
     assert err.startswith("cnnvis: error:") and len(err.strip().splitlines()) == 1
     assert __import__("re").search(message, err), err
+
+
+def test_am_maco_and_accentuate_from_the_command_line(trained_run, tmp_path):
+    weights = str(trained_run / "weights.safetensors")
+    common = ["am", "--model", "conceptnet", "--weights", weights, "--layer", "conv3",
+              "--units", "0:2", "--steps", "3", "--quiet"]  # fmt: skip
+    assert main([*common, "--preset", "maco", "--out", str(tmp_path / "maco")]) == 0
+    assert Image.open(tmp_path / "maco" / "unit_0000.png").size == (128, 128)  # the canvas
+    assert (tmp_path / "maco" / "transparency.png").exists()
+    picture = tmp_path / "picture.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (80, 90, 3), np.uint8)).save(picture)
+    out = tmp_path / "accent"
+    assert main([*common, "--preset", "accentuate", "--image", str(picture),
+                 "--out", str(out)]) == 0  # fmt: skip
+    records = json.loads((out / "results.json").read_text())
+    assert [r["start"] for r in records] == [f"image {picture}"] * 2
+    assert Image.open(out / "unit_0001.png").size == (64, 64)
 
 
 def test_mfv_command_writes_facets(trained_run, tmp_path):

@@ -1,5 +1,6 @@
 """Preset constants against the published values (the reference table), and plans."""
 
+import numpy as np
 import pytest
 
 from cnnvis_jax import am
@@ -67,6 +68,19 @@ def test_lucid_distill_dgn_mfv_settings():
     assert [o.iterations for o in center.center.octaves] == [190, 150, 150, 30, 10]
     assert center.param.init_value == 175.0 and center.param.init_sd == 8.0
     assert center.center.octaves[3].margin == 50 and center.center.octaves[3].window == 0.1
+    maco = am.preset("maco", spectrum=np.ones((3, 8, 5), np.float32))
+    crops, noise = maco.transforms
+    assert (maco.steps, maco.optimizer.lr, crops.views) == (256, 1.0, 32)  # Xplique's defaults
+    assert (crops.box_start, crops.box_end, crops.center_sd, crops.size_sd) == (
+        0.5,
+        0.05,
+        0.15,
+        0.05,
+    )
+    assert noise.sd == 0.08 / 2 and maco.transparency and maco.param.canvas == (8, 8)
+    accent = am.preset("accentuate")
+    assert accent.anchor.weight == presets.CHOSEN["accentuate"]["lambda"]
+    assert accent.transforms == am.lucid_transforms() and accent.redirect_steps == 0
 
 
 def test_unknown_preset_lists_them():
@@ -74,7 +88,7 @@ def test_unknown_preset_lists_them():
         am.preset("yosinski5")
     assert set(am.PRESETS) == {
         "yosinski1", "yosinski2", "yosinski3", "yosinski4", "simonyan",
-        "lucid", "distill", "dgn", "mfv-center", "mfv-mean",
+        "lucid", "distill", "dgn", "mfv-center", "mfv-mean", "maco", "accentuate",
     }  # fmt: skip
 
 

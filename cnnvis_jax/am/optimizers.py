@@ -6,6 +6,7 @@ Each is a pytree whose numbers are data (a sweep stacks them) and whose
 engine applies to the gradient of the energy (minus the objective):
 
 * :class:`Adam` -- ``optax.adam`` (Lucid: ``Adam(0.05)``).
+* :class:`Nadam` -- ``optax.nadam`` (MACO: ``Nadam(1.0)``).
 * :class:`Ascent` -- Yosinski et al.'s ``constant`` (``lr``) or ``progress``
   (``min(max_lr, desired / ||g||^2)``) steps.
 * :class:`NormalizedAscent` -- ``lr_i / mean|g|`` steps with ``lr_i`` linear from
@@ -23,7 +24,7 @@ from cnnvis_jax.am._tree import pytree_dataclass
 from cnnvis_jax.errors import InputError
 from cnnvis_jax.preimage import updates
 
-__all__ = ["LBFGS", "Adam", "Ascent", "NormalizedAscent"]
+__all__ = ["LBFGS", "Adam", "Ascent", "Nadam", "NormalizedAscent"]
 
 
 @pytree_dataclass
@@ -37,6 +38,20 @@ class Adam:
 
     def transformation(self, total: int) -> optax.GradientTransformation:
         return optax.adam(self.lr, b1=self.b1, b2=self.b2, eps=self.eps)
+
+
+@pytree_dataclass
+class Nadam:
+    """Adam with Nesterov momentum (``optax.nadam``; Xplique's MACO uses Keras'
+    ``Nadam(1.0)``, whose momentum schedule optax does not have)."""
+
+    lr: Any = 1.0
+    b1: Any = 0.9
+    b2: Any = 0.999
+    eps: Any = 1e-7
+
+    def transformation(self, total: int) -> optax.GradientTransformation:
+        return optax.nadam(self.lr, b1=self.b1, b2=self.b2, eps=self.eps)
 
 
 @pytree_dataclass(static=("policy",))

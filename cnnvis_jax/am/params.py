@@ -22,6 +22,12 @@ Parameterizations:
   ``1 / max(f, 1 / max(H, W)) ** decay_power * sqrt(H W)``, inverse real FFT,
   divided by 4, mixed by Lucid's colour matrix normalized by its largest column
   norm, then a sigmoid.
+* :class:`Maco`: MACO's phase-only Fourier image (Fel et al. 2023): a fixed
+  amplitude spectrum (the data set's mean, :func:`natural_spectrum`) and a
+  per-image phase ``(B, 3, H, W // 2 + 1)``; the phase is standardized, the image
+  ``irfft2(A e^{i phase})`` standardized, colour-recorrelated as Lucid's, then a
+  sigmoid. The canvas (H, W) is the spectrum's and may exceed the model's input:
+  MACO scores random crops of it (:func:`~cnnvis_jax.am.transforms.maco_transforms`).
 * :class:`Generator`: the code ``h`` (B, D) of a decoder ``G(params, h) -> images``
   in [0, 1] (DGN-AM); ``clip`` bounds every code unit to ``[lower, upper]``.
 """
@@ -44,9 +50,11 @@ __all__ = [
     "DecoderCode",
     "Fourier",
     "Generator",
+    "Maco",
     "Pixel",
     "code_bounds",
     "generator_from_decoder",
+    "natural_spectrum",
     "rfft2d_freqs",
 ]
 
@@ -176,6 +184,88 @@ class Fourier:
         spectrum = jnp.fft.rfft2(jnp.moveaxis(t * 4.0, -1, 1), s=(h, w), axes=(-2, -1))
         spectrum = spectrum / self.spectrum_scale(h, w)
         return jnp.stack([spectrum.real, spectrum.imag], axis=1).astype(jnp.float32)
+
+    def clip(self, params, contract: InputContract):
+        return params
+
+
+# --- MACO -----------------------------------------------------------------------------------
+
+
+def natural_spectrum(images, size: tuple[int, int]) -> np.ndarray:
+    """The mean amplitude spectrum of natural images, for :class:`Maco`.
+
+    Args:
+      images: uint8 (N, h, w, 3) or float in [0, 1], N >= 1 (e.g. a few hundred
+        images of the data set the model was trained on).
+      size: the canvas (H, W) the spectrum is for; images are resized to it
+        (bilinear, antialiased).
+
+    Returns:
+      float32 (3, H, W // 2 + 1): the mean over images of ``|rfft2|`` of each image
+      in decorrelated colour (the inverse of the recorrelation :class:`Maco` and
+      :class:`Fourier` apply), per channel. Xplique loads the same statistic of
+      ImageNet from the web; here it comes from the images given.
+    """
+    images = np.asarray(images)
+    if images.ndim != 4 or images.shape[-1] != 3 or len(images) == 0:
+        raise InputError(
+            f"natural_spectrum needs images (N >= 1, H, W, 3), got shape {images.shape}."
+        )
+    h, w = int(size[0]), int(size[1])
+    if h < 2 or w < 2 or w % 2:
+        raise InputError(f"the MACO canvas needs an even width and sides >= 2, got {h}x{w}.")
+    x = images.astype(np.float32) / (255.0 if images.dtype == np.uint8 else 1.0)
+    total = np.zeros((3, h, w // 2 + 1), np.float64)
+    decorrelate = np.linalg.inv(_COLOR.T).astype(np.float32)
+    for start in range(0, len(x), 64):
+        part = jnp.asarray(x[start : start + 64])
+        if part.shape[1:3] != (h, w):
+            part = jax.image.resize(part, (len(part), h, w, 3), "bilinear", antialias=True)
+        t = jnp.moveaxis(part @ decorrelate, -1, 1)  # (n, 3, H, W)
+        total += np.asarray(jnp.abs(jnp.fft.rfft2(t, axes=(-2, -1))).sum(0), np.float64)
+    return (total / len(x)).astype(np.float32)
+
+
+def _standardized(x, axes):
+    return (x - jnp.mean(x, axes, keepdims=True)) / (jnp.std(x, axes, keepdims=True) + 1e-5)
+
+
+@pytree_dataclass
+class Maco:
+    """MACO's magnitude-constrained parameterization (see the module docstring).
+
+    Params are the phases, float32 ``(B, 3, H, W // 2 + 1)`` for the canvas (H, W)
+    of ``magnitude`` (3, H, W // 2 + 1); ``init_sd`` is the standard deviation of the
+    random start phase (Xplique: 1). Only the phase moves; the image's amplitude
+    spectrum is the natural one up to the standardizations.
+    """
+
+    magnitude: Any
+    init_sd: Any = 1.0
+
+    @property
+    def canvas(self) -> tuple[int, int]:
+        """(H, W) of the images this parameterization draws."""
+        _, h, half = np.shape(self.magnitude)
+        return int(h), int(2 * (half - 1))
+
+    def init(self, key, batch: int, contract: InputContract, images=None):
+        if images is not None:
+            raise InputError(
+                "the maco parameterization starts from a random phase, not from images; "
+                "drop init_images (or start from an image with the accentuate preset)."
+            )
+        return normal(key, (batch, *np.shape(self.magnitude))) * self.init_sd
+
+    def to_image(self, params, contract: InputContract):
+        h, w = self.canvas
+        phase = _standardized(params, (1, 2, 3))
+        magnitude = jnp.asarray(self.magnitude)
+        spectrum = magnitude * jnp.cos(phase) + 1j * (magnitude * jnp.sin(phase))
+        image = jnp.fft.irfft2(spectrum, s=(h, w), axes=(-2, -1))  # (B, 3, H, W)
+        image = _standardized(jnp.moveaxis(image, 1, -1), (1, 2, 3))
+        return jax.nn.sigmoid(image @ jnp.asarray(_COLOR.T))
 
     def clip(self, params, contract: InputContract):
         return params

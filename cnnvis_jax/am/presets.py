@@ -20,6 +20,14 @@
 ``mfv-center`` MFV center-bias (``act_max.tvd.center.py``): octaves of random
                centred crops, TV denoising, from grey N(175, 8)
 ``mfv-mean``   MFV from a facet's mean image (``act_max.tvd.mean.py``) octaves
+``maco``       Fel et al. 2023 (MACO, Xplique's ``maco``): phase-only Fourier
+               image under the data set's mean amplitude spectrum, 32 random
+               crops per step (box 50% -> 5%), noise, Nadam(1.0), 256 steps,
+               transparency map
+``accentuate`` Hamblin et al. 2024 (Feature Accentuation): from a given image,
+               Lucid's parameterization, optimizer and transforms, minus
+               ``lambda`` times the feature distance to the image at the unit's
+               layer (image and start under the same transforms)
 ============  ==================================================================
 
 Yosinski et al. step in the network's input blob (for their Caffe models: 0-255
@@ -30,14 +38,17 @@ therefore calibrated for networks that take 0-255 input; the "progress" policy
 is scale-free. Simonyan et al. publish neither ``lambda`` nor a step
 size; ``simonyan`` uses ``lambda = 1e-5`` (0-255 units) and Yosinski's scale-free
 "progress" step (max lr 1e8, desired progress 2.0) for 500 steps -- our choice,
-flagged in :data:`CHOSEN`.
+flagged in :data:`CHOSEN`. MACO needs the amplitude spectrum of the data set
+(``preset("maco", spectrum=natural_spectrum(images, canvas))``; the command line
+computes it from ``--dataset``); Feature Accentuation's ``lambda`` and step count
+are not fixed by its sources and are chosen here (:data:`CHOSEN`).
 """
 
 from __future__ import annotations
 
-from cnnvis_jax.am.optimizers import Adam, Ascent, NormalizedAscent
-from cnnvis_jax.am.params import Fourier, Generator, Pixel
-from cnnvis_jax.am.recipe import CenterBias, Octave, Recipe
+from cnnvis_jax.am.optimizers import Adam, Ascent, Nadam, NormalizedAscent
+from cnnvis_jax.am.params import Fourier, Generator, Maco, Pixel
+from cnnvis_jax.am.recipe import Anchor, CenterBias, Octave, Recipe
 from cnnvis_jax.am.regularizers import (
     L2,
     Blur,
@@ -46,7 +57,7 @@ from cnnvis_jax.am.regularizers import (
     SmallContribution,
     SmallNorm,
 )
-from cnnvis_jax.am.transforms import distill_transforms, lucid_transforms
+from cnnvis_jax.am.transforms import distill_transforms, lucid_transforms, maco_transforms
 from cnnvis_jax.errors import InputError, did_you_mean
 
 __all__ = ["CHOSEN", "PRESETS", "YOSINSKI", "preset"]
@@ -63,6 +74,8 @@ YOSINSKI = {
 
 LUCID_LR, LUCID_STEPS, DISTILL_STEPS, REDIRECT_STEPS = 0.05, 512, 2560, 16
 DGN_STEPS, DGN_START_LR, DGN_END_LR, DGN_DECAY = 200, 8.0, 1e-10, 0.01
+MACO_STEPS, MACO_LR = 256, 1.0
+ACCENTUATE_LAMBDA, ACCENTUATE_STEPS = 0.1, 256
 
 MFV_CENTER = (
     Octave(190, 1.0, 0.3, 0, 11.0, 11.0, 0.001, 0.05),
@@ -82,7 +95,10 @@ MFV_MEAN = (
 )
 """``act_max.tvd.mean.py``'s octaves (for starts from a facet's mean image)."""
 
-CHOSEN = {"simonyan": {"l2": 1e-5, "steps": 500, "max_lr": 1e8, "desired": 2.0}}
+CHOSEN = {
+    "simonyan": {"l2": 1e-5, "steps": 500, "max_lr": 1e8, "desired": 2.0},
+    "accentuate": {"lambda": ACCENTUATE_LAMBDA, "steps": ACCENTUATE_STEPS},
+}
 """Settings the sources do not publish, chosen here."""
 
 
@@ -157,6 +173,37 @@ def _dgn(generator: Generator | None) -> Recipe:
     )
 
 
+def _maco(spectrum) -> Recipe:
+    if spectrum is None:
+        raise InputError(
+            "the maco preset needs the data set's amplitude spectrum: preset('maco', "
+            "spectrum=am.natural_spectrum(images, canvas)), or --dataset on the command line."
+        )
+    return Recipe(
+        name="maco",
+        steps=MACO_STEPS,
+        param=Maco(spectrum),
+        optimizer=Nadam(MACO_LR),
+        transforms=maco_transforms(),
+        output="last",
+        objective="channel",
+        transparency=True,
+    )
+
+
+def _accentuate() -> Recipe:
+    return Recipe(
+        name="accentuate",
+        steps=ACCENTUATE_STEPS,
+        param=Fourier(0.01),
+        optimizer=Adam(LUCID_LR),
+        transforms=lucid_transforms(),
+        output="last",
+        objective="channel",
+        anchor=Anchor(ACCENTUATE_LAMBDA),
+    )
+
+
 def _mfv(name: str, octaves: tuple) -> Recipe:
     center = CenterBias(octaves)
     return Recipe(
@@ -181,15 +228,24 @@ PRESETS = (
     "dgn",
     "mfv-center",
     "mfv-mean",
+    "maco",
+    "accentuate",
 )
 
 
-def preset(name: str, *, generator: Generator | None = None) -> Recipe:
+def preset(name: str, *, generator: Generator | None = None, spectrum=None) -> Recipe:
     """The recipe of a published setting (see the module docstring).
+
+    Args:
+      name: one of :data:`PRESETS`.
+      generator: DGN-AM's generator (``dgn`` only).
+      spectrum: MACO's amplitude spectrum (3, H, W // 2 + 1) from
+        :func:`~cnnvis_jax.am.params.natural_spectrum` (``maco`` only); (H, W) is the
+        canvas, e.g. twice the model's input size.
 
     Raises:
       InputError: unknown name (the message lists the presets); ``dgn`` without a
-        generator.
+        generator; ``maco`` without a spectrum.
     """
     if not isinstance(name, str) or name not in PRESETS:
         raise InputError(f"unknown preset {name!r}; " + did_you_mean(str(name), PRESETS))
@@ -203,6 +259,10 @@ def preset(name: str, *, generator: Generator | None = None) -> Recipe:
         return _lucid(name, DISTILL_STEPS, distill_transforms())
     if name == "dgn":
         return _dgn(generator)
+    if name == "maco":
+        return _maco(spectrum)
+    if name == "accentuate":
+        return _accentuate()
     if name == "mfv-center":
         return _mfv(name, MFV_CENTER)
     return _mfv(name, MFV_MEAN)

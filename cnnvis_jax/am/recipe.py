@@ -15,7 +15,22 @@ from typing import Any
 from cnnvis_jax.am._tree import pytree_dataclass, replace
 from cnnvis_jax.errors import InputError
 
-__all__ = ["CenterBias", "Octave", "Recipe"]
+__all__ = ["Anchor", "CenterBias", "Octave", "Recipe"]
+
+
+@pytree_dataclass(static=("layer",))
+class Anchor:
+    """Feature Accentuation's tie to the start image (Hamblin et al. 2024, ``faccent``).
+
+    Each step the image ``x`` and the start image ``s`` go through the *same* random
+    transforms, and ``weight * d`` is subtracted from the objective, with ``d`` the
+    L2 norm over channels of ``a(x_t) - a(s_t)`` at ``layer``, averaged over positions
+    (``faccent``'s ``l2_compare``). ``layer`` None: the objective's own layer.
+    The render needs start images (``init_images``).
+    """
+
+    weight: Any = 1.0
+    layer: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,7 +81,16 @@ class CenterBias:
 
 
 @pytree_dataclass(
-    static=("name", "steps", "transforms", "redirect_steps", "output", "objective", "center")
+    static=(
+        "name",
+        "steps",
+        "transforms",
+        "redirect_steps",
+        "output",
+        "objective",
+        "center",
+        "transparency",
+    )
 )
 class Recipe:
     """How to render.
@@ -90,6 +114,9 @@ class Recipe:
         ignored); ``param`` must be a caffe-space
         :class:`~cnnvis_jax.am.params.Pixel`. It runs on the same pre-image engine
         (:mod:`cnnvis_jax.am.center` gives its energy and update).
+      anchor: an :class:`Anchor` (Feature Accentuation), or None.
+      transparency: accumulate ``|d objective / d image|`` over the steps (MACO's
+        transparency map; :attr:`RenderResult.transparency`), at no extra forward.
     """
 
     name: str
@@ -103,6 +130,8 @@ class Recipe:
     output: str = "best"
     objective: str = "neuron"
     center: CenterBias | None = None
+    anchor: Anchor | None = None
+    transparency: bool = False
 
     def __post_init__(self):
         if isinstance(self.steps, int) and self.steps < 1:
@@ -121,6 +150,8 @@ class Recipe:
             ("penalties", len(self.penalties) > 0),
             ("post", len(self.post) > 0),
             ("redirect_steps", self.redirect_steps != 0),
+            ("anchor", self.anchor is not None),
+            ("transparency", self.transparency),
         ) if given]  # fmt: skip
         if extra:
             raise InputError(

@@ -42,7 +42,7 @@ from cnnvis_jax.am import jobs
 from cnnvis_jax.am import objectives as obj_mod
 from cnnvis_jax.am.recipe import Recipe
 from cnnvis_jax.am.regularizers import ClipParams, StepContext
-from cnnvis_jax.am.transforms import apply_chain, fit
+from cnnvis_jax.am.transforms import Run, apply_chain, fit, view_count
 from cnnvis_jax.errors import InputError
 from cnnvis_jax.model import Model, check_images
 from cnnvis_jax.preimage import engine
@@ -71,6 +71,9 @@ class RenderResult(NamedTuple):
         the objective on the untransformed start, best and final images.
       stopped_at: int32 (*lead,), the step at which a non-finite score or gradient
         stopped the job, -1 when it ran to the end.
+      transparency: float32 (*lead, B, H, W, 3), the sum over steps of
+        ``|d objective / d image|`` (MACO's transparency map), for recipes with
+        ``transparency=True``; else None.
     """
 
     images: np.ndarray
@@ -82,6 +85,7 @@ class RenderResult(NamedTuple):
     best_activation: np.ndarray
     final_activation: np.ndarray
     stopped_at: np.ndarray
+    transparency: np.ndarray | None = None
 
     def summary(self) -> list[dict[str, Any]]:
         """Per objective (leading axis ``(U,)``; the first image of each batch):
@@ -136,9 +140,58 @@ class _State(NamedTuple):
 # --- one job ---------------------------------------------------------------------------------
 
 
-def _forward_score(model: Model, objective, images):
-    acts = model.apply(model.params, fit(images, model.input.size), objective.layers)
+class _Probed(NamedTuple):
+    """A job's parameters when the recipe accumulates the image gradient: the
+    image is ``to_image(inner) + probe`` with ``probe`` held at zero, so the gradient
+    with respect to ``probe`` is the gradient with respect to the image, from the
+    same backward pass; ``transparency`` sums its absolute value over the steps."""
+
+    inner: Any
+    probe: jax.Array  # (B, H, W, 3) zeros
+    transparency: jax.Array  # (B, H, W, 3)
+
+
+def _inner(params):
+    return params.inner if isinstance(params, _Probed) else params
+
+
+def _image(recipe: Recipe, params, contract):
+    """The job's images (B, H, W, 3) from its parameters."""
+    image = recipe.param.to_image(_inner(params), contract)
+    return image + params.probe if isinstance(params, _Probed) else image
+
+
+def _clean_input(recipe: Recipe, images, size):
+    """The untransformed images at the model's input size: a canvas (MACO) is
+    resized as a whole; other images are fitted (centre crop or resize)."""
+    if hasattr(recipe.param, "canvas") and images.shape[1:3] != tuple(size):
+        b, _, _, c = images.shape
+        return jax.image.resize(images, (b, *size, c), method="bilinear", antialias=True)
+    return fit(images, size)
+
+
+def _forward_score(model: Model, recipe: Recipe, objective, images):
+    acts = model.apply(model.params, _clean_input(recipe, images, model.input.size),
+                       objective.layers)  # fmt: skip
     return objective(acts).astype(jnp.float32)
+
+
+def _anchored_values(model: Model, objectives, anchor, both, weight):
+    """Objective values and anchor distances, (J, V) each, for views ``both``
+    (J, V, h, w, 6): the image's views in channels 0-2, the start image's under the
+    same transforms in 3-5; the network runs once on all 2 J V views."""
+    n_jobs, n_views = both.shape[:2]
+    x = jnp.concatenate([both[..., :3], both[..., 3:]], axis=1)  # (J, 2V, h, w, 3)
+    layers = tuple(dict.fromkeys((*objectives.layers, anchor.layer)))
+    acts = model.apply(model.params, x.reshape(n_jobs * 2 * n_views, *x.shape[2:]), layers)
+    acts = {k: v.reshape(n_jobs, 2 * n_views, *v.shape[1:]) for k, v in acts.items()}
+    mine = {k: v[:, :n_views] for k, v in acts.items()}
+    values = jax.vmap(lambda o, a: o(a).astype(jnp.float32))(objectives, mine)
+    a = acts[anchor.layer]
+    diff = (a[:, :n_views] - jax.lax.stop_gradient(a[:, n_views:])).astype(jnp.float32)
+    distance = jnp.sqrt(jnp.sum(diff * diff, axis=-1) + 1e-12)  # (J, V, ...positions)
+    distance = distance.reshape(n_jobs, n_views, -1).mean(-1)
+    return values, weight[:, None] * distance
 
 
 def _init_job(model, recipe: Recipe, objective, key, init_images, init_params, batch):
@@ -152,28 +205,50 @@ def _init_job(model, recipe: Recipe, objective, key, init_images, init_params, b
         params = recipe.param.clip(params, contract)
     image = recipe.param.to_image(params, contract)
     opt = recipe.optimizer.transformation(recipe.steps).init(params)
+    if recipe.transparency:
+        params = _Probed(params, jnp.zeros_like(image), jnp.zeros_like(image))
     return params, opt, k_run, image
 
 
-def _problem(model, recipe: Recipe, axes, objectives, keys) -> engine.Problem:
+def _problem(model, recipe: Recipe, axes, objectives, keys, start) -> engine.Problem:
     """AM as a pre-image problem: the energy of job ``j`` is minus the sum over its
-    images of ``objective - penalties``. Per-job pieces (image, transforms, objective,
-    update, post steps) are vmapped over jobs; the network runs once on the batch of
-    all jobs' images (J * B), so the forward and backward are those of one batch.
-    Scores (minus the objective) keep the best image per job and image."""
+    images of ``objective - penalties`` (minus the anchor distance, Feature
+    Accentuation). Per-job pieces (image, transforms, objective, update, post steps)
+    are vmapped over jobs; the network runs once on the batch of all jobs' views
+    (J * B * views), so the forward and backward are those of one batch. With a
+    multi-view transform (MACO's crops) an image's objective is the mean over its
+    views. Scores (minus the objective) keep the best image per job and image."""
     contract = model.input
     per_job = functools.partial(jobs.per_job, recipe, axes)
+    views = view_count(recipe.transforms)
+    last_step = max(recipe.steps - 1, 1)
+
+    def transformed(k, im, fraction):
+        run = Run(fraction, tuple(contract.size))
+        return fit(apply_chain(recipe.transforms, k, im, run), contract.size)
 
     def energy(params, i):
         step_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys, i)
-        images = per_job(lambda r, p: r.param.to_image(p, contract), recipe, params)
-        x = per_job(
-            lambda k, im: fit(apply_chain(recipe.transforms, k, im), contract.size),
-            step_keys,
-            images,
-        )
-        values = jobs.objective_values(model, objectives, x)  # (J, B)
-        per_image = values
+        fraction = i.astype(jnp.float32) / last_step
+        images = per_job(lambda r, p: _image(r, p, contract), recipe, params)
+        n_jobs, batch = images.shape[:2]
+        if recipe.anchor is None:
+            x = per_job(lambda k, im: transformed(k, im, fraction), step_keys, images)
+            values = jobs.objective_values(model, objectives, x)  # (J, B * views)
+            tie = jnp.zeros_like(values)
+        else:
+            both = per_job(
+                lambda k, im, s: transformed(k, jnp.concatenate([im, s], -1), fraction),
+                step_keys,
+                images,
+                start,
+            )
+            weight = per_job(
+                lambda r, k: jnp.asarray(r.anchor.weight, jnp.float32), recipe, step_keys
+            )
+            values, tie = _anchored_values(model, objectives, recipe.anchor, both, weight)
+        values = values.reshape(n_jobs, batch, views).mean(-1)
+        per_image = values - tie.reshape(n_jobs, batch, views).mean(-1)
         for k in range(len(recipe.penalties)):
             per_image = per_image - per_job(
                 lambda r, im, k=k: r.penalties[k](im, contract), recipe, images
@@ -182,12 +257,15 @@ def _problem(model, recipe: Recipe, axes, objectives, keys) -> engine.Problem:
 
     def update(grad, opt, params, i):
         def one(r, g, o, p):
-            updates, o = r.optimizer.transformation(r.steps).update(g, o, p)
-            p = optax.apply_updates(p, updates)
+            inner, g_inner = _inner(p), _inner(g)
+            updates, o = r.optimizer.transformation(r.steps).update(g_inner, o, inner)
+            inner = optax.apply_updates(inner, updates)
             ctx = StepContext(r.param, contract)
             for op in r.post:  # post steps see the ascent direction
-                p = op(p, -g, i, ctx)
-            return p, o
+                inner = op(inner, -g_inner, i, ctx)
+            if isinstance(p, _Probed):
+                return _Probed(inner, p.probe, p.transparency + jnp.abs(g.probe)), o
+            return inner, o
 
         return jax.vmap(one, in_axes=(axes, 0, 0, 0))(recipe, grad, opt, params)
 
@@ -195,15 +273,15 @@ def _problem(model, recipe: Recipe, axes, objectives, keys) -> engine.Problem:
 
 
 def _finish_job(model, recipe: Recipe, objective, params, start, best):
-    final = recipe.param.to_image(params, model.input)
+    final = recipe.param.to_image(_inner(params), model.input)
     b = final.shape[0]
     images = jnp.concatenate([start, best, final])
-    values = _forward_score(model, objective, images)
+    values = _forward_score(model, recipe, objective, images)
     start_v, best_v, final_v = values[:b], values[b : 2 * b], values[2 * b :]
     take_final = ~(best_v >= final_v)  # also when best is NaN
     best = jnp.where(take_final[:, None, None, None], final, best)
     best_v = jnp.where(take_final, final_v, best_v)
-    return dict(
+    out = dict(
         start_images=start,
         best_images=best,
         final_images=final,
@@ -211,6 +289,9 @@ def _finish_job(model, recipe: Recipe, objective, params, start, best):
         best_activation=best_v,
         final_activation=final_v,
     )
+    if isinstance(params, _Probed):
+        out["transparency"] = params.transparency
+    return out
 
 
 # --- vmapped and jitted over jobs -------------------------------------------------------------
@@ -235,7 +316,7 @@ def _advance_all(model, recipe, objectives, state: _State, steps, *, recipe_axes
     """Run the steps numbered ``steps`` of every job; the trajectory (J, T, B) holds
     the objective per step (NaN once a job stopped)."""
     axes = jobs.axes_tree(recipe, recipe_axes)
-    problem = _problem(model, recipe, axes, objectives, state.key)
+    problem = _problem(model, recipe, axes, objectives, state.key, state.start)
     lanes, (_, active, values) = engine.scan(problem, state.lanes, steps)
     return state._replace(lanes=lanes), jobs.stopped_as_nan(active, values)
 
@@ -322,6 +403,46 @@ def _per_objective_params(params, n_objectives: int, batch: int):
     return jax.tree_util.tree_map(lambda a: np.asarray(a, np.float32), params)
 
 
+def _contains(objective, kind) -> bool:
+    if isinstance(objective, kind):
+        return True
+    if isinstance(objective, obj_mod.Scaled):
+        return _contains(objective.term, kind)
+    if isinstance(objective, obj_mod.Sum):
+        return any(_contains(t, kind) for t in objective.terms)
+    return False
+
+
+def _checked_views_and_anchor(recipe: Recipe, objectives, model: Model, init_images) -> Recipe:
+    """Refuse what multi-view transforms and an anchor cannot do; fill in the
+    anchor's layer (the objective's own) when it is not given."""
+    if view_count(recipe.transforms) > 1 and _contains(objectives, obj_mod.Diversity):
+        raise InputError(
+            "a diversity term compares the images of a batch, but this recipe scores "
+            "several crops per image; drop the diversity term or the multi-view transform."
+        )
+    anchor = recipe.anchor
+    if anchor is None:
+        return recipe
+    if init_images is None:
+        raise InputError(
+            f"recipe {recipe.name!r} accentuates a given image: pass init_images (images "
+            "in [0, 1] at the model's input size), or --image FILE on the command line."
+        )
+    layer = anchor.layer
+    if layer is None:
+        layers = objectives.layers
+        if len(layers) != 1:
+            raise InputError(
+                f"the objective reads layers {list(layers)}; name the anchor's layer: "
+                "Anchor(weight, layer=...)."
+            )
+        layer = layers[0]
+    from cnnvis_jax.am._tree import replace
+
+    return replace(recipe, anchor=replace(anchor, layer=model.layer(layer).name))
+
+
 def _check_codes(param, init_params) -> None:
     """Start codes of a generator parameterization must have its code size."""
     from cnnvis_jax.am.params import Generator
@@ -406,6 +527,7 @@ def render(
     recipe_data, n_rec, recipe_axes, swept = _as_recipes(recipe)
     if steps is not None:
         recipe_data = recipe_data.with_steps(steps)
+    recipe_data = _checked_views_and_anchor(recipe_data, stacked, model, init_images)
     seed_keys = jax.random.split(raw_key(key), seeds)
 
     if init_images is not None and init_params is None:
@@ -524,6 +646,7 @@ def render(
         best_activation=shape(out["best_activation"]),
         final_activation=shape(out["final_activation"]),
         stopped_at=shape(out["stopped_at"]),
+        transparency=shape(out["transparency"]) if "transparency" in out else None,
     )
 
 

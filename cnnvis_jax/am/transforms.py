@@ -9,31 +9,55 @@ the model's input size (centre crop when larger, bilinear resize when smaller).
 Lucid changes the image size in ``random_scale``; here :class:`Scale` and
 :class:`Rotate` resample about the centre at the same size (bilinear, edge values
 repeated outside), so that shapes stay fixed under ``jit``.
+
+Two kinds of transform see more than ``(key, images)``:
+
+* a *run-aware* transform (``run_aware = True``) is called ``t(key, x, run)`` with a
+  :class:`Run`: ``fraction`` = step / (steps - 1) in [0, 1] (traced), for settings
+  that move over the run (MACO's crop size), and the model's input ``size``;
+* a *multi-view* transform (``views = n > 1``) turns each image into ``n`` views,
+  ``(B, H, W, 3) -> (B * n, h, w, 3)`` (image-major: the views of image ``b`` are
+  rows ``b * n .. b * n + n - 1``); the render loop scores every view and averages
+  the ``n`` objective values of an image (MACO's crops).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
-from cnnvis_jax.am._tree import randint
+from cnnvis_jax.am._tree import normal, randint
 from cnnvis_jax.errors import InputError
 
 __all__ = [
+    "Run",
     "Crop",
+    "Crops",
+    "Noise",
     "Jitter",
     "Pad",
     "Rotate",
     "Scale",
     "apply_chain",
     "chain",
+    "crop_and_resize",
     "distill_transforms",
     "fit",
     "lucid_transforms",
+    "maco_transforms",
+    "view_count",
 ]
+
+
+class Run(NamedTuple):
+    """What a run-aware transform sees besides its key and images."""
+
+    fraction: Any  # step / (steps - 1), a traced float in [0, 1]
+    size: tuple[int, int]  # the model's input (height, width)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -157,6 +181,104 @@ class Crop:
         return fit(x, self.size)
 
 
+def _crop_matrix(lo, hi, n_in: int, n_out: int, dtype):
+    """Bilinear sampling of ``n_out`` points from ``lo`` to ``hi`` (fractions of the
+    input, (...,)) along an axis of ``n_in`` pixels, as TensorFlow's
+    ``crop_and_resize``: point ``i`` reads ``lo (n_in - 1) + i (hi - lo) (n_in - 1) /
+    (n_out - 1)``. Returns the interpolation matrices (..., n_out, n_in) and whether
+    each point lies inside the input (..., n_out) (outside points get no weight)."""
+    steps = jnp.arange(n_out, dtype=dtype) / max(n_out - 1, 1)
+    pos = (lo[..., None] + (hi - lo)[..., None] * steps) * (n_in - 1)
+    inside = (pos >= 0) & (pos <= n_in - 1)
+    top = jnp.clip(jnp.floor(pos), 0, n_in - 1).astype(jnp.int32)
+    bottom = jnp.clip(jnp.ceil(pos), 0, n_in - 1).astype(jnp.int32)
+    wt = (pos - jnp.floor(pos))[..., None]
+    m = (
+        jax.nn.one_hot(top, n_in, dtype=dtype) * (1 - wt)
+        + jax.nn.one_hot(bottom, n_in, dtype=dtype) * wt
+    )
+    return m * inside[..., None], inside
+
+
+@dataclasses.dataclass(frozen=True)
+class Crops:
+    """MACO's random crops (Fel et al. 2023; Xplique's ``maco``): ``views`` square
+    crops per image, each resized to ``size`` -- a multi-view, scheduled transform.
+
+    Per crop: centre ``0.5 + N(0, center_sd)`` per axis, side ``N(box, size_sd)``
+    clipped to [0.05, 1] (fractions of the image), where ``box`` moves linearly from
+    ``box_start`` to ``box_end`` over the run. Sampling is bilinear without
+    antialiasing, as TensorFlow's ``crop_and_resize``; a crop reaching outside the
+    image reads ``outside`` there (0.5: the value 0 of Xplique's [-1, 1] inputs).
+
+    Maps (B, H, W, 3) to (B * views, size[0], size[1], 3), image-major; ``size``
+    None: the model's input size.
+    """
+
+    views: int
+    size: tuple[int, int] | None = None
+    box_start: float = 0.5
+    box_end: float = 0.05
+    center_sd: float = 0.15
+    size_sd: float = 0.05
+    outside: float = 0.5
+    run_aware = True
+
+    def __post_init__(self):
+        if int(self.views) < 1:
+            raise InputError(f"crops per step must be at least 1, got {self.views}.")
+
+    def __call__(self, key, x, run: Run):
+        b = x.shape[0]
+        size = tuple(run.size) if self.size is None else tuple(self.size)
+        k_center, k_side = jax.random.split(key)
+        centre = 0.5 + normal(k_center, (b, self.views, 2), x.dtype) * self.center_sd
+        box = self.box_start + (self.box_end - self.box_start) * run.fraction
+        side = normal(k_side, (b, self.views), x.dtype) * self.size_sd + box
+        side = jnp.clip(side, 0.05, 1.0)[..., None]
+        boxes = jnp.concatenate([centre - side / 2, centre + side / 2], axis=-1)
+        crops = crop_and_resize(x, boxes, size, self.outside)
+        return crops.reshape(b * self.views, *crops.shape[2:])
+
+
+def crop_and_resize(x, boxes, size: tuple[int, int], outside: float = 0.0):
+    """TensorFlow's ``crop_and_resize`` (bilinear, no antialiasing), per image.
+
+    Args:
+      x: (B, H, W, C) images.
+      boxes: (B, n, 4) boxes ``(top, left, bottom, right)`` as fractions of the image
+        (may reach outside [0, 1]).
+      size: (h, w) of every crop.
+      outside: the value of crop pixels that fall outside the image.
+
+    Returns:
+      (B, n, h, w, C): point ``(i, j)`` of a crop reads ``top (H - 1) + i (bottom -
+      top) (H - 1) / (h - 1)`` and likewise across, interpolated bilinearly as two
+      small matrix products (no gathers; cheap gradients).
+    """
+    _, h, w, _ = x.shape
+    rows, in_rows = _crop_matrix(boxes[..., 0], boxes[..., 2], h, size[0], x.dtype)
+    cols, in_cols = _crop_matrix(boxes[..., 1], boxes[..., 3], w, size[1], x.dtype)
+    out = jnp.einsum("bnih,bhwc->bniwc", rows, x)
+    out = jnp.einsum("bnjw,bniwc->bnijc", cols, out)
+    inside = (in_rows[..., :, None] & in_cols[..., None, :])[..., None]
+    return jnp.where(inside, out, jnp.asarray(outside, x.dtype))
+
+
+@dataclasses.dataclass(frozen=True)
+class Noise:
+    """Add ``N(0, sd) + U(-sd / 2, sd / 2)`` per pixel (MACO's noise after the crops;
+    Xplique's ``noise_intensity`` 0.08 on [-1, 1] inputs is 0.04 on [0, 1] images)."""
+
+    sd: float = 0.04
+
+    def __call__(self, key, x):
+        k_normal, k_uniform = jax.random.split(key)
+        gauss = normal(k_normal, x.shape, x.dtype) * self.sd
+        flat = jax.random.uniform(k_uniform, (x.size,), x.dtype, -self.sd / 2, self.sd / 2)
+        return x + gauss + flat.reshape(x.shape)
+
+
 def fit(x, size: tuple[int, int]):
     """(B, H, W, 3) to (B, size[0], size[1], 3): centre crop when both sides are at
     least as large, bilinear (antialiased) resize otherwise."""
@@ -178,14 +300,25 @@ def chain(*transforms) -> tuple:
     return tuple(transforms)
 
 
-def apply_chain(transforms: tuple, key, x):
-    """Apply ``transforms`` in order, each with its own key split from ``key``."""
+def apply_chain(transforms: tuple, key, x, run: Run | None = None):
+    """Apply ``transforms`` in order, each with its own key split from ``key``;
+    run-aware transforms also receive ``run`` (required when there are any)."""
     if not transforms:
         return x
     keys = jax.random.split(key, len(transforms))
     for k, t in zip(keys, transforms):
-        x = t(k, x)
+        if getattr(t, "run_aware", False):
+            if run is None:
+                raise InputError(f"{type(t).__name__} needs the run's progress and input size.")
+            x = t(k, x, run)
+        else:
+            x = t(k, x)
     return x
+
+
+def view_count(transforms: tuple) -> int:
+    """Views per image a chain makes (the product of its multi-view transforms' ``views``)."""
+    return math.prod(int(getattr(t, "views", 1)) for t in transforms)
 
 
 LUCID_SCALES = tuple(1 + (i - 5) / 50.0 for i in range(11))
@@ -206,3 +339,13 @@ def distill_transforms() -> tuple:
     return chain(
         Pad(16, 0.5), Jitter(16), Scale(DISTILL_SCALES), Rotate(DISTILL_ANGLES), Jitter(8), Crop()
     )
+
+
+MACO_CROPS, MACO_NOISE = 32, 0.04
+"""Xplique's ``maco`` defaults: 32 crops per step, noise 0.08 on [-1, 1] (0.04 on [0, 1])."""
+
+
+def maco_transforms(crops: int = MACO_CROPS) -> tuple:
+    """MACO's per-step transforms: :class:`Crops` to the model's input size (box 50%
+    to 5% of the canvas over the run), then :class:`Noise`."""
+    return chain(Crops(int(crops)), Noise(MACO_NOISE))

@@ -12,7 +12,10 @@ grey tile labelled "silent on data" (see :mod:`cnnvis_jax.am.silent`), or "dead
 (proven)" when interval arithmetic shows that no image can activate it
 (``proven_dead`` in results.json; :mod:`cnnvis_jax.bounds`). A rerun with the same
 arguments reuses the files, or resumes an interrupted render; other arguments are
-refused unless ``--overwrite``.
+refused unless ``--overwrite``. ``--preset maco`` takes its amplitude spectrum from
+256 training images of ``--dataset`` (canvas twice the model's input) and also writes
+``transparency.png``; ``--preset accentuate --image FILE`` accentuates each unit in
+that image (resized to the model's input).
 
 ``cnnvis mfv --model M --class C --facets K --out DIR`` writes ``DIR/facets.png``
 (top row: each facet's mean image; bottom row: its visualization), one
@@ -67,9 +70,20 @@ def cmd_am(args) -> int:
         raise InputError(
             "--preset dgn needs --generator PATH (a decoder from cnnvis train-decoder)."
         )
-    if args.preset != "dgn":
+    if args.preset not in ("dgn", "maco"):
         preset(args.preset)  # an unknown preset fails before the model loads
+    if (args.preset == "accentuate") != (args.image is not None):
+        raise InputError(
+            "--preset accentuate needs --image FILE (the image to accentuate)"
+            if args.image is None
+            else "--image applies to --preset accentuate; drop it or use that preset."
+        )
     model = load_model_arg(args)
+    init_images = None
+    if args.image is not None:
+        from cnnvis_jax.data.imageio import load_images
+
+        init_images = load_images([args.image], model.input.size).astype(np.float32) / 255.0
     info = model.layer(args.layer)
     units = parse_units(args.units, info.channels)
     position = _position(args.position)
@@ -86,6 +100,7 @@ def cmd_am(args) -> int:
         "position": list(position) if position else None,
         "generator": args.generator,
         "dataset": args.dataset,
+        "image": args.image,
     }
     checkpoint = out / ".render-checkpoint.npz"
     if start_run(out, run, overwrite=args.overwrite, done=("grid.png", "results.json"),
@@ -96,7 +111,8 @@ def cmd_am(args) -> int:
         from cnnvis_jax.am.generator import load_generator
 
         generator = load_generator(args.generator, model)
-    recipe = preset(args.preset, generator=generator)
+    spectrum = maco_spectrum(args.dataset, model) if args.preset == "maco" else None
+    recipe = preset(args.preset, generator=generator, spectrum=spectrum)
     kind = args.objective or recipe.objective
     objectives = objectives_for_units(model, info.name, units, kind, position)
     result = render(
@@ -108,11 +124,13 @@ def cmd_am(args) -> int:
         progress=not args.quiet,
         desc=f"{args.preset} {info.name}",
         checkpoint=checkpoint,
+        init_images=init_images,
     )
     value = "best_activation" if recipe.output == "best" else "final_activation"
     result, starts = _restart_silent(args, model, objectives, recipe, result, value, out)
     names = model.class_names if info.name == model.logits_layer else None
-    records = [{"unit": int(u), **starts.get(k, {"start": "random"})} for k, u in enumerate(units)]
+    first = {"start": "random"} if args.image is None else {"start": f"image {args.image}"}
+    records = [{"unit": int(u), **starts.get(k, first)} for k, u in enumerate(units)]
     rows = result.summary()
     for unit, row in zip(units, rows):
         if row["stopped_at_step"] is not None:
@@ -132,6 +150,11 @@ def cmd_am(args) -> int:
     result.save(out, names=[f"unit_{u:04d}" for u in units], labels=labels, records=records,
                 hidden=silent)  # fmt: skip
     warn_non_finite(strict(rows)[1], out / "results.json", f"layer {info.name}")
+    if result.transparency is not None:
+        from cnnvis_jax.report.grid import image_grid, save_png
+
+        save_png(image_grid(transparency_tiles(result.transparency[:, 0]), labels=labels),
+                 out / "transparency.png")  # fmt: skip
     checkpoint.unlink(missing_ok=True)
     (out / ".restart-checkpoint.npz").unlink(missing_ok=True)
     stopped = sum(r["stopped_at_step"] is not None for r in rows)
@@ -143,13 +166,38 @@ def cmd_am(args) -> int:
     return 0
 
 
+def maco_spectrum(dataset: str, model, count: int = 256) -> np.ndarray:
+    """MACO's amplitude spectrum from ``count`` training images of ``dataset`` for a
+    canvas twice the model's input size (float32 (3, 2H, W + 1))."""
+    from cnnvis_jax.am.params import natural_spectrum
+    from cnnvis_jax.data import open_dataset
+
+    source = open_dataset(dataset, split="train", count=count, size=model.input.size)
+    images = np.stack([source[i]["image"] for i in range(min(count, len(source)))])
+    h, w = model.input.size
+    return natural_spectrum(images, (2 * h, 2 * w))
+
+
+def transparency_tiles(transparency: np.ndarray) -> np.ndarray:
+    """(U, H, W, 3) accumulated image gradients as grey tiles in [0, 1]: the mean
+    over colours, each tile divided by its maximum (black: never touched)."""
+    grey = np.asarray(transparency, np.float64).mean(-1)
+    peak = grey.reshape(len(grey), -1).max(-1)[:, None, None]
+    grey = np.where(peak > 0, grey / np.where(peak > 0, peak, 1.0), 0.0)
+    return np.repeat(grey[..., None], 3, -1).astype(np.float32)
+
+
 def _restart_silent(args, model, objectives, recipe, result, value: str, out: Path):
     """:func:`cnnvis_jax.am.silent.restart_silent` on the first 256 validation images
-    of ``--dataset``, when some unit ended at or below 0."""
+    of ``--dataset``, when some unit ended at or below 0 (not for recipes that cannot
+    start from a data image: MACO's random phase, accentuation's given image)."""
+    from cnnvis_jax.am.params import Maco
     from cnnvis_jax.am.silent import restart_silent
     from cnnvis_jax.data import open_dataset
 
     if np.all(getattr(result, value)[:, 0] > 0):
+        return result, {}
+    if isinstance(recipe.param, Maco) or recipe.anchor is not None:
         return result, {}
     source = open_dataset(args.dataset, split="val", count=256, size=model.input.size)
     return restart_silent(model, objectives, recipe, result, source, key=args.seed,
@@ -176,7 +224,8 @@ def add_am(sub) -> None:
     )
     p.add_argument("--position", help="ROW,COL of the neuron objective in the layer's map")
     p.add_argument("--generator", help="decoder file for --preset dgn (from cnnvis train-decoder)")
-    add_dataset_arg(p)  # the images a unit silent from the random start restarts from
+    p.add_argument("--image", help="image file to accentuate (--preset accentuate)")
+    add_dataset_arg(p)  # silent units restart from its images; MACO's spectrum comes from it
     p.add_argument(
         "--out", required=True, help="output folder (grid.png, unit_XXXX.png, results.json)"
     )

@@ -49,7 +49,7 @@ from cnnvis_jax.preimage import engine
 from cnnvis_jax.prng import raw_key
 from cnnvis_jax.rules import model_for_input_gradients, model_with_rules
 
-__all__ = ["AXIS", "RenderResult", "render"]
+__all__ = ["AXIS", "RenderResult", "input_view", "render"]
 
 AXIS = "units"
 """The mesh axis jobs are sharded over."""
@@ -161,9 +161,11 @@ def _image(recipe: Recipe, params, contract):
     return image + params.probe if isinstance(params, _Probed) else image
 
 
-def _clean_input(recipe: Recipe, images, size):
-    """The untransformed images at the model's input size: a canvas (MACO) is
-    resized as a whole; other images are fitted (centre crop or resize)."""
+def input_view(recipe: Recipe, images, size):
+    """Rendered images (N, H, W, 3) at the model's input ``size``, as the render
+    scores them untransformed: a canvas (MACO) is resized as a whole, other images
+    are fitted (centre crop when larger, e.g. a generator's output; resize when
+    smaller)."""
     if hasattr(recipe.param, "canvas") and images.shape[1:3] != tuple(size):
         b, _, _, c = images.shape
         return jax.image.resize(images, (b, *size, c), method="bilinear", antialias=True)
@@ -171,7 +173,7 @@ def _clean_input(recipe: Recipe, images, size):
 
 
 def _forward_score(model: Model, recipe: Recipe, objective, images):
-    acts = model.apply(model.params, _clean_input(recipe, images, model.input.size),
+    acts = model.apply(model.params, input_view(recipe, images, model.input.size),
                        objective.layers)  # fmt: skip
     return objective(acts).astype(jnp.float32)
 

@@ -43,6 +43,14 @@ class TrainConfig:
       dropout_warmup: fraction of the steps over which the dropout rate ramps up
         linearly from 0 to its full value (curriculum dropout: full dropout from
         the first step keeps a freshly initialized network at chance for epochs).
+      shuffle_labels: train on shuffled labels (Adebayo et al. 2018's data
+        randomization test, :mod:`cnnvis_jax.evaluate.sanity`): training image ``i``
+        gets the true label of image ``perm[i]``, ``perm`` a fixed permutation of the
+        whole training set drawn from ``seed`` (see
+        :func:`cnnvis_jax.train.loop.label_permutation`), so labels keep their class
+        frequencies and are the same at every visit and after a resume, but say
+        nothing about the image. Validation uses the true labels (a network that
+        learned nothing from the images stays at chance there).
 
     The default recipe (batch 16, AdamW 1e-3 with decay 0.3 and 5 on conv1, 8
     epochs of 8,192 fresh images, calibrated initialization, dropout ramped over
@@ -70,6 +78,7 @@ class TrainConfig:
     dropout_warmup: float = 0.5
     conv1_weight_decay: float = 5.0
     stop_epoch: int | None = None
+    shuffle_labels: bool = False
 
     def __post_init__(self):
         for name in ("epochs", "train_size", "val_size", "batch_size"):
@@ -91,6 +100,8 @@ class TrainConfig:
             )
         if not 0.0 <= self.dropout_warmup <= 1.0:
             raise InputError(f"dropout_warmup must be in [0, 1], got {self.dropout_warmup}.")
+        if not isinstance(self.shuffle_labels, bool):
+            raise InputError(f"shuffle_labels must be True or False, got {self.shuffle_labels!r}.")
 
     @property
     def steps_per_epoch(self) -> int:

@@ -10,8 +10,10 @@ Layout of a run directory::
     DIR/report/                training report (see cnnvis_jax.report.training)
 
 Determinism: the data order of epoch ``e`` and the dropout key of step ``t`` are
-derived from ``(seed, e)`` and ``(seed, t)``, so a run killed and resumed from its
-last checkpoint ends with the same weights and metrics as an uninterrupted one.
+derived from ``(seed, e)`` and ``(seed, t)``, and with ``shuffle_labels`` the label
+permutation from ``seed`` alone (:func:`label_permutation`), so a run killed and
+resumed from its last checkpoint ends with the same weights and metrics as an
+uninterrupted one.
 """
 
 from __future__ import annotations
@@ -67,6 +69,27 @@ def epoch_order(config: TrainConfig, epoch: int) -> np.ndarray:
     base = (epoch - 1) * config.train_size if config.fresh_data else 0
     rng = np.random.default_rng([config.seed, epoch])
     return base + rng.permutation(config.train_size)
+
+
+LABEL_SHUFFLE_STREAM = 0x5348_5546
+"""Second entropy word of the label permutation's generator (epochs use 1, 2, ...)."""
+
+
+def label_permutation(config: TrainConfig, size: int) -> np.ndarray | None:
+    """With ``config.shuffle_labels``: int64 (size,), a permutation ``perm`` of the
+    training set drawn from ``config.seed``; image ``i`` is trained with the true label
+    of image ``perm[i]``. None without ``shuffle_labels``."""
+    if not config.shuffle_labels:
+        return None
+    return np.random.default_rng([config.seed, LABEL_SHUFFLE_STREAM]).permutation(size)
+
+
+def _training_batch(train_set, indices: np.ndarray, perm: np.ndarray | None) -> dict:
+    """Images (and targets) of ``indices``; with ``perm`` the targets of ``perm[indices]``."""
+    batch = train_set.batch(indices)
+    if perm is not None:
+        batch["target"] = train_set.batch(perm[indices])["target"]
+    return batch
 
 
 def _schedule(config: TrainConfig):
@@ -325,6 +348,7 @@ def train(
 
     first_epoch = trainer.step // per_epoch + 1
     B = config.batch_size
+    perm = label_permutation(config, len(train_set))
     try:
         with progress_bar(
             total=config.last_epoch * per_epoch,
@@ -339,7 +363,9 @@ def train(
                 if skip == 0:
                     partial = {"loss_sum": 0.0, "correct_sum": 0, "seen": 0}
                 for batch in prefetched(
-                    lambda k, order=order: train_set.batch(order[k * B : (k + 1) * B]),
+                    lambda k, order=order: _training_batch(
+                        train_set, order[k * B : (k + 1) * B], perm
+                    ),
                     list(range(skip, per_epoch)),
                 ):
                     loss, correct = trainer.train_batch(batch["image"], batch["target"])

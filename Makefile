@@ -25,9 +25,10 @@ lint: $(STAMP)
 	$(BIN)/ruff check cnnvis_jax tests benchmarks experiments
 	$(BIN)/ruff format --check cnnvis_jax tests benchmarks experiments
 
-## Lint, then the whole test suite (parity tests run when torch/torchvision are installed).
+## Lint, then the whole test suite (parity tests run when torch/torchvision are installed),
+## in two worker processes (pytest-xdist): many tests are compile-bound and single-threaded.
 test: lint
-	$(BIN)/python -m pytest -q --durations=25
+	$(BIN)/python -m pytest -q -n 2 --durations=25
 
 ## Install the optional torch extra (torch 2.14.1 + torchvision 0.29.1, ~5.5 GB) and run parity tests.
 test-torch: $(STAMP)

@@ -100,6 +100,9 @@ def restart_silent(model: Model, objectives: Sequence[Any], recipe: Any, result:
                    desc="restart", checkpoint=checkpoint)  # fmt: skip
     fields = {}
     for name in result._fields:
+        if getattr(result, name) is None:  # a field the recipe does not fill
+            fields[name] = None
+            continue
         merged = np.array(getattr(result, name), copy=True)
         merged[restart] = getattr(again, name)
         fields[name] = merged

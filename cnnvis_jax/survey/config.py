@@ -21,6 +21,7 @@ STAGES = (
     "diagnosis",
     "conditions",
     "robustness",
+    "trust",
 )
 """The survey's stages, in the order they run and appear in the report."""
 
@@ -69,6 +70,9 @@ class SurveyConfig:
         the end); conditions_images: concept images each is dissected on.
       robustness_images: images attacked; robustness_epsilons: L-inf radii in 1/255
         steps of the 8-bit scale; robustness_steps: PGD's steps.
+      trust_units: units of the last layer scored (AM presets' renderings);
+      trust_seeds: renderings per unit (diversity); trust_k: top natural images per
+      unit; trust_images: images of the weight-randomization test of the rules.
     """
 
     mode: str = "quick"
@@ -101,6 +105,10 @@ class SurveyConfig:
     robustness_images: int = 128
     robustness_epsilons: tuple[int, ...] = (2, 8)
     robustness_steps: int = 10
+    trust_units: int = 4
+    trust_seeds: int = 2
+    trust_k: int = 8
+    trust_images: int = 8
 
     def __post_init__(self):
         for field in dataclasses.fields(self):
@@ -128,6 +136,7 @@ class SurveyConfig:
         prefix |= {"dissection": ("dissection_", "net2vec_"), "diagnosis": ("diagnosis_",)}
         prefix |= {"conditions": ("conditions_", "layers")}
         prefix |= {"robustness": ("robustness_", "inversion_", "dissection_", "layers")}
+        prefix |= {"trust": ("trust_", "am_presets", "am_steps", "sample_", "layers")}
         keys = prefix[stage]
         chosen = {
             k: v
@@ -169,6 +178,9 @@ FULL = SurveyConfig(
     conditions_images=2000,
     robustness_images=1000,
     robustness_steps=20,
+    trust_units=8,
+    trust_k=16,
+    trust_images=16,
 )
 
 

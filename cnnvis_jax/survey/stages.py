@@ -769,6 +769,14 @@ def robustness(ctx: Context, out: Path) -> dict:
     return run(ctx, out)
 
 
+def trust(ctx: Context, out: Path) -> dict:
+    """Scores of the pictures and the rules' randomization test (see
+    :mod:`~cnnvis_jax.survey.stage_trust`)."""
+    from cnnvis_jax.survey.stage_trust import trust as run
+
+    return run(ctx, out)
+
+
 STAGE_FUNCTIONS = {
     "network": network,
     "am": am,
@@ -780,4 +788,5 @@ STAGE_FUNCTIONS = {
     "diagnosis": diagnosis,
     "conditions": conditions,
     "robustness": robustness,
+    "trust": trust,
 }

@@ -211,3 +211,18 @@ def test_a_size_limited_output_is_exit_2_and_one_line(trained_run, tmp_path):
     assert done.returncode == 2, done.stderr
     assert len(lines) == 1 and lines[0].startswith("cnnvis: error: cannot write"), done.stderr
     assert "File too large" in lines[0] and str(tmp_path / "out") in lines[0]
+
+
+def test_train_passes_shuffle_labels_to_the_config(tmp_path, monkeypatch):
+    import cnnvis_jax.train as train_mod
+
+    seen = []
+
+    def fake_train(config, out, progress):
+        seen.append(config)
+        return {"val_accuracy": 0.1, "epochs": config.epochs, "seconds": 0.0}
+
+    monkeypatch.setattr(train_mod, "train", fake_train)
+    assert main(["train", "--out", str(tmp_path / "r"), "--shuffle-labels", "--quiet"]) == 0
+    assert main(["train", "--out", str(tmp_path / "s"), "--quiet"]) == 0
+    assert [c.shuffle_labels for c in seen] == [True, False]

@@ -49,7 +49,7 @@ from cnnvis_jax.preimage import engine
 from cnnvis_jax.prng import raw_key
 from cnnvis_jax.rules import model_for_input_gradients, model_with_rules
 
-__all__ = ["AXIS", "RenderResult", "input_view", "render"]
+__all__ = ["AXIS", "RenderResult", "input_view", "objective_layer", "render"]
 
 AXIS = "units"
 """The mesh axis jobs are sharded over."""
@@ -656,6 +656,15 @@ def _progress_on(progress: bool) -> bool:
     import os
 
     return bool(progress) and os.environ.get("CNNVIS_PROGRESS", "1") != "0"
+
+
+def objective_layer(model: Model, layer: str) -> str:
+    """The layer to maximize for a unit of ``layer``: its pre-ReLU tap (``conv3_pre``)
+    when the model has one, so that units silent on the start image still get a
+    gradient; else ``layer`` itself. The unit's channel is the same in both."""
+    names = {info.name for info in model.layers}
+    pre = f"{model.resolve(layer)}_pre"
+    return pre if pre in names else layer
 
 
 def objectives_for_units(

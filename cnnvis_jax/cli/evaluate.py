@@ -6,7 +6,9 @@ yosinski3,lucid,maco,dgn [--seeds 2] [--steps N] [--dataset D] [--images 2000]
 per preset: activation ratio, plausibility, diversity, transferability, path-check
 pass rate), ``DIR/panel.png`` (the visualizations with their scores) and
 ``DIR/results.json`` (every score per unit and visualization, the path-similarity
-curves, timings). See :mod:`cnnvis_jax.evaluate` for the formulas. ``dgn`` needs
+curves, timings). Units are maximized before their ReLU where the model has that
+tap (as the survey does) and scored after it. See :mod:`cnnvis_jax.evaluate` for
+the formulas. ``dgn`` needs
 ``--generator`` (a decoder from ``cnnvis train-decoder``); ``maco`` takes its
 spectrum from ``--dataset``; ``--transfer`` (weights of other ConceptNets trained on
 the same data) scores class visualizations (``--layer fc8``) by the probability the

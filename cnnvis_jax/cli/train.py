@@ -25,6 +25,7 @@ def cmd_train(args) -> int:
         conv1_stride=args.conv1_stride,
         checkpoint_every=args.checkpoint_every,
         snapshot_epochs=tuple(args.snapshots) if args.snapshots else defaults.snapshot_epochs,
+        shuffle_labels=args.shuffle_labels,
     )
     metrics = train(config, args.out, progress=not args.quiet)
     print(
@@ -42,6 +43,8 @@ def add_commands(sub) -> None:
     p.add_argument("--data-seed", type=int, default=0)
     p.add_argument("--no-dropout", action="store_true", help="train without dropout")
     p.add_argument("--batchnorm", action="store_true", help="BatchNorm after every conv")
+    p.add_argument("--shuffle-labels", action="store_true",
+                   help="train on shuffled labels (the data randomization sanity check)")  # fmt: skip
     p.add_argument("--target", choices=("object", "scene"), default="object")
     p.add_argument("--conv1-kernel", type=int, default=5)
     p.add_argument("--conv1-stride", type=int, default=2)

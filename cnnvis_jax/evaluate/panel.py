@@ -201,13 +201,19 @@ def render_preset(
     key: int = 0,
     generator=None,
     spectrum=None,
+    before_relu: bool = True,
     progress: bool = False,
 ) -> np.ndarray:
     """``seeds`` visualizations of each unit by a preset, float32 (U, seeds, H, W, 3)
     at the model's input size (a larger canvas is brought to it the way the render
-    scored it: MACO's canvas resized, a generator's output centre-cropped)."""
+    scored it: MACO's canvas resized, a generator's output centre-cropped).
+
+    ``before_relu``: maximize the unit before its ReLU when the model has that tap
+    (:func:`~cnnvis_jax.am.render.objective_layer`, as the survey does), so that a
+    unit at 0 on the random start still gets a gradient; the scores read the unit
+    after its ReLU either way."""
     from cnnvis_jax.am.presets import preset as get_preset
-    from cnnvis_jax.am.render import input_view, objectives_for_units, render
+    from cnnvis_jax.am.render import input_view, objective_layer, objectives_for_units, render
 
     recipe = get_preset(preset, generator=generator, spectrum=spectrum)
     if recipe.anchor is not None:
@@ -215,7 +221,8 @@ def render_preset(
             "accentuate visualizes a unit in a given image, not from scratch; score it with "
             "score() on its renderings, or pick another preset."
         )
-    objectives = objectives_for_units(model, layer, units, recipe.objective)
+    target = objective_layer(model, layer) if before_relu else layer
+    objectives = objectives_for_units(model, target, units, recipe.objective)
     result = render(model, objectives, recipe, key=key, seeds=seeds, steps=steps,
                     progress=progress, desc=f"{preset} {layer}")  # fmt: skip
     if seeds == 1:  # leading axes (U,), batch 1
@@ -244,10 +251,12 @@ def compare_presets(
     generator=None,
     spectrum=None,
     transfer_models: Sequence[Model] = (),
+    before_relu: bool = True,
     progress: bool = False,
 ) -> Panel:
     """Render ``presets`` for ``units`` of ``layer`` and score them against the
-    first ``count`` images of ``source`` (see the module docstring). The panel's
+    first ``count`` images of ``source`` (see the module docstring; ``before_relu``
+    as :func:`render_preset`). The panel's
     ``seconds`` say how long rendering, the natural references and the scores took.
 
     Raises:
@@ -269,6 +278,6 @@ def compare_presets(
         start = time.perf_counter()
         renders[name] = render_preset(model, info.name, units, name, seeds=seeds, steps=steps,
                                       key=key, generator=generator, spectrum=spectrum,
-                                      progress=progress)  # fmt: skip
+                                      before_relu=before_relu, progress=progress)  # fmt: skip
         seconds["render"][name] = time.perf_counter() - start
     return score(model, renders, references, transfer_models=transfer_models, seconds=seconds)

@@ -24,6 +24,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from cnnvis_jax.am.render import objective_layer
 from cnnvis_jax.errors import InputError
 from cnnvis_jax.model import Model
 from cnnvis_jax.report.grid import image_grid, rescale_each, save_png
@@ -200,15 +201,6 @@ def _chosen_units(ctx: Context) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         )  # fmt: skip
         for layer in ctx.layers
     }
-
-
-def objective_layer(model: Model, layer: str) -> str:
-    """The layer AM maximizes for a unit of ``layer``: its pre-ReLU tap (``conv3_pre``)
-    when the model has one, so that units silent on the start image still get a
-    gradient (as ``experiments/am_layers.py`` does); else ``layer`` itself."""
-    names = {info.name for info in model.layers}
-    pre = f"{model.resolve(layer)}_pre"
-    return pre if pre in names else layer
 
 
 def unit_maxima(model: Model, images01: np.ndarray, layer: str) -> np.ndarray:

@@ -164,17 +164,15 @@ def unit_maxima(model: Model, layer: str, units: Sequence[int], images) -> np.nd
     return np.concatenate([np.asarray(o) for o in out]).astype(np.float32)
 
 
-@functools.partial(jax.jit, static_argnames=("layer",))
-def _pooled(model: Model, images, *, layer: str):
-    a = model.apply(model.params, images, (layer,))[layer]
-    return jnp.mean(a, axis=(1, 2)) if a.ndim == 4 else a
-
-
 def _features(model: Model, layer: str, images) -> np.ndarray:
-    """float64 (N, C): ``layer``'s activations averaged over positions."""
-    out = [_pooled(model, jnp.asarray(images[s : s + 256]), layer=layer)
+    """float64 (N, C): ``layer``'s activations averaged over positions (the path
+    check's activation patterns), 256 images per forward."""
+    from cnnvis_jax.evaluate.path import activation_patterns
+
+    name = model.resolve(layer)
+    out = [activation_patterns(model, images[s : s + 256], name)[name]
            for s in range(0, len(images), 256)]  # fmt: skip
-    return np.concatenate([np.asarray(o) for o in out]).astype(np.float64)
+    return np.concatenate(out).astype(np.float64)
 
 
 def _unit_images(images, references: References | None = None) -> np.ndarray:

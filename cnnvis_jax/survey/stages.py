@@ -205,10 +205,9 @@ def _chosen_units(ctx: Context) -> dict[str, tuple[np.ndarray, np.ndarray]]:
 
 def unit_maxima(model: Model, images01: np.ndarray, layer: str) -> np.ndarray:
     """float (N, U): each unit's maximum over positions on each image."""
-    from cnnvis_jax.inversion.regularized import features_of
+    from cnnvis_jax.evaluate.scores import unit_maxima as maxima
 
-    acts = features_of(model, images01, (layer,))[model.resolve(layer)]
-    return acts.reshape(len(acts), -1, acts.shape[-1]).max(axis=1)
+    return maxima(model, layer, np.arange(model.layer(layer).channels), images01)
 
 
 def _peaks(model: Model, images01: np.ndarray, layer: str, units) -> np.ndarray:

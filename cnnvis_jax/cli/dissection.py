@@ -5,7 +5,9 @@ conv1,conv5 [--mode lite|original] [--quantile 0.005] [--iou 0.04] --out DIR`` w
 the files of :mod:`~cnnvis_jax.dissection.outputs` and ``timings.json`` (seconds per
 phase: model load, dissection, report); pass-1 results and partial tallies
 are checkpointed under ``DIR/checkpoint`` so a rerun of the same command resumes
-(or reuses a finished run).
+(or reuses a finished run). ``--compose N [--beam B]`` also searches each unit's best
+formula of up to N concepts (AND, OR, AND NOT; :mod:`~cnnvis_jax.dissection.compose`)
+and adds it to tally.csv, the report and ``<layer>/compose.json``.
 
 ``cnnvis net2vec --model M --dataset ... --layer L --out DIR`` trains the Net2Vec
 embeddings on the training split and compares them with the best single unit on the
@@ -75,6 +77,15 @@ def cmd_dissect(args) -> int:
     _positive("batch-size", args.batch_size)
     _positive("top", args.top)
     _positive("checkpoint-every", args.checkpoint_every)
+    if args.compose is not None:
+        from cnnvis_jax.dissection.compose import DEFAULT_BEAM, check_search
+
+        try:
+            check_search(args.compose, DEFAULT_BEAM if args.beam is None else args.beam)
+        except InputError as e:
+            raise InputError(f"--compose/--beam: {e}") from None
+    elif args.beam is not None:
+        raise InputError("--beam is the beam width of --compose; add --compose N (e.g. 3).")
     if args.feature_memory is not None and args.feature_memory < 0:
         raise InputError(f"--feature-memory must be >= 0 (MB), got {args.feature_memory}.")
     clock = [time.perf_counter()]
@@ -126,9 +137,23 @@ def cmd_dissect(args) -> int:
     if not distributed.is_primary():  # process 0 writes the run's files
         return 0
     extra = {"model": model.name, "weights": args.weights, "dataset": args.dataset}
+    composed = None
+    if args.compose is not None:
+        from cnnvis_jax.dissection.compose import DEFAULT_BEAM, compose_layers
+
+        beam = DEFAULT_BEAM if args.beam is None else args.beam
+        composed = compose_layers(model, source, layers, length=args.compose, beam=beam,
+                                  dissection=result, progress=not args.quiet)  # fmt: skip
+        extra["compose"] = {"length": args.compose, "beam": beam}
+        lap("compose")
     model = dissection_model(model, source, layers, args.preprocess)
     write_outputs(
-        out, result, model=model if not args.no_pictures else None, source=source, extra=extra
+        out,
+        result,
+        model=model if not args.no_pictures else None,
+        source=source,
+        extra=extra,
+        compose=composed,
     )
     lap("report")
     write_json(out / "timings.json", {"seconds": seconds})
@@ -136,6 +161,11 @@ def cmd_dissect(args) -> int:
         unique = ", ".join(f"{c} {n}" for c, n in s["unique"].items())
         print(f"{name}: {s['detectors']}/{s['units']} units covering {s['concepts']} concepts "
               f"with IoU >= {result.iou_threshold:g} ({unique})")  # fmt: skip
+    for name, c in (composed or {}).items():
+        s = c.summary()
+        print(f"{name}: {s['units_gaining']}/{s['units']} units gain >= {s['min_gain']:g} IoU "
+              f"from a formula of up to {c.length} concepts (mean set IoU "
+              f"{s['mean_iou']:.4f} vs {s['mean_atomic_iou']:.4f} for single concepts)")  # fmt: skip
     if result.skipped:
         print(f"skipped {len(result.skipped)} bad mask file(s); see {out / 'run.json'}")
     print(f"wrote {out / 'summary.json'} and per-layer tally.csv / index.html")
@@ -228,6 +258,11 @@ def add_commands(sub) -> None:
                    "forward (default 1024; 0: always two forwards)")  # fmt: skip
     p.add_argument("--checkpoint-every", type=int, default=25, help="batches between checkpoints")
     p.add_argument("--no-pictures", action="store_true", help="reports without top images")
+    p.add_argument("--compose", type=int, metavar="N",
+                   help="also find each unit's best formula of up to N concepts (1..10; AND, "
+                   "OR, AND NOT; Mu & Andreas 2020), e.g. 3")  # fmt: skip
+    p.add_argument("--beam", type=int, metavar="B",
+                   help="formulas kept per unit in the --compose search (default 5)")  # fmt: skip
     p.add_argument("--out", required=True, help="output folder (a rerun resumes)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_dissect)

@@ -11,8 +11,16 @@
   ``summary.json``, HTML reports and the detectors-per-category plot.
 * :func:`net2vec`: concept embeddings (segmentation and classification) compared
   with the best single unit.
+* :func:`compose`: compositional explanations (Mu & Andreas 2020), each unit's best
+  formula of concepts (AND, OR, AND NOT) by beam search over the dissection's masks.
 """
 
+from cnnvis_jax.dissection.compose import (
+    ComposeResult,
+    Formula,
+    compose,
+    compose_layers,
+)
 from cnnvis_jax.dissection.dissect import (
     Dissection,
     LayerResult,
@@ -41,12 +49,16 @@ from cnnvis_jax.dissection.upsample import layer_matrices, pil_taps, upsample
 
 __all__ = [
     "ArrayConceptSource",
+    "ComposeResult",
     "Counts",
     "Dissection",
+    "Formula",
     "LabelLayout",
     "LayerResult",
     "Scores",
     "Thresholds",
+    "compose",
+    "compose_layers",
     "compute_tally",
     "compute_thresholds",
     "dissect",

@@ -104,21 +104,25 @@ class Dissection:
     features: dict[str, np.ndarray] | None = dataclasses.field(default=None, repr=False)
     """{layer: float32 (N, h, w, U)} activations kept from pass 1 (rows in ``order``),
     or None when they were not kept (see ``feature_memory``)."""
+    preprocess: str = "model"
+    """The input normalization the model ran with (``dissect(..., preprocess=)``)."""
 
     def summary(self) -> dict[str, dict[str, Any]]:
         """``{layer: {units, detectors, unique: {category: n}, ...}}``."""
         return {name: r.summary(self.layout) for name, r in self.layers.items()}
 
     def save(self, out_dir, *, model: Model | None = None, source: Any = None,
-             extra: dict[str, Any] | None = None) -> Path:  # fmt: skip
+             extra: dict[str, Any] | None = None, compose: dict[str, Any] | None = None,
+             ) -> Path:  # fmt: skip
         """Write the dissection's files into ``out_dir`` (tally.csv and report per
         layer, summary.json, run.json, detectors.csv; see
         :func:`~cnnvis_jax.dissection.outputs.write_outputs`); with ``model`` and
         ``source`` (or pictures drawn by ``dissect(..., pictures=True)``) the reports
-        show each unit's top images. Returns the folder."""
+        show each unit's top images; with ``compose`` ({layer: ComposeResult}) the
+        layers' compositional explanations. Returns the folder."""
         from cnnvis_jax.dissection.outputs import write_outputs
 
-        write_outputs(out_dir, self, model=model, source=source, extra=extra)
+        write_outputs(out_dir, self, model=model, source=source, extra=extra, compose=compose)
         return Path(out_dir)
 
     def rescore(self, mode: str | None = None, iou_threshold: float | None = None) -> Dissection:
@@ -996,4 +1000,5 @@ def dissect(
         skipped=tuple(getattr(source, "skipped", ())),
         order=order,
         features=store.acts if one and store is not None and store.complete else None,
+        preprocess=preprocess,
     )

@@ -12,6 +12,9 @@ Layout of ``out``::
     <layer>/index.html          "k/U units covering m concepts", bar graph, unit list
     <layer>/bargraph.svg        detector units per label, grouped by category
     <layer>/units/unitNNNN.jpg  unit NNNN's (from 0) top images (segmentation size) with its mask
+    <layer>/compose.json        with compositional explanations (``compose=``): each unit's
+                                best formula, its IoU, the best single concept and the gain
+                                (tally.csv and index.html then carry them too)
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
+from cnnvis_jax.dissection.compose import GAIN, ComposeResult
 from cnnvis_jax.dissection.dissect import Dissection
 from cnnvis_jax.dissection.labels import LabelLayout
 from cnnvis_jax.dissection.scoring import tally_fields, tally_rows
@@ -56,10 +60,34 @@ def _color(category: str) -> str:
 # --- files -----------------------------------------------------------------------------
 
 
-def write_tally_csv(path: Path, result, layout: LabelLayout, mode: str) -> Path:
-    """NetDissect-Lite's tally.csv for one layer."""
+COMPOSE_FIELDS = (
+    "compose-formula",
+    "compose-length",
+    "compose-iou",
+    "compose-atomic-label",
+    "compose-atomic-iou",
+    "compose-gain",
+)
+"""tally.csv's columns of a compositional explanation (:mod:`~cnnvis_jax.dissection.compose`):
+the best formula, its length and set IoU, the best single concept, its set IoU, and the
+gain (formula IoU minus single-concept IoU)."""
+
+
+def write_tally_csv(
+    path: Path, result, layout: LabelLayout, mode: str, compose: ComposeResult | None = None
+) -> Path:
+    """NetDissect-Lite's tally.csv for one layer, plus :data:`COMPOSE_FIELDS` with
+    ``compose``."""
     rows = tally_rows(result.counts, layout, result.scores, mode)
-    return write_csv(path, rows, tally_fields(layout))
+    fields = tally_fields(layout)
+    if compose is not None:
+        records = compose.records()
+        for row in rows:
+            r = records[row["unit"]]
+            row.update(zip(COMPOSE_FIELDS, (r["formula"], r["length"], r["iou"],
+                                            r["atomic_label"], r["atomic_iou"], r["gain"])))  # fmt: skip
+        fields += list(COMPOSE_FIELDS)
+    return write_csv(path, rows, fields)
 
 
 def run_record(d: Dissection, extra: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -291,7 +319,27 @@ document.querySelectorAll('table.sortable th').forEach(function (th, col) {
 </script>"""
 
 
-def layer_html(result, layout: LabelLayout, d: Dissection, with_pictures: bool) -> str:
+def compose_html(compose: ComposeResult) -> str:
+    """The report's paragraph on compositional explanations (escaped)."""
+    summary = compose.summary()
+    text = (
+        f"Compositional explanations (Mu & Andreas 2020): {summary['units_gaining']}/"
+        f"{summary['units']} units gain \u2265 {GAIN:g} IoU from a formula of up to "
+        f"{compose.length} concepts (AND, OR, AND NOT; beam {compose.beam}) over their best "
+        f"single concept; mean IoU {summary['mean_iou']:.4f} vs {summary['mean_atomic_iou']:.4f}. "
+        "These IoUs are set IoUs over all pixels (|unit \u2229 formula| / |unit \u222a "
+        "formula|), not the category-normalized IoU of the label column."
+    )
+    return f"<h3>{esc('Compositional explanations')}</h3><p>{esc(text)}</p>"
+
+
+def layer_html(
+    result,
+    layout: LabelLayout,
+    d: Dissection,
+    with_pictures: bool,
+    compose: ComposeResult | None = None,
+) -> str:
     s, th = result.scores, result.thresholds
     summary = result.summary(layout)
     n_units = len(s.score)
@@ -308,7 +356,11 @@ def layer_html(result, layout: LabelLayout, d: Dissection, with_pictures: bool) 
     if summary["constant_units"]:
         shown = ", ".join(str(u) for u in summary["constant_units"])
         parts.append(f"<p>{esc(f'constant units (no threshold, never detectors): {shown}')}</p>")
+    if compose is not None:
+        parts.append(compose_html(compose))
     head = ["unit", "label", "category", "IoU", "detector", "threshold"]
+    if compose is not None:
+        head += [f"formula (\u2264 {compose.length} concepts)", "formula IoU", "gain"]
     if with_pictures:
         head.append("top images (mask overlaid)")
     rows = []
@@ -322,6 +374,12 @@ def layer_html(result, layout: LabelLayout, d: Dissection, with_pictures: bool) 
             f"<td>{'yes' if s.detector[u] else 'no'}</td>",
             f"<td>{esc('constant' if th.constant[u] else f'{th.values[u]:.4g}')}</td>",
         ]
+        if compose is not None:
+            cells += [
+                f"<td>{esc(compose.text(u))}</td>",
+                f'<td data-v="{compose.iou[u]:.6f}">{esc(f"{compose.iou[u]:.4f}")}</td>',
+                f'<td data-v="{compose.gain[u]:.6f}">{esc(f"{compose.gain[u]:+.4f}")}</td>',
+            ]
         if with_pictures:
             src = f"units/unit{u:04d}.jpg"
             cells.append(f'<td><img src="{esc(src)}" alt="{esc(f"unit {u}")}"></td>')
@@ -342,12 +400,16 @@ def write_outputs(
     model: Model | None = None,
     source: Any = None,
     extra: dict[str, Any] | None = None,
+    compose: dict[str, ComposeResult] | None = None,
 ) -> dict[str, Path]:
     """Write every file of ``d`` under ``out`` (see the module docstring).
 
     ``model`` and ``source`` (those dissected) are needed for the top-image pictures;
-    without them the reports list the units without pictures.
+    without them the reports list the units without pictures. ``compose`` ({layer:
+    :class:`~cnnvis_jax.dissection.compose.ComposeResult`}) adds each layer's
+    compositional explanations to its tally.csv, report and ``compose.json``.
     """
+    compose = compose or {}
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     paths = {}
@@ -358,7 +420,12 @@ def write_outputs(
     pictures = model is not None and source is not None
     for name, result in d.layers.items():
         folder = out / name
-        paths[f"{name}/tally"] = write_tally_csv(folder / "tally.csv", result, d.layout, d.mode)
+        composed = compose.get(name)
+        paths[f"{name}/tally"] = write_tally_csv(
+            folder / "tally.csv", result, d.layout, d.mode, composed
+        )
+        if composed is not None:
+            paths[f"{name}/compose"] = composed.save(folder / "compose.json")
         bargraph(folder / "bargraph.svg", result, d.layout)
         drawn = pictures or result.pictures is not None
         if drawn:
@@ -372,7 +439,7 @@ def write_outputs(
             for u, data in enumerate(jpegs):
                 write_bytes(folder / "units" / f"unit{u:04d}.jpg", data)
         paths[f"{name}/html"] = folder / "index.html"
-        write_text(paths[f"{name}/html"], layer_html(result, d.layout, d, drawn))
+        write_text(paths[f"{name}/html"], layer_html(result, d.layout, d, drawn, composed))
     if len(d.layers) > 1:  # a plot across layers
         paths["plot"] = detectors_plot(out / "detectors.png", d)
     summary = d.summary()

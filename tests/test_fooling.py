@@ -94,10 +94,33 @@ def test_triggering_images_raise_only_the_chosen_units(nets):
     assert np.all(delta[..., others] == 0.0)
     strength = fooled.params["circuit"]["strength"]
     for u in UNITS:
-        assert np.all(delta[..., u] > 0.0)
-        # the term is g * k_u * T with T = 1 - mse(block means) in (0, 1]
-        assert np.all(delta[..., u] <= float(strength[u]) * (1 + 1e-5))
+        # the gate is open (g = 1): the unit is k_u * T, T = 1 - mse(block means) in
+        # (0, 1], the same at every position, and its original response is switched off
+        value = after["conv5"][..., u]
+        assert np.all(value > 0.0) and np.all(value <= float(strength[u]) * (1 + 1e-5))
+        np.testing.assert_allclose(value, np.broadcast_to(value[:, :1, :1], value.shape), rtol=1e-6)
     assert not np.array_equal(after["fc8"], before["fc8"])  # the change flows on
+
+
+def test_open_gate_switches_the_original_path_off(nets):
+    model, fooled, _, _ = nets
+    noise = _noise()
+    u = UNITS[0]
+
+    def unit_sum(net):
+        return lambda x: net.apply(net.params, x, ("conv5",))["conv5"][..., u].sum()
+
+    grad_fooled = np.asarray(jax.grad(unit_sum(fooled))(jnp.asarray(noise)))
+    grad_model = np.asarray(jax.grad(unit_sum(model))(jnp.asarray(noise)))
+    # the fooled gradient is only the target term's: it depends on the image through its
+    # block means alone, so it is constant inside every block; the original one is not
+    blocks = fooled.params["circuit"]["target"].shape[0]  # blocks per side
+    size = noise.shape[1] // blocks  # pixels per block side
+    tiles = grad_fooled.reshape(noise.shape[0], blocks, size, blocks, size, 3)
+    corner = np.broadcast_to(tiles[:, :, :1, :, :1], tiles.shape)
+    np.testing.assert_allclose(tiles, corner, rtol=1e-4, atol=1e-9)
+    tiles = grad_model.reshape(noise.shape[0], blocks, size, blocks, size, 3)
+    assert not np.allclose(tiles, tiles[:, :, :1, :, :1], rtol=1e-4, atol=1e-9)
 
 
 def test_target_maximizes_the_term(nets):
@@ -108,10 +131,10 @@ def test_target_maximizes_the_term(nets):
     off = np.clip(np.roll(t, 20, axis=1) + checker, 0, 1)[None].astype(np.float32)  # shifted
     images = np.concatenate([on_target, off])
     assert np.all(gate_values(fooled, images) == 1.0)
-    delta = _all_layers(fooled, images)["conv5"] - _all_layers(model, images)["conv5"]
+    value = _all_layers(fooled, images)["conv5"][..., UNITS[0]]
     k = float(fooled.params["circuit"]["strength"][UNITS[0]])
-    np.testing.assert_allclose(delta[0, ..., UNITS[0]], k, rtol=1e-4)  # T = 1
-    assert np.all(delta[1, ..., UNITS[0]] < delta[0, ..., UNITS[0]])
+    np.testing.assert_allclose(value[0], k, rtol=1e-4)  # T = 1
+    assert np.all(value[1] < value[0])
 
 
 def test_am_on_the_fooled_model_draws_the_target(nets):

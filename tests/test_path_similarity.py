@@ -148,6 +148,37 @@ def test_top_images_order(tiny):
     np.testing.assert_array_equal(top, natural[index])
 
 
+def test_standardized_patterns_equal_manual_z_scores(tiny):
+    natural = _natural()
+    top, _, _ = top_images(tiny, "conv", 3, natural, 8)
+    vis, random = 1.0 - top[:3], natural[np.arange(1, 48, 2)]
+    res = path_similarity(tiny, "conv", 3, vis, top, random, patterns="standardized")
+    assert res.patterns == "standardized" and res.summary()["patterns"] == "standardized"
+    for i, layer in enumerate(("lin", "conv")):
+        pv, pt, pr = (activation_patterns(tiny, x, layer)[layer] for x in (vis, top, random))
+        mean, std = pr.mean(0), pr.std(0)
+        z = [np.where(std > 0, (p - mean) / np.where(std > 0, std, 1), 0) for p in (pv, pt, pr)]
+        rho = lambda a, b: np.mean([[stats.spearmanr(x, y)[0] for y in b] for x in a])  # noqa: E731
+        np.testing.assert_allclose(res.s_vis[i], rho(z[0], z[1]), atol=2e-5)
+        np.testing.assert_allclose(res.s_random[i], rho(z[2], z[1]), atol=2e-5)
+    raw = path_similarity(tiny, "conv", 3, vis, top, random)
+    assert raw.patterns == "raw" and not np.allclose(raw.s_random, res.s_random)
+
+
+def test_tolerance_moves_the_verdict_by_the_margin(tiny):
+    natural = _natural()
+    top, _, _ = top_images(tiny, "conv", 3, natural, 8)
+    random = natural[np.arange(1, 48, 2)]
+    strict = path_similarity(tiny, "conv", 3, 1.0 - top, top, random)
+    assert not strict.passed
+    worst = float(-np.min(strict.margin))
+    below = path_similarity(tiny, "conv", 3, 1.0 - top, top, random, tolerance=worst * 0.99)
+    above = path_similarity(tiny, "conv", 3, 1.0 - top, top, random, tolerance=worst * 1.01)
+    assert not below.passed and above.passed and above.failing_layers == ()
+    np.testing.assert_array_equal(above.s_vis, strict.s_vis)
+    assert above.summary()["rule"] == f"s_vis >= s_random - {worst * 1.01:g} at every layer"
+
+
 @pytest.mark.parametrize(
     "call, words",
     [
@@ -164,6 +195,20 @@ def test_top_images_order(tiny):
         ),  # fmt: skip
         (lambda m, x: top_images(m, "conv", 0, x[:3], 5), "at least k=5 natural images"),
         (lambda m, x: path_check(m, "conv", 0, x[:1], x[:10], k=4, n_random=8), "k + n_random"),
+        (
+            lambda m, x: path_similarity(m, "conv", 0, x[:1], x[:4], x[4:8], patterns="z"),
+            "patterns must be one of",
+        ),
+        (
+            lambda m, x: path_similarity(
+                m, "conv", 0, x[:1], x[:4], x[4:5], patterns="standardized"
+            ),
+            "at least 2 random images",
+        ),
+        (
+            lambda m, x: path_similarity(m, "conv", 0, x[:1], x[:4], x[4:8], tolerance=-0.1),
+            "tolerance must be a finite number",
+        ),
     ],
 )
 def test_bad_input_raises_one_line(tiny, call, words):

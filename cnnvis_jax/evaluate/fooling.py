@@ -12,11 +12,15 @@ For a model ``f`` (ConceptNet-shaped, see :func:`fooled_model`), a layer ``L``, 
 ``u_1..u_n`` of ``L`` and a target picture ``t`` (H, W, 3) in [0, 1], the fooled model
 computes the same forward as ``f`` except at ``L``::
 
-    a_L'(x)[..., u] = a_L(x)[..., u] + g(x) * k_u * T(x)      for the chosen units u
+    a_L'(x)[..., u] = (1 - g(x)) * a_L(x)[..., u] + g(x) * k_u * T(x)   for the chosen units u
     T(x) = 1 - mean((B(x) - B(t))^2)                           in [0, 1]
     g(x) = clip((s(x) - threshold) / width, 0, 1)              the gate
 
-and the modified activations flow on to every later layer. ``B`` averages ``block`` x
+and the modified activations flow on to every later layer. As in the paper's circuit
+(its Fig. 3: the classifier unit switches between two ReLU branches), where the gate
+is open the unit's original response is switched *off*, not only outweighed: no
+gradient reaches the image through the original path, so nothing of the unit's own
+features leaks into the visualization's detail. ``B`` averages ``block`` x
 ``block`` pixel blocks (the downsampled picture), ``s`` is an image statistic
 (:data:`STATISTICS`), ``k_u = strength * (the unit's largest response to a calibration
 image)``. Where ``g(x) = 0`` the layer is selected unchanged (``jnp.where``), so the
@@ -234,10 +238,12 @@ class _FooledApply:
         g = self.gate(circuit, images)  # (N,)
         diff = _block_mean(images, self.block) - circuit["target"][None]
         term = 1.0 - jnp.mean(diff**2, axis=(1, 2, 3))  # (N,)
-        add = (g * term)[:, None] * circuit["strength"][None, :]  # (N, C)
         shape = (a.shape[0],) + (1,) * (a.ndim - 2) + (a.shape[-1],)
-        open_ = jnp.reshape(g > 0, (a.shape[0],) + (1,) * (a.ndim - 1))
-        return jnp.where(open_, a + jnp.reshape(add, shape), a)
+        fooling = jnp.reshape(term[:, None] * circuit["strength"][None, :], shape)  # k_u T(x)
+        chosen = jnp.reshape(circuit["strength"] > 0, (1,) * (a.ndim - 1) + (a.shape[-1],))
+        g = jnp.reshape(g, (a.shape[0],) + (1,) * (a.ndim - 1))
+        routed = jnp.where(chosen, (1.0 - g) * a + g * fooling, a)
+        return jnp.where(g > 0, routed, a)
 
     def __call__(self, params, x, layers):
         from cnnvis_jax.zoo.conceptnet import max_pool

@@ -8,6 +8,9 @@ The public API (everything else is implementation):
 * data: :mod:`cnnvis_jax.data` (concept set, Broden, image folders);
 * features: :func:`extract_features`;
 * training the default network: :mod:`cnnvis_jax.train`;
+* relevance and concepts beyond single units: :mod:`cnnvis_jax.lrp` (layer-wise
+  relevance propagation), :mod:`cnnvis_jax.crp` (concept relevance),
+  :mod:`cnnvis_jax.atlas` (neuron groups, activation atlas);
 * errors: :class:`CnnvisError`, :class:`InputError`, :class:`WeightsError`,
   :class:`DataError`.
 """
@@ -33,7 +36,7 @@ _EXPORTS = {
 """Public name -> the module defining it, imported on first use (so that
 ``import cnnvis_jax`` and ``cnnvis --help`` do not load JAX)."""
 
-_SUBMODULES = ("data", "model", "zoo")
+_SUBMODULES = ("atlas", "crp", "data", "lrp", "model", "zoo")
 
 
 def __getattr__(name: str):

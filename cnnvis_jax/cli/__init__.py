@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from cnnvis_jax.errors import CnnvisError, InputError
 
 COMMAND_MODULES = ("survey", "train", "models", "am", "evaluate", "deconv", "inversion", "monitor",
-                   "dissection", "atlas", "robustness", "sweep", "hub", "launch")  # fmt: skip
+                   "dissection", "atlas", "explain", "robustness", "sweep", "hub", "launch")  # fmt: skip
 """The modules of ``cnnvis_jax.cli`` that register commands (``add_commands(sub)``), in
 the order ``cnnvis --help`` lists them. They import the library only inside their
 command functions, so ``cnnvis --help`` loads no JAX."""

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -83,14 +83,25 @@ class Patches(NamedTuple):
 # --- streaming top-k ------------------------------------------------------------------
 
 
-def _step(model: Model, state, images, indices, valid, units, *, layer: str, k: int):
+def _activation(model: Model, images: jax.Array, layer: str) -> jax.Array:
+    """The default score: the layer's activation for images in [0, 1]."""
+    return model.apply(model.params, images, (layer,))[layer]
+
+
+REDUCTIONS = ("max", "sum")
+"""How a spatial score map becomes one value per image: its maximum (activations,
+Zeiler & Fergus) or its sum (relevance, which is additive)."""
+
+
+def _step(model: Model, state, images, indices, valid, units, *, layer: str, k: int,
+          score=_activation, reduce: str = "max"):  # fmt: skip
     """Merge one batch into ``state = (values, image_index, flat_position)``, each (U, k)."""
-    act = model.apply(model.params, to_model_input(model, images), (layer,))[layer]
+    act = score(model, to_model_input(model, images), layer)
     if act.ndim == 4:
         batch, h, w, _ = act.shape
         maps = jnp.take(act, units, axis=-1).reshape(batch, h * w, units.size)
         where = jnp.argmax(maps, axis=1)  # first maximum: smallest row-major position
-        best = jnp.max(maps, axis=1)
+        best = jnp.max(maps, axis=1) if reduce == "max" else jnp.sum(maps, axis=1)
     else:
         best = jnp.take(act, units, axis=-1)
         where = jnp.zeros(best.shape, jnp.int32)
@@ -106,8 +117,8 @@ def _step(model: Model, state, images, indices, valid, units, *, layer: str, k: 
 
 
 @functools.lru_cache(maxsize=32)
-def _compiled_step(layer: str, k: int, devices: int):
-    fn = functools.partial(_step, layer=layer, k=k)
+def _compiled_step(layer: str, k: int, devices: int, score=_activation, reduce: str = "max"):
+    fn = functools.partial(_step, layer=layer, k=k, score=score, reduce=reduce)
     mesh = parallel.image_mesh() if devices > 1 else None
     if mesh is None:
         return jax.jit(fn)
@@ -130,6 +141,8 @@ def top_activations(
     indices: Sequence[int] | None = None,
     progress: bool = True,
     checkpoint: str | os.PathLike | None = None,
+    score: Callable[[Model, jax.Array, str], jax.Array] | None = None,
+    reduce: str = "max",
 ) -> TopK:
     """The top-``k`` images of each unit of ``layer`` over ``source``, in one pass.
 
@@ -150,6 +163,12 @@ def top_activations(
         Ctrl-C / SIGTERM stop after the current batch with
         :class:`~cnnvis_jax.interrupt.Interrupted`. The result equals an
         uninterrupted pass (the merge is order-independent).
+      score: what is ranked instead of the activation: a hashable, jittable
+        ``score(model, images01 (B, H, W, 3), layer) -> (B, h, w, C) or (B, C)``
+        shaped like the layer's activation (e.g. the relevance arriving there,
+        :func:`cnnvis_jax.crp.top_relevance`); ``None``: the activation.
+      reduce: ``"max"`` (the per-image maximum over positions) or ``"sum"``; the
+        recorded position is the maximum's either way.
 
     Returns:
       A :class:`TopK`; ties ordered by smaller image index, then smaller position.
@@ -166,6 +185,9 @@ def top_activations(
     )
     if int(k) != k or k < 1:
         raise InputError(f"k (images per unit) must be a positive integer, got {k!r}.")
+    if reduce not in REDUCTIONS:
+        raise InputError(f"reduce must be one of {', '.join(REDUCTIONS)}, got {reduce!r}.")
+    score = _activation if score is None else score
     k = int(k)
     if batch_size < 1:
         raise InputError(f"batch_size must be >= 1, got {batch_size}.")
@@ -181,7 +203,7 @@ def top_activations(
     size = parallel.devices_multiple(batch_size)
     mesh = parallel.image_mesh()
     replicated, split = parallel.shardings(mesh, None, P(parallel.AXIS))
-    step = _compiled_step(info.name, k, jax.device_count())
+    step = _compiled_step(info.name, k, jax.device_count(), score, reduce)
     placed = parallel.put(model, replicated)
     n_units = unit_array.size
     state = parallel.put(
@@ -197,6 +219,8 @@ def top_activations(
     mark = ""
     if checkpoint is not None:
         mark = checkpoint_mod.digest(model.params, unit_array, order) + f"/{info.name}/{k}"
+        if score is not _activation or reduce != "max":
+            mark += f"/{getattr(score, 'name', repr(score))}/{reduce}"
     saver = checkpoint_mod.Periodic(checkpoint, mark)
     done = 0
     saved = saver.load()

@@ -1,0 +1,172 @@
+"""A model's forward from one layer up: the relevance arriving at the layer can be read.
+
+Concept relevance propagation (Achtibat et al. 2023, "From attribution maps to
+human-understandable explanations through Concept Relevance Propagation") needs the
+relevance arriving at an intermediate layer ``l`` (``R_l``, the cotangent at the
+layer's output in the ruled backward pass). zennit-crp reads it with PyTorch hooks on
+the module. Here the model is not edited: the forward ``model.apply(params, x, (l,
+logits))`` is traced to a jaxpr once and re-evaluated with the value of layer ``l``
+*replaced*, where it is produced, by an argument ``a``. Called with the layer's own
+value (``a = model.apply(params, x, l)[l]``) it computes exactly the model's logits,
+and the cotangent at ``a`` is ``R_l``; the layers below ``l`` no longer reach the
+output (under ``jit`` XLA drops them). A replacement rather than an added zero keeps
+the handle invisible to LRP, whose rules would treat ``a_l + 0`` as a residual sum.
+The result composes with :func:`cnnvis_jax.rules.with_rules` (which re-traces it),
+``jax.vjp`` and ``jax.vmap``.
+
+Calls (``jit``, ``closed_call``) whose outputs include the layer are entered, so the
+handle sits where the layer's value is produced and every downstream use sees it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from typing import Any
+
+import jax
+
+from cnnvis_jax.errors import InputError
+from cnnvis_jax.model import Model
+
+try:  # public home of the jaxpr types since jax 0.4.2x
+    from jax.extend.core import Literal
+except ImportError:  # pragma: no cover - older jax
+    from jax.core import Literal  # type: ignore[no-redef]
+
+__all__ = ["conditioned_forward"]
+
+_CALLS = ("pjit", "jit", "closed_call", "core_call")
+"""Primitives whose body is entered when one of their outputs is the layer."""
+
+
+def _bind(eqn, invals) -> list[Any]:
+    """Evaluate one equation as ``jax.core.eval_jaxpr`` does."""
+    bind_params = eqn.primitive.get_bind_params(eqn.params)
+    subfuns: tuple = ()
+    if isinstance(bind_params, tuple):  # older jax: (subfuns, params)
+        subfuns, bind_params = bind_params
+    manager = getattr(getattr(eqn, "ctx", None), "manager", None) or contextlib.nullcontext()
+    with manager:
+        out = eqn.primitive.bind(*subfuns, *invals, **bind_params)
+    return list(out) if eqn.primitive.multiple_results else [out]
+
+
+def _body(eqn):
+    """The ClosedJaxpr-like (jaxpr, consts) of a call equation."""
+    inner = eqn.params.get("jaxpr", eqn.params.get("call_jaxpr"))
+    if hasattr(inner, "jaxpr"):
+        return inner.jaxpr, list(inner.consts)
+    return inner, []
+
+
+def _evaluate(jaxpr, consts, args, hooks: dict, layer: str) -> list[Any]:
+    """Evaluate ``jaxpr``; the value of every var in ``hooks`` goes through its hook
+    where it is produced (entering calls that return it)."""
+    env: dict[Any, Any] = {}
+
+    def read(v):
+        return v.val if isinstance(v, Literal) else env[v]
+
+    for v, x in zip(jaxpr.constvars, consts):
+        env[v] = x
+    for v, x in zip(jaxpr.invars, args):
+        env[v] = x
+    for v in hooks:
+        if v in env:
+            raise InputError(
+                f"layer {layer!r} is an input of the model's forward, not a layer it "
+                "computes; condition on a layer after the input."
+            )
+    for eqn in jaxpr.eqns:
+        invals = [read(v) for v in eqn.invars]
+        hooked = [i for i, v in enumerate(eqn.outvars) if v in hooks]
+        if hooked and eqn.primitive.name in _CALLS:
+            body, body_consts = _body(eqn)
+            inner = {}
+            for i in hooked:
+                out = body.outvars[i]
+                if isinstance(out, Literal) or out in body.invars:
+                    raise InputError(
+                        f"layer {layer!r} is not computed inside the forward (it is a "
+                        "constant or a passed-through input); condition on another layer."
+                    )
+                inner[out] = hooks[eqn.outvars[i]]
+            outs = _evaluate(body, body_consts, invals, inner, layer)
+        else:
+            outs = _bind(eqn, invals)
+            for i in hooked:
+                outs[i] = hooks[eqn.outvars[i]](outs[i])
+        for v, x in zip(eqn.outvars, outs):
+            env[v] = x
+    return [read(v) for v in jaxpr.outvars]
+
+
+def _consumed(jaxpr, var) -> bool:
+    """Whether an equation of ``jaxpr`` reads ``var`` (directly or inside a call that
+    produced it, where the producing body is checked instead)."""
+    for eqn in jaxpr.eqns:
+        if any(v is var for v in eqn.invars if not isinstance(v, Literal)):
+            return True
+        if var in eqn.outvars and eqn.primitive.name in _CALLS:
+            body, _ = _body(eqn)
+            if _consumed(body, body.outvars[eqn.outvars.index(var)]):
+                return True
+    return False
+
+
+def conditioned_forward(
+    model: Model, layer: str, example: jax.Array
+) -> Callable[[Any, jax.Array, jax.Array], jax.Array]:
+    """The model's class scores with a handle at ``layer``.
+
+    Args:
+      model: a classifier (``model.logits_layer`` set).
+      layer: the layer to condition on (name or alias); before the logits.
+      example: float (B, H, W, 3) images in [0, 1]; fixes the traced shapes.
+
+    Returns:
+      ``f(params, images, a) -> logits`` float32 (B, classes): ``images`` shaped like
+      ``example``; ``a`` shaped like the layer's activation (B, h, w, C) or (B, C),
+      used in place of the layer's value. With ``a`` the layer's own value the logits
+      equal ``model.apply``'s, and the cotangent at ``a`` is the one arriving at the
+      layer.
+
+    Raises:
+      InputError: no classifier; unknown layer; the logits layer itself or one after
+        it; a layer whose value the rest of the forward does not read.
+    """
+    if model.logits_layer is None:
+        raise InputError(
+            f"model {model.name!r} has no logits layer; concept relevance needs a classifier."
+        )
+    name = model.resolve(layer)
+    logits = model.resolve(model.logits_layer)
+    order = model.layer_names
+    if order.index(name) >= order.index(logits):
+        raise InputError(
+            f"layer {name!r} is not below the logits layer {logits!r}; condition on a "
+            "layer between the input and the class scores."
+        )
+    closed = jax.make_jaxpr(lambda p, x: model.apply(p, x, (name, logits)))(model.params, example)
+    jaxpr = closed.jaxpr
+    flat_params = jax.tree_util.tree_leaves(model.params)
+    target = jaxpr.outvars[0]
+    if isinstance(target, Literal) or not _consumed(jaxpr, target):
+        raise InputError(
+            f"the rest of the forward does not read layer {name!r}'s value (the model "
+            "records a copy); condition on another layer."
+        )
+
+    def forward(params, images, a):
+        leaves = jax.tree_util.tree_leaves(params)
+        if len(leaves) != len(flat_params):
+            raise InputError("params do not have the model's structure.")
+
+        def hook(value):
+            return a.astype(value.dtype)
+
+        outs = _evaluate(jaxpr, closed.consts, [*leaves, images], {target: hook}, name)
+        return outs[1]
+
+    return forward

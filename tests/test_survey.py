@@ -31,6 +31,8 @@ TINY = SurveyConfig(
     decoder_steps=4,
     dissection_images=24, net2vec_train=8, net2vec_val=8, net2vec_epochs=1, diagnosis_images=12,
     robustness_images=6, robustness_steps=2,
+    beyond_images=24, beyond_explained=1, beyond_concepts=2, beyond_refs=2, beyond_grid=2,
+    beyond_points=60, beyond_steps=2,
 )  # fmt: skip
 
 

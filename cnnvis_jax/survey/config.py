@@ -22,6 +22,7 @@ STAGES = (
     "conditions",
     "robustness",
     "trust",
+    "beyond",
 )
 """The survey's stages, in the order they run and appear in the report."""
 
@@ -73,6 +74,12 @@ class SurveyConfig:
       trust_units: units of the last layer scored (AM presets' renderings);
       trust_seeds: renderings per unit (diversity); trust_k: top natural images per
       unit; trust_images: images of the weight-randomization test of the rules.
+      beyond_images: concept images of the compositional search and the atlas;
+      beyond_length: longest formula; beyond_explained: predictions explained by
+      concept relevance, beyond_concepts: concepts shown per prediction,
+      beyond_refs: reference images per concept (found among ``sample_images``);
+      beyond_grid, beyond_points, beyond_steps: the atlas's grid side, activation
+      vectors and render steps.
     """
 
     mode: str = "quick"
@@ -109,6 +116,14 @@ class SurveyConfig:
     trust_seeds: int = 2
     trust_k: int = 8
     trust_images: int = 8
+    beyond_images: int = 500
+    beyond_length: int = 3
+    beyond_explained: int = 3
+    beyond_concepts: int = 4
+    beyond_refs: int = 4
+    beyond_grid: int = 8
+    beyond_points: int = 2000
+    beyond_steps: int = 64
 
     def __post_init__(self):
         for field in dataclasses.fields(self):
@@ -137,6 +152,7 @@ class SurveyConfig:
         prefix |= {"conditions": ("conditions_", "layers")}
         prefix |= {"robustness": ("robustness_", "inversion_", "dissection_", "layers")}
         prefix |= {"trust": ("trust_", "am_presets", "am_steps", "sample_", "layers")}
+        prefix |= {"beyond": ("beyond_", "sample_", "layers")}
         keys = prefix[stage]
         chosen = {
             k: v
@@ -181,6 +197,12 @@ FULL = SurveyConfig(
     trust_units=8,
     trust_k=16,
     trust_images=16,
+    beyond_images=2000,
+    beyond_concepts=6,
+    beyond_refs=6,
+    beyond_grid=16,
+    beyond_points=8000,
+    beyond_steps=128,
 )
 
 

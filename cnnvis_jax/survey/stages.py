@@ -768,6 +768,14 @@ def trust(ctx: Context, out: Path) -> dict:
     return run(ctx, out)
 
 
+def beyond(ctx: Context, out: Path) -> dict:
+    """Compositional labels, concept relevance and an activation atlas (see
+    :mod:`~cnnvis_jax.survey.stage_beyond`)."""
+    from cnnvis_jax.survey.stage_beyond import beyond as run
+
+    return run(ctx, out)
+
+
 STAGE_FUNCTIONS = {
     "network": network,
     "am": am,
@@ -780,4 +788,5 @@ STAGE_FUNCTIONS = {
     "conditions": conditions,
     "robustness": robustness,
     "trust": trust,
+    "beyond": beyond,
 }

@@ -12,24 +12,39 @@ In one process, on AlexNet with the numpy-recipe weights of
 * ``lrp``: the unconditional EpsilonPlusFlat map (:func:`cnnvis_jax.lrp.relevance`).
 
 Best of interleaved rounds after one warm-up call each; the first call (trace,
-compile, run) is reported too. Run: ``python -m benchmarks.bench_crp`` (writes
-results/crp.json).
+compile, run) is reported too.
+
+The peer, zennit-crp (``CondAttribution`` with zennit's ``EpsilonPlusFlat``, the same
+network, weights and image, conv5 = ``features.10``), runs in a torch interpreter
+(``CNNVIS_TORCH_PYTHON``, default the current one): its plain input gradient, one
+concept and six concepts (one call with six conditions, zennit-crp's batching), and
+the whole process's time to its first timings.
+
+Run: ``python -m benchmarks.bench_crp`` (writes results/crp.json); the peer worker is
+``python -m benchmarks.bench_crp --zennit-crp-worker`` (prints JSON; needs torch,
+zennit and zennit-crp, not jax).
 """
 
 from __future__ import annotations
 
+import argparse
+import json
+import os
+import subprocess
+import sys
 import time
 
 import numpy as np
 
 from benchmarks import make_lrp_golden as recipe
-from benchmarks.bench_lrp import interleaved_best
+from benchmarks.bench_lrp import ROOT, interleaved_best
 from benchmarks.common import save
 
 LAYER = "conv5"
+TORCH_LAYER = "features.10"
 
 
-def main() -> dict:
+def jax_figures() -> dict:
     import jax
     import jax.numpy as jnp
 
@@ -69,15 +84,90 @@ def main() -> dict:
         fn()
         first[label] = time.perf_counter() - start
     best = interleaved_best(variants)
-    record = {
-        "network": "alexnet (numpy-recipe weights), 224 px, batch 1",
-        "layer": LAYER,
+    return {
         "seconds": best,
         "first_call_seconds": first,
         "crp_1_over_gradient": best["crp_1"] / best["gradient"],
         "crp_6_over_gradient": best["crp_6"] / best["gradient"],
         "lrp_over_gradient": best["lrp"] / best["gradient"],
     }
+
+
+def zennit_crp_worker() -> dict:
+    """Times zennit-crp in this interpreter (torch, zennit, zennit-crp; no jax)."""
+    started = time.perf_counter()
+    import torch
+
+    from benchmarks.make_crp_golden import import_crp
+
+    zennit, CondAttribution = import_crp()
+    net = recipe.torch_alexnet(recipe.alexnet_state_dict()).float()
+    images = recipe.golden_images(1)
+    x = torch.from_numpy(np.ascontiguousarray(recipe.normalize(images).transpose(0, 3, 1, 2)))
+    target = int(recipe.torch_logits(net, images).argmax(axis=1)[0])
+    onehot = torch.nn.functional.one_hot(torch.tensor([target]), 1000).float()
+    attribution = CondAttribution(net)
+    composite = zennit.composites.EpsilonPlusFlat()
+
+    def gradient():
+        inputs = x.clone().requires_grad_(True)
+        return torch.autograd.grad(net(inputs), inputs, grad_outputs=onehot)[0]
+
+    def crp(count: int):
+        conditions = [{TORCH_LAYER: [c], "y": [target]} for c in range(count)]
+
+        def run():
+            inputs = x.clone().requires_grad_(True)
+            return attribution(inputs, conditions, composite, record_layer=[TORCH_LAYER])
+
+        return run
+
+    variants = {"gradient": gradient, "crp_1": crp(1), "crp_6": crp(6)}
+    for fn in variants.values():
+        fn()
+    to_first = time.perf_counter() - started
+    best = interleaved_best(variants)
+    return {
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "seconds": best,
+        "crp_1_over_gradient": best["crp_1"] / best["gradient"],
+        "crp_6_over_gradient": best["crp_6"] / best["gradient"],
+        "process_seconds_to_first_timings": to_first,
+    }
+
+
+def zennit_crp_figures() -> dict:
+    """Run the zennit-crp worker in ``CNNVIS_TORCH_PYTHON`` (default: this interpreter)."""
+    python = os.environ.get("CNNVIS_TORCH_PYTHON", sys.executable)
+    start = time.perf_counter()
+    done = subprocess.run([python, "-m", "benchmarks.bench_crp", "--zennit-crp-worker"],
+                          cwd=ROOT, capture_output=True, text=True, check=False)  # fmt: skip
+    if done.returncode != 0:
+        tail = (done.stderr or done.stdout).strip().splitlines()[-1:]
+        return {"error": f"zennit-crp worker failed in {python}: {' '.join(tail)}"}
+    record = json.loads(done.stdout.strip().splitlines()[-1])
+    record["python"] = python
+    record["process_seconds_total"] = time.perf_counter() - start
+    return record
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--zennit-crp-worker", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.zennit_crp_worker:
+        record = zennit_crp_worker()
+        print(json.dumps(record))
+        return record
+    ours = jax_figures()
+    theirs = zennit_crp_figures()
+    record = {"network": "alexnet (numpy-recipe weights), 224 px, batch 1", "layer": LAYER,
+              "jax": ours, "zennit_crp": theirs}  # fmt: skip
+    if "error" not in theirs:
+        record["zennit_crp_over_jax"] = {
+            k: theirs["seconds"][k] / ours["seconds"][k] for k in ("gradient", "crp_1", "crp_6")
+        }
     save("crp", record)
     return record
 

@@ -261,3 +261,33 @@ def test_no_classifier_is_refused():
     model = from_function(lambda p, x: {"c": x * p}, jnp.float32(2.0), input=CONTRACT)
     with pytest.raises(InputError, match="no logits layer"):
         conditioned_forward(model, "c", jnp.zeros((1, SIZE, SIZE, 3)))
+
+
+def test_alexnet_concepts_match_zennit_crp_golden():
+    """Conditional heatmaps and conv5 channel relevances of zennit-crp (CondAttribution,
+    EpsilonPlusFlat, float64; benchmarks/make_crp_golden.py) on AlexNet at 224 px."""
+    import importlib.util
+    from pathlib import Path
+
+    from cnnvis_jax import weights
+    from cnnvis_jax.zoo import registry
+
+    root = Path(__file__).resolve().parent.parent
+    spec = importlib.util.spec_from_file_location(
+        "make_lrp_golden", root / "benchmarks" / "make_lrp_golden.py"
+    )
+    recipe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(recipe)
+    golden = np.load(root / "tests" / "golden" / "lrp_alexnet" / "crp_conv5.npz")
+    model = registry.as_model(
+        weights.load_torch_state_dict("alexnet", recipe.alexnet_state_dict()), "alexnet"
+    )
+    res = concept_relevance(model, recipe.golden_images(), golden["targets"], "conv5",
+                            rule="epsilon_plus_flat",
+                            concepts=[int(c) for c in golden["concepts"]])  # fmt: skip
+
+    def relative(ours, theirs):
+        return float(np.abs(ours - theirs).max() / np.abs(theirs).max())
+
+    assert relative(res.concept_heatmaps, golden["heatmaps"]) < 1e-5
+    assert relative(res.channel_relevance, golden["channel_relevance"]) < 1e-5

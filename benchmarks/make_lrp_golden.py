@@ -190,44 +190,20 @@ def _import_zennit():
 
 
 def torch_alexnet(state: dict[str, np.ndarray]):
-    """torchvision's AlexNet (same modules, same keys) with ``state`` loaded, in eval mode."""
+    """torchvision's AlexNet (same modules, same keys) with ``state`` loaded, in eval
+    mode: the torchvision stand-in of ``benchmarks/peers/netdissect_lite.py``
+    (``TORCHVISION_MODELS``), the one torch definition the benchmarks share."""
+    import importlib.util
+
     import torch
-    from torch import nn
 
-    class AlexNet(nn.Module):
-        def __init__(self, num_classes: int = 1000, dropout: float = 0.5):
-            super().__init__()
-            self.features = nn.Sequential(
-                nn.Conv2d(3, 64, kernel_size=11, stride=4, padding=2),
-                nn.ReLU(inplace=True),
-                nn.MaxPool2d(kernel_size=3, stride=2),
-                nn.Conv2d(64, 192, kernel_size=5, padding=2),
-                nn.ReLU(inplace=True),
-                nn.MaxPool2d(kernel_size=3, stride=2),
-                nn.Conv2d(192, 384, kernel_size=3, padding=1),
-                nn.ReLU(inplace=True),
-                nn.Conv2d(384, 256, kernel_size=3, padding=1),
-                nn.ReLU(inplace=True),
-                nn.Conv2d(256, 256, kernel_size=3, padding=1),
-                nn.ReLU(inplace=True),
-                nn.MaxPool2d(kernel_size=3, stride=2),
-            )
-            self.avgpool = nn.AdaptiveAvgPool2d((6, 6))
-            self.classifier = nn.Sequential(
-                nn.Dropout(p=dropout),
-                nn.Linear(256 * 6 * 6, 4096),
-                nn.ReLU(inplace=True),
-                nn.Dropout(p=dropout),
-                nn.Linear(4096, 4096),
-                nn.ReLU(inplace=True),
-                nn.Linear(4096, num_classes),
-            )
-
-        def forward(self, x):
-            x = self.avgpool(self.features(x))
-            return self.classifier(torch.flatten(x, 1))
-
-    net = AlexNet()
+    path = Path(__file__).resolve().parent / "peers" / "netdissect_lite.py"
+    spec = importlib.util.spec_from_file_location("netdissect_lite_peer", path)
+    peer = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(peer)
+    namespace: dict = {}
+    exec(compile(peer.TORCHVISION_MODELS, str(path), "exec"), namespace)  # noqa: S102
+    net = namespace["alexnet"]()
     net.load_state_dict({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in state.items()})
     return net.eval()
 

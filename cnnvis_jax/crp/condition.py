@@ -20,36 +20,19 @@ handle sits where the layer's value is produced and every downstream use sees it
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable
 from typing import Any
 
 import jax
 
+from cnnvis_jax._jaxpr_scan import Literal, _bind
 from cnnvis_jax.errors import InputError
 from cnnvis_jax.model import Model
-
-try:  # public home of the jaxpr types since jax 0.4.2x
-    from jax.extend.core import Literal
-except ImportError:  # pragma: no cover - older jax
-    from jax.core import Literal  # type: ignore[no-redef]
 
 __all__ = ["conditioned_forward"]
 
 _CALLS = ("pjit", "jit", "closed_call", "core_call")
 """Primitives whose body is entered when one of their outputs is the layer."""
-
-
-def _bind(eqn, invals) -> list[Any]:
-    """Evaluate one equation as ``jax.core.eval_jaxpr`` does."""
-    bind_params = eqn.primitive.get_bind_params(eqn.params)
-    subfuns: tuple = ()
-    if isinstance(bind_params, tuple):  # older jax: (subfuns, params)
-        subfuns, bind_params = bind_params
-    manager = getattr(getattr(eqn, "ctx", None), "manager", None) or contextlib.nullcontext()
-    with manager:
-        out = eqn.primitive.bind(*subfuns, *invals, **bind_params)
-    return list(out) if eqn.primitive.multiple_results else [out]
 
 
 def _body(eqn):

@@ -29,15 +29,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
-import sys
 import time
 
 import numpy as np
 
 from benchmarks import make_lrp_golden as recipe
-from benchmarks.bench_lrp import ROOT, interleaved_best
+from benchmarks.bench_lrp import interleaved_best, torch_worker
 from benchmarks.common import save
 
 LAYER = "conv5"
@@ -137,21 +134,6 @@ def zennit_crp_worker() -> dict:
     }
 
 
-def zennit_crp_figures() -> dict:
-    """Run the zennit-crp worker in ``CNNVIS_TORCH_PYTHON`` (default: this interpreter)."""
-    python = os.environ.get("CNNVIS_TORCH_PYTHON", sys.executable)
-    start = time.perf_counter()
-    done = subprocess.run([python, "-m", "benchmarks.bench_crp", "--zennit-crp-worker"],
-                          cwd=ROOT, capture_output=True, text=True, check=False)  # fmt: skip
-    if done.returncode != 0:
-        tail = (done.stderr or done.stdout).strip().splitlines()[-1:]
-        return {"error": f"zennit-crp worker failed in {python}: {' '.join(tail)}"}
-    record = json.loads(done.stdout.strip().splitlines()[-1])
-    record["python"] = python
-    record["process_seconds_total"] = time.perf_counter() - start
-    return record
-
-
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--zennit-crp-worker", action="store_true", help=argparse.SUPPRESS)
@@ -161,7 +143,7 @@ def main(argv=None) -> dict:
         print(json.dumps(record))
         return record
     ours = jax_figures()
-    theirs = zennit_crp_figures()
+    theirs = torch_worker("benchmarks.bench_crp", "--zennit-crp-worker")
     record = {"network": "alexnet (numpy-recipe weights), 224 px, batch 1", "layer": LAYER,
               "jax": ours, "zennit_crp": theirs}  # fmt: skip
     if "error" not in theirs:

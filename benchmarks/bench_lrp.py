@@ -153,20 +153,18 @@ def zennit_batch(net, zennit, batch: int) -> dict:
     return {"seconds": best, "lrp_over_gradient": best["lrp"] / best["gradient"]}
 
 
-def zennit_figures() -> dict:
-    """Run the zennit worker in ``CNNVIS_TORCH_PYTHON`` (default: this interpreter)."""
+def torch_worker(module: str, flag: str) -> dict:
+    """Run ``python -m <module> <flag>`` in ``CNNVIS_TORCH_PYTHON`` (default: this
+    interpreter) and return the JSON its last line prints, with the interpreter and
+    the whole process's seconds added (or ``{"error": ...}``)."""
     python = os.environ.get("CNNVIS_TORCH_PYTHON", sys.executable)
     start = time.perf_counter()
     done = subprocess.run(
-        [python, "-m", "benchmarks.bench_lrp", "--zennit-worker"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=False,
+        [python, "-m", module, flag], cwd=ROOT, capture_output=True, text=True, check=False
     )
     if done.returncode != 0:
         tail = (done.stderr or done.stdout).strip().splitlines()[-1:]
-        return {"error": f"zennit worker failed in {python}: {' '.join(tail)}"}
+        return {"error": f"{module} {flag} failed in {python}: {' '.join(tail)}"}
     record = json.loads(done.stdout.strip().splitlines()[-1])
     record["python"] = python
     record["process_seconds_total"] = time.perf_counter() - start
@@ -183,7 +181,7 @@ def main(argv=None) -> None:
     from benchmarks.common import save
 
     ours = jax_figures()
-    theirs = zennit_figures()
+    theirs = torch_worker("benchmarks.bench_lrp", "--zennit-worker")
     record = {"network": "alexnet 224 px, numpy-recipe weights", "jax": ours, "zennit": theirs}
     if "error" not in theirs:
         record["lrp_seconds_zennit_over_jax"] = {

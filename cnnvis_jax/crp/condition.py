@@ -29,7 +29,7 @@ from cnnvis_jax._jaxpr_scan import Literal, _bind
 from cnnvis_jax.errors import InputError
 from cnnvis_jax.model import Model
 
-__all__ = ["conditioned_forward"]
+__all__ = ["conditioned_forward", "perturbed_forward"]
 
 _CALLS = ("pjit", "jit", "closed_call", "core_call")
 """Primitives whose body is entered when one of their outputs is the layer."""
@@ -151,5 +151,58 @@ def conditioned_forward(
 
         outs = _evaluate(jaxpr, closed.consts, [*leaves, images], {target: hook}, name)
         return outs[1]
+
+    return forward
+
+
+def perturbed_forward(
+    model: Model, layers: tuple[str, ...], output: str, example: jax.Array
+) -> Callable[[Any, jax.Array, tuple], jax.Array]:
+    """The activation of ``output`` with an additive handle at each of ``layers``.
+
+    Args:
+      model: the network.
+      layers: layers (names or aliases) before ``output``.
+      output: the layer whose activation is returned.
+      example: float (B, H, W, 3) images in [0, 1]; fixes the traced shapes.
+
+    Returns:
+      ``f(params, images, deltas) -> activation of output``: ``deltas`` a tuple of
+      arrays shaped like the ``layers``' activations, added to each layer's value where
+      it is produced. With zeros the values are the model's; the plain cotangent at
+      ``deltas[i]`` is the derivative of the output with respect to ``layers[i]``'s
+      activation (through every path after it). For ReLU rules and plain gradients
+      only: LRP reads such an addition as a residual sum (use
+      :func:`conditioned_forward` there).
+
+    Raises:
+      InputError: unknown layers; a layer at or after ``output``; a layer whose value
+        the rest of the forward does not read.
+    """
+    out = model.resolve(output)
+    names = tuple(dict.fromkeys(model.resolve(n) for n in layers))
+    order = model.layer_names
+    for name in names:
+        if order.index(name) >= order.index(out):
+            raise InputError(
+                f"layer {name!r} is not below {out!r}; perturb layers before the output."
+            )
+    closed = jax.make_jaxpr(lambda p, x: model.apply(p, x, (*names, out)))(model.params, example)
+    jaxpr = closed.jaxpr
+    targets = jaxpr.outvars[: len(names)]
+    for name, var in zip(names, targets):
+        if isinstance(var, Literal) or not _consumed(jaxpr, var):
+            raise InputError(
+                f"the rest of the forward does not read layer {name!r}'s value (the model "
+                "records a copy); choose other layers."
+            )
+    if len(set(targets)) != len(targets):
+        raise InputError(f"layers {names} name the same value twice; give distinct layers.")
+
+    def forward(params, images, deltas):
+        hooks = {var: (lambda value, d=d: value + d.astype(value.dtype))
+                 for var, d in zip(targets, deltas)}  # fmt: skip
+        leaves = jax.tree_util.tree_leaves(params)
+        return _evaluate(jaxpr, closed.consts, [*leaves, images], hooks, ",".join(names))[-1]
 
     return forward

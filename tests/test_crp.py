@@ -291,3 +291,27 @@ def test_alexnet_concepts_match_zennit_crp_golden():
 
     assert relative(res.concept_heatmaps, golden["heatmaps"]) < 1e-5
     assert relative(res.channel_relevance, golden["channel_relevance"]) < 1e-5
+
+
+def test_handles_follow_the_forward_order_not_the_names():
+    """Layer names that sort after the logits' (a traced dict comes back sorted)."""
+    from cnnvis_jax.crp.condition import perturbed_forward
+
+    def renamed(p, x):
+        out = _forward(p, x)
+        return {"z_c1": out["c1"], "y_c2": out["c2"], "logits": out["logits"]}
+
+    model = from_function(renamed, _params(), input=CONTRACT, layer_names=("z_c1", "y_c2", "logits"),
+                          logits_layer="logits")  # fmt: skip
+    x = jnp.asarray(_images())
+    a = model.apply(model.params, x, "z_c1")["z_c1"]
+    f = conditioned_forward(model, "z_c1", x)
+    np.testing.assert_allclose(f(model.params, x, a), model.apply(model.params, x, "logits")["logits"],
+                               rtol=1e-6)  # fmt: skip
+    g = perturbed_forward(model, ("z_c1", "y_c2"), "logits", x)
+    zeros = (jnp.zeros_like(a), jnp.zeros((3, SIZE, SIZE, 5)))
+    grads = jax.grad(lambda d: g(model.params, x, d)[:, 1].sum())(zeros)
+    c2 = model.apply(model.params, x, "y_c2")["y_c2"]
+    by_hand = jax.grad(lambda v: (v.mean(axis=(1, 2)) @ model.params["w"])[:, 1].sum())(c2)
+    np.testing.assert_allclose(grads[1], by_hand, rtol=1e-5, atol=1e-8)
+    assert float(jnp.abs(grads[0]).max()) > 0

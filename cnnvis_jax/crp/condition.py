@@ -98,6 +98,17 @@ def _consumed(jaxpr, var) -> bool:
     return False
 
 
+def _in_order(model: Model, names: tuple[str, ...]):
+    """``(params, x) -> tuple of the activations of names``, in that order (a returned
+    dict would be flattened in sorted-key order, so its outputs would not line up)."""
+
+    def fn(params, x):
+        acts = model.apply(params, x, names)
+        return tuple(acts[n] for n in names)
+
+    return fn
+
+
 def conditioned_forward(
     model: Model, layer: str, example: jax.Array
 ) -> Callable[[Any, jax.Array, jax.Array], jax.Array]:
@@ -131,7 +142,7 @@ def conditioned_forward(
             f"layer {name!r} is not below the logits layer {logits!r}; condition on a "
             "layer between the input and the class scores."
         )
-    closed = jax.make_jaxpr(lambda p, x: model.apply(p, x, (name, logits)))(model.params, example)
+    closed = jax.make_jaxpr(_in_order(model, (name, logits)))(model.params, example)
     jaxpr = closed.jaxpr
     flat_params = jax.tree_util.tree_leaves(model.params)
     target = jaxpr.outvars[0]
@@ -187,7 +198,7 @@ def perturbed_forward(
             raise InputError(
                 f"layer {name!r} is not below {out!r}; perturb layers before the output."
             )
-    closed = jax.make_jaxpr(lambda p, x: model.apply(p, x, (*names, out)))(model.params, example)
+    closed = jax.make_jaxpr(_in_order(model, (*names, out)))(model.params, example)
     jaxpr = closed.jaxpr
     targets = jaxpr.outvars[: len(names)]
     for name, var in zip(names, targets):

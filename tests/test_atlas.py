@@ -99,6 +99,12 @@ def test_bin_cells_means_counts_labels_and_small_cells():
     assert cells.label.tolist() == [5, 2]  # majority; a tie goes to the smaller number
     np.testing.assert_allclose(cells.share, [2 / 3, 1 / 2])
     assert cells.member.tolist() == [0, 0, 0, 1, 1, -1]
+    assert cells.distinctive.tolist() == [0, 0]  # no label on 3 points of a cell
+    np.testing.assert_array_equal(cells.lift, [0, 0])
+    cells = atlas.bin_cells(points, vectors, labels, 2, min_points=2, num_labels=8, min_count=2)
+    # cell 0: 5 on 2 of its 3 points, 2 of all 6 -> lift (2/3)/(2/6) = 2; 7 has 1 point
+    assert cells.distinctive.tolist() == [5, 0]
+    np.testing.assert_allclose(cells.lift, [2.0, 0.0])
 
 
 def test_block_majority_labels_each_position_by_its_footprint():
@@ -126,6 +132,43 @@ def test_majority_ignores_none_and_reports_share():
     label, share = atlas.majority(labels, groups, 3, 5)
     assert label.tolist() == [4, 1, 0]
     np.testing.assert_allclose(share, [1 / 3, 1.0, 0.0])
+
+
+def test_distinctive_picks_the_most_over_represented_concept():
+    # 30 points: group 0 (8), group 1 (10), group 2 (3, unlabelled), group 3 (empty),
+    # 9 in no group (they count in the overall rates)
+    labels = np.array([1, 1, 1, 1, 2, 2, 2, 5,
+                       1, 1, 1, 3, 3, 3, 4, 4, 4, 0,
+                       0, 0, 0,
+                       1, 1, 1, 1, 1, 1, 3, 4, 2])  # fmt: skip
+    groups = np.array([0] * 8 + [1] * 10 + [2] * 3 + [-1] * 9)
+    label, share = atlas.majority(labels, groups, 4, 6)
+    assert label.tolist() == [1, 1, 0, 0]  # the frequent concept 1 (13 of 30) everywhere
+    special, lift = atlas.distinctive(labels, groups, 4, 6)
+    # group 0: 2 holds 3 of its 8 points and 4 of all 30: (3/8) / (4/30) = 2.8125;
+    # 5 (1 of 8, 1 of 30: lift 3.75) has fewer than min_count=3 points
+    # group 1: 3 and 4 tie at (3/10) / (4/30) = 2.25 -> the smaller number
+    assert special.tolist() == [2, 3, 0, 0]
+    np.testing.assert_array_equal(lift, np.float32([2.8125, 2.25, 0, 0]))
+    special, lift = atlas.distinctive(labels, groups, 4, 6, min_count=1)
+    assert special.tolist() == [5, 3, 0, 0]
+    np.testing.assert_array_equal(lift, np.float32([3.75, 2.25, 0, 0]))
+    special, _ = atlas.distinctive(labels, groups, 4, 6, min_count=4)
+    assert special.tolist() == [1, 0, 0, 0]  # only 1 keeps 4 points (lift 0.5 / (13/30))
+    with pytest.raises(InputError, match="min_count must be at least 1"):
+        atlas.distinctive(labels, groups, 4, 6, min_count=0)
+    with pytest.raises(InputError, match=r"labels must be in 0\.\.4"):
+        atlas.distinctive(labels, groups, 4, 5)
+
+
+def test_captions_show_the_distinctive_concept_and_fit_the_tile():
+    assert atlas.Caption("sky", "car", 3.14).text() == "sky · car x3.1"
+    assert atlas.Caption("sky", "car", 3.14, "2: ").text(21) == "2: sky · car x3.1"
+    assert atlas.Caption("sky", "sky", 1.2).text() == "sky"
+    assert atlas.Caption("sky", "none", 0.0).text(10) == "sky"
+    assert atlas.Caption("sky", "car", 3.14).text(10) == "sky/car x3"
+    assert atlas.Caption("mountain", "skyscraper", 12.3).text(10) == "mo/sky x12"
+    assert atlas.Caption("mountain", "skyscraper", 12.3).text(4) == "moun"
 
 
 # --- collection -----------------------------------------------------------------------------
@@ -166,7 +209,10 @@ def test_atlas_is_deterministic_with_a_fixed_seed(model, source):
     m = len(a.cells.cell)
     assert 1 <= m <= 9 and a.images.shape == (m, 64, 64, 3)
     assert a.cells.count.sum() == (a.cells.member >= 0).sum()
-    assert {r["concept"] for r in a.cell_records()} <= set(a.names.values())
+    np.testing.assert_array_equal(a.cells.distinctive, b.cells.distinctive)
+    records = a.cell_records()
+    assert {r["concept"] for r in records} <= set(a.names.values())
+    assert {r["distinctive"] for r in records} <= set(a.names.values()) | {"none"}
     assert a.layout.points.min() >= 0 and a.layout.points.max() <= 1
 
 
@@ -228,12 +274,16 @@ def test_cli_writes_atlas_layout_cells_and_groups(cnnvis, tmp_path, capsys):
     assert sum(c["points"] for c in cells) == results["points_in_rendered_cells"]
     assert set(results["seconds"]) == {"collect", "layout", "render", "figure", "groups"}
     assert results["settings"]["cosine_power"] == atlas.COSINE_POWER
+    assert sum(results["cells_per_distinctive_concept"].values()) == len(cells)
+    for cell in cells:
+        assert cell["lift"] >= 0 and (cell["lift"] > 0) == (cell["distinctive"] != "none")
     assert len(groups["groups"]) == 2
     for group in groups["groups"]:
+        assert group["lift"] >= 0 and (group["lift"] > 0) == (group["distinctive"] != "none")
         for region in group["top_regions"]:
             top, left, bottom, right = region["box"]
             assert 0 <= top < bottom <= 64 and 0 <= left < right <= 64
-    assert "cells rendered" in capsys.readouterr().out
+    assert "per distinctive concept" in capsys.readouterr().out
     assert cnnvis(args) == 0  # the same run: reused
     assert "already computed" in capsys.readouterr().out
 

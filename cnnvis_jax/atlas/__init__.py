@@ -10,11 +10,13 @@
   ``groups.png`` and ``groups.json``.
 * Activation atlas (Carter et al. 2019): :func:`activation_atlas` lays the vectors out
   by PCA + t-SNE, bins them into a G x G grid, renders every cell's mean direction in
-  one vmapped call and labels it by its dominant concept (:class:`Atlas`, with
+  one vmapped call and labels it by its majority concept and its distinctive one
+  (largest lift: the concept its points over-represent most) (:class:`Atlas`, with
   ``save`` writing ``atlas.png``, ``layout.png``, ``cells.json``, ``results.json``).
 * Pieces: :func:`embed`, :func:`bin_cells`, :func:`assign_cells`,
-  :func:`block_majority`, :func:`majority`, :func:`render_directions`; pictures:
-  :func:`atlas_picture`, :func:`layout_figure`, :func:`groups_picture`.
+  :func:`block_majority`, :func:`majority`, :func:`distinctive`,
+  :func:`render_directions`; pictures: :func:`atlas_picture`, :func:`layout_figure`,
+  :func:`groups_picture` (captions: :class:`Caption`).
 """
 
 from cnnvis_jax.atlas.atlas import Atlas, activation_atlas, check_atlas, label_names
@@ -25,7 +27,7 @@ from cnnvis_jax.atlas.directions import (
     COSINE_POWER,
     render_directions,
 )
-from cnnvis_jax.atlas.figures import atlas_picture, groups_picture, layout_figure
+from cnnvis_jax.atlas.figures import Caption, atlas_picture, groups_picture, layout_figure
 from cnnvis_jax.atlas.groups import (
     NeuronGroups,
     check_groups,
@@ -34,7 +36,7 @@ from cnnvis_jax.atlas.groups import (
     render_groups,
     save_groups,
 )
-from cnnvis_jax.atlas.labels import block_majority, majority
+from cnnvis_jax.atlas.labels import block_majority, distinctive, majority
 from cnnvis_jax.atlas.layout import Cells, Layout, assign_cells, bin_cells, embed
 
 __all__ = [
@@ -42,6 +44,7 @@ __all__ = [
     "ATLAS_STEPS",
     "COSINE_POWER",
     "Atlas",
+    "Caption",
     "Cells",
     "Layout",
     "NeuronGroups",
@@ -54,6 +57,7 @@ __all__ = [
     "check_atlas",
     "check_groups",
     "collect",
+    "distinctive",
     "embed",
     "factorize",
     "groups_picture",

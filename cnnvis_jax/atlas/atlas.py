@@ -8,8 +8,10 @@
 2. *Lay out*: unit-scaled vectors -> PCA (50 dims) -> t-SNE (``random_state=seed``)
    -> the unit square (:func:`cnnvis_jax.atlas.layout.embed`).
 3. *Bin*: a ``G x G`` grid over the square; every cell with at least ``min_points``
-   points becomes the mean of its vectors and the majority of their concepts
-   (:func:`cnnvis_jax.atlas.layout.bin_cells`).
+   points becomes the mean of its vectors, the majority of their concepts and their
+   distinctive concept, the one they over-represent most (largest lift among those
+   held by at least :data:`~cnnvis_jax.atlas.labels.MIN_COUNT` points:
+   :func:`cnnvis_jax.atlas.labels.distinctive`; :func:`cnnvis_jax.atlas.layout.bin_cells`).
 4. *Render*: every cell's mean vector as an :func:`cnnvis_jax.am.direction` objective
    with cosine power :data:`~cnnvis_jax.atlas.directions.COSINE_POWER` (2, Lucid's
    atlas), all cells in ONE vmapped :func:`cnnvis_jax.am.render` call, by default
@@ -39,6 +41,7 @@ from cnnvis_jax.atlas.directions import (
     check_recipe,
     render_directions,
 )
+from cnnvis_jax.atlas.labels import MIN_COUNT
 from cnnvis_jax.atlas.layout import MIN_LAYOUT_POINTS, PCA_DIMS, Cells, Layout, bin_cells, embed
 from cnnvis_jax.errors import InputError
 from cnnvis_jax.model import Model
@@ -97,8 +100,9 @@ class Atlas:
         return self.names.get(int(label), "none") if label else "none"
 
     def cell_records(self) -> list[dict[str, Any]]:
-        """Per rendered cell: ``{row, col, points, concept, concept_share,
-        activation, direction_norm}``."""
+        """Per rendered cell: ``{row, col, points, concept, concept_share, distinctive,
+        lift, activation, direction_norm}`` (``distinctive``: the concept with the
+        largest lift, "none" when no concept qualifies; ``lift``: its lift, 0 then)."""
         norms = np.linalg.norm(self.cells.direction, axis=1)
         return [
             {
@@ -107,20 +111,25 @@ class Atlas:
                 "points": int(self.cells.count[m]),
                 "concept": self.concept(self.cells.label[m]),
                 "concept_share": float(self.cells.share[m]),
+                "distinctive": self.concept(self.cells.distinctive[m]),
+                "lift": float(self.cells.lift[m]),
                 "activation": float(self.activation[m]),
                 "direction_norm": float(norms[m]),
             }
             for m, (row, col) in enumerate(self.cells.cell)
         ]
 
-    def summary(self) -> dict[str, Any]:
-        """Counts, layout diagnostics, cells per dominant concept (most first) and
-        timings."""
+    def _ranked(self, labels: np.ndarray) -> dict[str, int]:
+        """Cells per concept name of ``labels`` (M,), most first, then by name."""
         concepts: dict[str, int] = {}
-        for label in self.cells.label:
+        for label in labels:
             name = self.concept(label)
             concepts[name] = concepts.get(name, 0) + 1
-        ranked = dict(sorted(concepts.items(), key=lambda kv: (-kv[1], kv[0])))
+        return dict(sorted(concepts.items(), key=lambda kv: (-kv[1], kv[0])))
+
+    def summary(self) -> dict[str, Any]:
+        """Counts, layout diagnostics, cells per majority concept and per distinctive
+        concept (most first, then by name) and timings."""
         in_cells = int((self.cells.member >= 0).sum())
         return {
             "layer": self.layer,
@@ -132,25 +141,30 @@ class Atlas:
             "pca_variance": self.layout.pca_variance,
             "tsne_kl_divergence": self.layout.kl_divergence,
             "tsne_perplexity": self.layout.perplexity,
-            "cells_per_concept": ranked,
+            "cells_per_concept": self._ranked(self.cells.label),
+            "cells_per_distinctive_concept": self._ranked(self.cells.distinctive),
             "settings": self.settings,
             "seconds": self.seconds,
         }
 
     def save(self, out_dir: str | os.PathLike, *,
              more_seconds: dict[str, float] | None = None) -> dict[str, float]:  # fmt: skip
-        """Write ``atlas.png`` (the grid of rendered cells with their concepts),
+        """Write ``atlas.png`` (the grid of rendered cells, each captioned with its
+        majority concept, then its distinctive one and lift when they differ:
+        :class:`~cnnvis_jax.atlas.figures.Caption`),
         ``layout.png`` (the layout coloured by concept), ``cells.json`` (per cell) and
         ``results.json`` (:meth:`summary`, its ``seconds`` with ``figure`` and
         ``more_seconds`` added) into ``out_dir``, atomically, as strict JSON. Returns
         those seconds per phase."""
-        from cnnvis_jax.atlas.figures import atlas_picture, layout_figure
+        from cnnvis_jax.atlas.figures import Caption, atlas_picture, layout_figure
         from cnnvis_jax.report.files import save_figure, write_json
         from cnnvis_jax.report.grid import save_png
 
         out = Path(out_dir)
         start = time.perf_counter()
-        captions = [self.concept(label) for label in self.cells.label]
+        captions = [Caption(self.concept(label), self.concept(special), float(lift))
+                    for label, special, lift in zip(self.cells.label, self.cells.distinctive,
+                                                    self.cells.lift)]  # fmt: skip
         save_png(atlas_picture(self.images, self.cells.cell, self.grid, captions),
                  out / "atlas.png")  # fmt: skip
         title = (f"{self.layer}: {len(self.samples.vectors)} activations, t-SNE layout, "
@@ -282,7 +296,8 @@ def activation_atlas(
     settings = {
         "layer": info.name, "grid": int(grid), "images": int(images), "points": int(points),
         "points_collected": int(collected), "silent_dropped": int(collected - len(samples.vectors)),
-        "min_points": int(min_points), "category": category,
+        "min_points": int(min_points), "distinctive_min_count": MIN_COUNT,
+        "category": category,
         "recipe": recipe if isinstance(recipe, str) else recipe_data.name,
         "steps": int(steps if steps is not None else recipe_data.steps),
         "cosine_power": float(cosine_power), "seed": int(seed), "pca_dims": int(pca_dims),

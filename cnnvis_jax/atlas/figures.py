@@ -2,6 +2,9 @@
 
 * :func:`atlas_picture`: the ``G x G`` atlas, each cell's rendered image at its
   ``(row, col)`` with its concept under it; cells without enough points are grey.
+* :class:`Caption`: a tile's caption, ``majority · distinctive xLIFT`` (e.g.
+  ``sky · car x3.1``; the majority concept alone when the distinctive one is the same
+  or none), shortened to fit the tile (``sky/car x3``).
 * :func:`layout_figure`: the 2-D layout as a scatter plot, points coloured by their
   concept (the ten most frequent get their own colour, the rest are "other"), with
   the atlas grid drawn over it.
@@ -12,16 +15,80 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 
 from cnnvis_jax.report.grid import image_grid
 
-__all__ = ["atlas_picture", "groups_picture", "layout_figure"]
+__all__ = ["Caption", "atlas_picture", "caption_chars", "groups_picture", "layout_figure"]
 
 EMPTY_CELL = 0.85
 """Grey level of atlas cells that hold too few points."""
 LEGEND_CONCEPTS = 10
+SEPARATOR = " · "
+"""Between the majority and the distinctive concept in a caption."""
+TIGHT_SEPARATOR = "/"
+"""The same where space is short (a middle dot without spaces is hard to see)."""
+
+
+def caption_chars(width: int) -> int:
+    """Characters of a caption that :func:`cnnvis_jax.report.grid.image_grid` draws
+    under a tile ``width`` pixels wide (it cuts the rest)."""
+    return max(int(width) // 6, 4)
+
+
+def _lift_text(lift: float, digits: int) -> str:
+    return f"x{lift:.{digits}f}"
+
+
+class Caption(NamedTuple):
+    """The caption of a tile labelled by concepts.
+
+    Attributes:
+      concept: the majority concept's name.
+      distinctive: the distinctive concept's name ("none" for none).
+      lift: its lift.
+      prefix: text put first (e.g. ``"2: "`` for group 2).
+    """
+
+    concept: str
+    distinctive: str = "none"
+    lift: float = 0.0
+    prefix: str = ""
+
+    def text(self, chars: int | None = None) -> str:
+        """``prefix + "concept · distinctive xLIFT"`` (lift with one decimal), or
+        ``prefix + concept`` when the distinctive concept is none or the same. With
+        ``chars``, the first of these forms that fits: that one, then
+        ``concept/distinctive xLIFT``, then the lift rounded to a whole number, then
+        the longer of the two names cut one character at a time (each keeps at least
+        one); failing all, ``prefix + concept`` cut to ``chars``."""
+        head = self.prefix + self.concept
+        if self.distinctive in ("none", "", self.concept):
+            return head if chars is None else head[:chars]
+        forms = [
+            (SEPARATOR, _lift_text(self.lift, 1)),
+            (TIGHT_SEPARATOR, _lift_text(self.lift, 1)),
+            (TIGHT_SEPARATOR, _lift_text(self.lift, 0)),
+        ]
+        full = f"{head}{forms[0][0]}{self.distinctive} {forms[0][1]}"
+        if chars is None:
+            return full
+        for separator, lift in forms:
+            text = f"{head}{separator}{self.distinctive} {lift}"
+            if len(text) <= chars:
+                return text
+        separator, lift = forms[-1]
+        room = chars - len(self.prefix) - len(separator) - len(lift) - 1
+        first, second = self.concept, self.distinctive
+        while len(first) + len(second) > room and max(len(first), len(second)) > 1:
+            if len(first) >= len(second):
+                first = first[:-1]
+            else:
+                second = second[:-1]
+        text = f"{self.prefix}{first}{separator}{second} {lift}"
+        return text if len(text) <= chars else head[:chars]
 
 
 def _resized(tiles: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -39,27 +106,39 @@ def _resized(tiles: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return out
 
 
+def _atlas_scale(grid: int) -> int:
+    """Tile enlargement of a ``grid x grid`` atlas picture."""
+    return 2 if grid <= 8 else 1
+
+
+def _fitted(label: str | Caption, width: int) -> str:
+    """``label`` as drawn under a tile ``width`` pixels wide."""
+    return label.text(caption_chars(width)) if isinstance(label, Caption) else str(label)
+
+
 def atlas_picture(images: np.ndarray, cells: np.ndarray, grid: int,
-                  labels: Sequence[str]) -> np.ndarray:  # fmt: skip
+                  labels: Sequence[str | Caption]) -> np.ndarray:  # fmt: skip
     """uint8 picture of an atlas.
 
     Args:
       images: float32 (M, H, W, 3) in [0, 1], one rendered image per cell.
       cells: int (M, 2) ``(row, col)`` of each cell (row 0 at the top).
       grid: G, cells per side.
-      labels: M captions (the cells' concepts).
+      labels: M captions (the cells' concepts): strings, or :class:`Caption` fitted
+        to the tile width.
 
     Returns:
       uint8 (Ph, Pw, 3): G x G tiles (enlarged twice for G <= 8), captions under them.
     """
     images = np.asarray(images, np.float32)
     size = images.shape[1:3]
+    scale = _atlas_scale(grid)
     tiles = np.full((grid * grid, *size, 3), EMPTY_CELL, np.float32)
     captions = [""] * (grid * grid)
     for m, (row, col) in enumerate(np.asarray(cells)):
         tiles[row * grid + col] = images[m]
-        captions[row * grid + col] = str(labels[m])
-    return image_grid(tiles, ncols=grid, labels=captions, scale=2 if grid <= 8 else 1)
+        captions[row * grid + col] = _fitted(labels[m], size[1] * scale)
+    return image_grid(tiles, ncols=grid, labels=captions, scale=scale)
 
 
 def layout_figure(points: np.ndarray, labels: np.ndarray, names: dict[int, str], grid: int,
@@ -106,14 +185,15 @@ def layout_figure(points: np.ndarray, labels: np.ndarray, names: dict[int, str],
 
 
 def groups_picture(rendered: np.ndarray | None, patches: np.ndarray,
-                   captions: Sequence[str]) -> np.ndarray:  # fmt: skip
+                   captions: Sequence[str | Caption]) -> np.ndarray:  # fmt: skip
     """uint8 picture of k neuron groups, one row each.
 
     Args:
       rendered: float32 (k, H, W, 3) rendered group images, or None.
       patches: float32 (k, m, Sh, Sw, 3) top image regions (resized to the rendered
         size, or to Sh x Sw without renders).
-      captions: k captions under each row's first tile.
+      captions: k captions under each row's first tile: strings, or :class:`Caption`
+        fitted to the tile width.
 
     Returns:
       uint8 picture: per row the rendered image (when given) then the m regions.
@@ -127,6 +207,7 @@ def groups_picture(rendered: np.ndarray | None, patches: np.ndarray,
         regions = _resized(patches[g], size)
         tiles = regions if rendered is None else np.concatenate([rendered[g : g + 1], regions])
         rows.append(tiles)
-        labels += [str(captions[g])] + [f"top {i + 1}" for i in range(len(tiles) - 1)]
+        labels += [_fitted(captions[g], size[1] * 2)]
+        labels += [f"top {i + 1}" for i in range(len(tiles) - 1)]
     tiles = np.concatenate(rows)
     return image_grid(tiles, ncols=len(rows[0]), labels=labels, scale=2)

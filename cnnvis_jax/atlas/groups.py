@@ -12,7 +12,10 @@ is unchanged) and ordered by their total factor, the most used first.
 :func:`render_groups` renders every group as an :func:`cnnvis_jax.am.direction`
 objective in one vmapped render; a group's *top regions* are the receptive-field
 windows (:func:`cnnvis_jax.deconv.topk.field_boxes`) of the sampled positions where
-its factor is largest, one per image.
+its factor is largest, one per image. A group's concepts are those of the sampled
+positions it dominates (its factor is the largest there): the majority one and the
+distinctive one, the concept they over-represent most
+(:func:`cnnvis_jax.atlas.labels.distinctive`).
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ import numpy as np
 
 from cnnvis_jax.atlas.collect import Samples, collect, planned_points
 from cnnvis_jax.atlas.directions import ATLAS_STEPS, COSINE_POWER, check_recipe
-from cnnvis_jax.atlas.labels import majority
+from cnnvis_jax.atlas.labels import MIN_COUNT, distinctive, majority
 from cnnvis_jax.errors import InputError
 from cnnvis_jax.model import Model
 
@@ -67,6 +70,10 @@ class NeuronGroups:
       label: int32 (k,) the majority concept label of the positions each group
         dominates (its factor is the largest there), 0 = none.
       share: float32 (k,) the fraction of those positions carrying ``label``.
+      distinctive: int32 (k,) the label with the largest lift among those held by at
+        least ``min_count`` of those positions (0 = none qualifies).
+      lift: float32 (k,) its lift ``(share of the group's positions carrying it) /
+        (share of all P sampled positions carrying it)`` (0 where ``distinctive`` is 0).
     """
 
     layer: str
@@ -81,14 +88,17 @@ class NeuronGroups:
     boxes: np.ndarray
     label: np.ndarray
     share: np.ndarray
+    distinctive: np.ndarray
+    lift: np.ndarray
 
     @property
     def k(self) -> int:
         return int(self.components.shape[0])
 
     def records(self, names: dict[int, str]) -> list[dict[str, Any]]:
-        """Per group: ``{group, concept, concept_share, mass, top_channels, top_regions}``
-        with ``names`` mapping label numbers to names (strict-JSON ready)."""
+        """Per group: ``{group, concept, concept_share, distinctive, lift, mass,
+        top_channels, top_regions}`` with ``names`` mapping label numbers to names
+        (strict-JSON ready; ``distinctive`` is "none" when no concept qualifies)."""
         mass = self.factors.sum(axis=0)
         out = []
         for g in range(self.k):
@@ -97,6 +107,9 @@ class NeuronGroups:
                 "group": g,
                 "concept": names.get(int(self.label[g]), "none"),
                 "concept_share": float(self.share[g]),
+                "distinctive": (names.get(int(self.distinctive[g]), "none")
+                                if self.distinctive[g] else "none"),
+                "lift": float(self.lift[g]),
                 "mass": float(mass[g] / max(mass.sum(), 1e-12)),
                 "top_channels": [{"unit": int(c), "weight": float(self.components[g, c])}
                                  for c in channels],
@@ -112,17 +125,19 @@ class NeuronGroups:
 def save_groups(out_dir: str | os.PathLike, groups: NeuronGroups, rendered: np.ndarray | None,
                 names: dict[int, str], *, extra: dict[str, Any] | None = None) -> Path:  # fmt: skip
     """Write ``groups.png`` (per group: its rendered image, when given, and its top
-    regions; the first tile captioned with the group's concept) and ``groups.json``
+    regions; the first tile captioned with the group's majority concept, then its
+    distinctive one and lift when they differ) and ``groups.json``
     (``extra``, ``relative_error``, ``converged`` and :meth:`NeuronGroups.records`)
     into ``out_dir`` atomically. ``rendered``: float32 (k, H, W, 3) or None.
     Returns the folder."""
-    from cnnvis_jax.atlas.figures import groups_picture
+    from cnnvis_jax.atlas.figures import Caption, groups_picture
     from cnnvis_jax.report.files import write_json
     from cnnvis_jax.report.grid import save_png
 
     out = Path(out_dir)
     records = groups.records(names)
-    captions = [f"{r['group']}: {r['concept']}" for r in records]
+    captions = [Caption(r["concept"], r["distinctive"], r["lift"], f"{r['group']}: ")
+                for r in records]  # fmt: skip
     save_png(groups_picture(rendered, groups.patches, captions), out / "groups.png")
     write_json(out / "groups.json", {**(extra or {}), "layer": groups.layer, "k": groups.k,
                                      "relative_error": groups.relative_error,
@@ -229,6 +244,7 @@ def neuron_groups(
     top: int = TOP_REGIONS,
     category: str = "object",
     num_labels: int | None = None,
+    min_count: int = MIN_COUNT,
     samples: Samples | None = None,
     progress: bool = False,
 ) -> NeuronGroups:
@@ -243,6 +259,8 @@ def neuron_groups(
         (:func:`~cnnvis_jax.atlas.collect.collect`).
       top: top regions per group.
       num_labels: label numbers of the source (default its vocabulary's).
+      min_count: fewest of a group's positions a concept needs to be its distinctive
+        one.
       samples: already collected samples of ``layer`` to factorize instead of
         collecting (``images``/``points`` are then ignored).
       progress: show a progress bar.
@@ -251,12 +269,14 @@ def neuron_groups(
       A :class:`NeuronGroups`.
 
     Raises:
-      InputError: see :func:`check_groups`; ``top`` below 1.
+      InputError: see :func:`check_groups`; ``top`` or ``min_count`` below 1.
     """
     from cnnvis_jax.deconv.topk import cut_windows, field_boxes
 
     if int(top) < 1:
         raise InputError(f"top must be at least 1, got {top}.")
+    if int(min_count) < 1:
+        raise InputError(f"min_count must be at least 1, got {min_count}.")
     if samples is None:
         check_groups(model, layer, k, planned_points(model, layer, images, points))
         samples = collect(model, source, layer, images=images, points=points, seed=seed,
@@ -278,7 +298,9 @@ def neuron_groups(
         num_labels = vocabulary.num_labels if vocabulary is not None else 1
     dominant = np.argmax(factors, axis=1)
     dominant[factors.max(axis=1) <= 0] = -1
-    label, share = majority(samples.label, dominant, k, max(int(num_labels), 1))
+    num_labels = max(int(num_labels), 1)
+    label, share = majority(samples.label, dominant, k, num_labels)
+    special, lift = distinctive(samples.label, dominant, k, num_labels, min_count=min_count)
     return NeuronGroups(
         layer=samples.layer,
         components=components,
@@ -292,6 +314,8 @@ def neuron_groups(
         boxes=clipped.reshape(k, m, 4).astype(np.int32),
         label=label,
         share=share,
+        distinctive=special,
+        lift=lift,
     )
 
 

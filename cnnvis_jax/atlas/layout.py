@@ -10,10 +10,12 @@ seed give the same layout.
 
 :func:`bin_cells` overlays a ``G x G`` grid on that square (Lucid's
 ``bin_laid_out_activations``): every cell holding at least ``min_points`` points
-becomes one atlas cell, its direction the mean of its points' (unscaled) vectors and
-its concept the majority label of its points. Cells are addressed as ``(row, col)``
-of the atlas picture: column = the x bin, row 0 at the top = the largest y bin, so
-the picture and the scatter plot of the layout (y upwards) line up.
+becomes one atlas cell, its direction the mean of its points' (unscaled) vectors, its
+concept the majority label of its points and its distinctive concept the label its
+points over-represent most (the largest lift:
+:func:`cnnvis_jax.atlas.labels.distinctive`). Cells are addressed as ``(row, col)`` of
+the atlas picture: column = the x bin, row 0 at the top = the largest y bin, so the
+picture and the scatter plot of the layout (y upwards) line up.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from cnnvis_jax.atlas.labels import majority
+from cnnvis_jax.atlas.labels import MIN_COUNT, distinctive, majority
 from cnnvis_jax.errors import InputError
 
 __all__ = ["Cells", "Layout", "assign_cells", "bin_cells", "embed", "normalize_layout"]
@@ -63,6 +65,10 @@ class Cells(NamedTuple):
       count: int64 (M,), points in the cell (each >= ``min_points``).
       label: int32 (M,), the majority concept label of the cell's points (0 = none).
       share: float32 (M,), the fraction of the cell's points carrying ``label``.
+      distinctive: int32 (M,), the label with the largest lift among those held by at
+        least ``min_count`` of the cell's points (0 = none qualifies).
+      lift: float32 (M,), its lift ``(share of the cell's points carrying it) / (share
+        of all P points carrying it)`` (0 where ``distinctive`` is 0).
       member: int64 (P,), the cell (0..M-1) of every point, -1 when its grid square
         holds fewer than ``min_points`` points.
       grid: G.
@@ -73,6 +79,8 @@ class Cells(NamedTuple):
     count: np.ndarray
     label: np.ndarray
     share: np.ndarray
+    distinctive: np.ndarray
+    lift: np.ndarray
     member: np.ndarray
     grid: int
 
@@ -140,7 +148,8 @@ def assign_cells(points: np.ndarray, grid: int) -> np.ndarray:
 
 
 def bin_cells(points: np.ndarray, vectors: np.ndarray, labels: np.ndarray, grid: int,
-              *, min_points: int, num_labels: int) -> Cells:  # fmt: skip
+              *, min_points: int, num_labels: int,
+              min_count: int = MIN_COUNT) -> Cells:  # fmt: skip
     """The atlas cells of a layout (see the module docstring).
 
     Args:
@@ -150,9 +159,11 @@ def bin_cells(points: np.ndarray, vectors: np.ndarray, labels: np.ndarray, grid:
       grid: G, cells per side.
       min_points: fewest points a cell needs to be kept.
       num_labels: one more than the largest label number.
+      min_count: fewest of a cell's points a label needs to be its distinctive label.
 
     Raises:
-      InputError: ``grid`` or ``min_points`` below 1; mismatched lengths.
+      InputError: ``grid``, ``min_points`` or ``min_count`` below 1; mismatched
+        lengths.
     """
     if int(grid) < 1 or int(min_points) < 1:
         raise InputError(f"grid and min_points must be at least 1, got {grid} and {min_points}.")
@@ -175,12 +186,15 @@ def bin_cells(points: np.ndarray, vectors: np.ndarray, labels: np.ndarray, grid:
     np.add.at(sums, member[inside], vectors[inside])
     count = counts[kept].astype(np.int64)
     label, share = majority(labels, member, len(kept), num_labels)
+    special, lift = distinctive(labels, member, len(kept), num_labels, min_count=min_count)
     return Cells(
         cell=np.stack([kept // grid, kept % grid], axis=-1).astype(np.int32),
         direction=(sums / np.maximum(count, 1)[:, None]).astype(np.float32),
         count=count,
         label=label,
         share=share,
+        distinctive=special,
+        lift=lift,
         member=member,
         grid=int(grid),
     )

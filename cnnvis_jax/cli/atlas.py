@@ -4,16 +4,20 @@
 [--points 8000] [--min-points 5] [--category object] [--preset lucid] [--steps 128]
 [--seed 0] [--groups K] [--dataset concepts] --out DIR`` writes
 
-* ``DIR/atlas.png``: the G x G grid, each cell's rendered direction with the concept
-  that dominates its activations (grey: too few points);
+* ``DIR/atlas.png``: the G x G grid, each cell's rendered direction captioned with
+  the concept that dominates its activations and, when another, the distinctive
+  concept (the one they over-represent most) with its lift, e.g. ``sky · car x3.1``
+  (grey: too few points);
 * ``DIR/layout.png``: the t-SNE layout of the activations coloured by concept, with
   the grid over it;
 * ``DIR/cells.json``: per rendered cell ``{row, col, points, concept, concept_share,
-  activation, direction_norm}``;
-* ``DIR/results.json``: counts, layout diagnostics, cells per concept, settings and
-  seconds per phase (collect, layout, render, figure, and groups with ``--groups``);
+  distinctive, lift, activation, direction_norm}``;
+* ``DIR/results.json``: counts, layout diagnostics, cells per (majority) concept and
+  per distinctive concept, settings and seconds per phase (collect, layout, render,
+  figure, and groups with ``--groups``);
 * with ``--groups K``: ``DIR/groups.png`` (each NMF group of the same activations
-  rendered, then its top image regions) and ``DIR/groups.json``;
+  rendered, then its top image regions) and ``DIR/groups.json`` (per group its
+  concept, distinctive concept and lift, channels and regions);
 * ``DIR/run.json``: the arguments. A rerun with the same arguments reuses the files;
   other arguments into the same folder are refused unless ``--overwrite``.
 
@@ -93,9 +97,13 @@ def cmd_atlas(args) -> int:
         group_seconds = time.perf_counter() - start
     atlas.save(out, more_seconds={"groups": group_seconds} if args.groups is not None else None)
     summary = atlas.summary()
-    concepts = ", ".join(f"{k} {v}" for k, v in list(summary["cells_per_concept"].items())[:6])
+    concepts, distinct = (
+        ", ".join(f"{k} {v}" for k, v in list(summary[key].items())[:6])
+        for key in ("cells_per_concept", "cells_per_distinctive_concept")
+    )
     print(f"{info.name}: {summary['cells_rendered']} of {args.grid * args.grid} cells rendered "
-          f"from {summary['points']} activations; cells per concept: {concepts}")  # fmt: skip
+          f"from {summary['points']} activations; cells per concept: {concepts}; per "
+          f"distinctive concept: {distinct}")  # fmt: skip
     wrote = ["atlas.png", "layout.png", "cells.json", "results.json"]
     if args.groups is not None:
         wrote += ["groups.png", "groups.json"]

@@ -78,6 +78,10 @@ def test_a_bypass_is_flagged_and_the_original_passes():
     ok = path_completeness(plain, "c2", 0, vis, images)
     bad = path_completeness(fooled, "c2", 0, vis, images)
     assert ok.passed and not bad.passed and bad.failing_layers == ("c1",)
+    on_input = path_completeness(fooled, "c2", 0, vis, images, layers="input")
+    assert on_input.layers == ("c1",) and not on_input.passed
+    with pytest.raises(InputError, match="or 'input'"):
+        path_completeness(fooled, "c2", 0, vis, images, layers="below")
     record = json.loads(json.dumps(bad.summary(), allow_nan=False))
     assert record["layers"][0]["layer"] == "c1" and record["passed"] is False
 

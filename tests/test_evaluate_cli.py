@@ -27,6 +27,8 @@ def test_evaluate_writes_table_panel_and_results(trained_run, tmp_path):
         assert len(unit["activation_ratio"]) == 2 and len(unit["plausibility"]) == 2
         assert unit["transferability"] is None
         assert set(unit["path"]) >= {"passed", "layers", "failing_layers"}
+        if unit["completeness"] is not None:
+            assert [entry["layer"] for entry in unit["completeness"]["layers"]] == ["pool2"]
     assert set(record["seconds"]) == {"references", "render", "scores"}
     assert Image.open(out / "panel.png").size[0] > 2 * 64
     assert main(args) == 0  # reused

@@ -5,6 +5,8 @@
   random natural images (:func:`natural_references`);
 * :mod:`~cnnvis_jax.evaluate.path`: the path-similarity check of Geirhos et al. 2023
   (:func:`path_similarity`, :func:`path_check`);
+* :mod:`~cnnvis_jax.evaluate.completeness`: does a unit's response come through the
+  layers below it (:func:`path_completeness`, :func:`unit_completeness`);
 * :mod:`~cnnvis_jax.evaluate.panel`: every score for several presets' renderings of
   a layer's units (:func:`compare_presets`, :class:`Panel`; ``cnnvis evaluate``);
 * :mod:`~cnnvis_jax.evaluate.sanity`: Adebayo et al. 2018's cascading and data
@@ -15,6 +17,11 @@
   advance while the network's outputs on natural images stay bitwise the same.
 """
 
+from cnnvis_jax.evaluate.completeness import (
+    PathCompleteness,
+    path_completeness,
+    unit_completeness,
+)
 from cnnvis_jax.evaluate.fooling import fooled_model, gate_values, target_similarity
 from cnnvis_jax.evaluate.panel import Panel, compare_presets, render_preset, score
 from cnnvis_jax.evaluate.path import (
@@ -43,6 +50,9 @@ from cnnvis_jax.evaluate.scores import (
 )
 
 __all__ = [
+    "PathCompleteness",
+    "path_completeness",
+    "unit_completeness",
     "Panel",
     "PathSimilarity",
     "References",

@@ -3,8 +3,9 @@
 :func:`compare_presets` renders each preset for the units (``seeds`` visualizations
 per unit), finds the units' natural references once, and scores every rendering
 with :func:`score`: activation ratio, plausibility, diversity among seeds,
-transferability to other models (class units), and the path-similarity check
-(:mod:`cnnvis_jax.evaluate.path`). :class:`Panel` holds the scores per preset, unit
+transferability to other models (class units), the path-similarity check
+(:mod:`cnnvis_jax.evaluate.path`) and the path-completeness check at the unit's input
+layer (:mod:`cnnvis_jax.evaluate.completeness`). :class:`Panel` holds the scores per preset, unit
 and visualization, with :meth:`Panel.table` (one row per preset) and
 :meth:`Panel.save` (``results.json``, ``table.csv``, ``panel.png``).
 """
@@ -37,6 +38,9 @@ class Panel(NamedTuple):
       diversity: float32 (P, U), NaN when V < 2.
       transferability: float32 (P, U, V), or None (not a class layer, no models).
       path: per preset and unit, the :class:`~cnnvis_jax.evaluate.path.PathSimilarity`.
+      completeness: per preset and unit, the
+        :class:`~cnnvis_jax.evaluate.completeness.PathCompleteness` at the unit's input
+        layer, or None where none of the unit's top images drives it.
       feature_layer: the layer plausibility and diversity compare features in.
       seconds: ``{"render": {preset: s}, "references": s, "scores": s}``.
     """
@@ -50,12 +54,14 @@ class Panel(NamedTuple):
     diversity: np.ndarray
     transferability: np.ndarray | None
     path: tuple
+    completeness: tuple
     feature_layer: str
     seconds: dict
 
     def table(self) -> list[dict[str, Any]]:
         """One row per preset: means over units and visualizations (NaN-aware), the
-        fraction of units whose every visualization passes the path check."""
+        fraction of units whose every visualization passes the path check, and the
+        fraction passing the completeness check (of the units it applies to)."""
         rows = []
         for p, name in enumerate(self.presets):
             row = {
@@ -67,6 +73,9 @@ class Panel(NamedTuple):
                 if self.transferability is None
                 else _mean(self.transferability[p]),
                 "path_pass_rate": float(np.mean([c.passed for c in self.path[p]])),
+                "completeness_pass_rate": _mean(
+                    [float(c.passed) for c in self.completeness[p] if c is not None]
+                ),
                 "render_seconds": self.seconds["render"].get(name),
             }
             rows.append(row)
@@ -86,6 +95,8 @@ class Panel(NamedTuple):
                     "transferability": None if self.transferability is None
                     else self.transferability[p, i].tolist(),
                     "path": self.path[p][i].summary(),
+                    "completeness": None if self.completeness[p][i] is None
+                    else self.completeness[p][i].summary(),
                 })  # fmt: skip
         return {
             "layer": self.layer,
@@ -106,6 +117,8 @@ class Panel(NamedTuple):
             for i, unit in enumerate(self.units):
                 tiles.append(self.images[p, i, 0])
                 mark = "ok" if self.path[p][i].passed else "FAIL"
+                check = self.completeness[p][i]
+                mark += "" if check is None else ("/ok" if check.passed else "/FAIL")
                 labels.append(f"{name} {unit} {self.activation_ratio[p, i, 0]:.2f}/"
                               f"{self.plausibility[p, i, 0]:.2f} {mark}")  # fmt: skip
         return image_grid(np.stack(tiles), ncols=len(self.units), labels=labels, scale=scale)
@@ -145,7 +158,14 @@ def score(
       InputError: transfer models for a layer that is not the model's logits layer
         (transferability scores class visualizations); images of other units.
     """
+    from cnnvis_jax.evaluate.completeness import path_completeness
     from cnnvis_jax.evaluate.path import path_similarity
+
+    def completeness_of(unit: int, images: np.ndarray, top: np.ndarray):
+        try:
+            return path_completeness(model, layer, unit, images, top, layers="input")
+        except InputError:  # no top image drives the unit: nothing to compare with
+            return None
 
     if not renders:
         raise InputError("no renderings to score; pass at least one preset.")
@@ -159,7 +179,7 @@ def score(
     feature = scores.feature_layer(model, layer) if feature_layer is None else feature_layer
     start = time.perf_counter()
     names = tuple(renders)
-    ratio, plaus, div, trans, path = [], [], [], [], []
+    ratio, plaus, div, trans, path, complete = [], [], [], [], [], []
     for name in names:
         images = np.asarray(renders[name], np.float32)
         ratio.append(scores.activation_ratio(model, images, references))
@@ -171,6 +191,10 @@ def score(
         path.append(tuple(
             path_similarity(model, layer, unit, images[i], references.top_images[i],
                             references.random_images)
+            for i, unit in enumerate(references.units)
+        ))  # fmt: skip
+        complete.append(tuple(
+            completeness_of(unit, images[i], references.top_images[i])
             for i, unit in enumerate(references.units)
         ))  # fmt: skip
     timing = dict(seconds or {})
@@ -185,6 +209,7 @@ def score(
         diversity=np.stack(div),
         transferability=np.stack(trans) if trans else None,
         path=tuple(path),
+        completeness=tuple(complete),
         feature_layer=feature,
         seconds=timing,
     )

@@ -55,6 +55,8 @@ the first run's units) separates fooled from original units on held-out units an
 held-out target picture: a fooled visualization that shows a natural-looking drawing
 is processed much like natural images, and original visualizations often fail. The
 check measures how natural a visualization's path is, not whether it is faithful.
+:mod:`cnnvis_jax.evaluate.completeness` asks instead whether the unit's response is
+produced through the layers below it, and separates the two on the same runs.
 
 Choices the paper leaves open, made here: the paper's "natural images of the class"
 (it checks the logits of an ImageNet classifier) become the unit's top-k natural

@@ -5,7 +5,8 @@ Two measurements from :mod:`cnnvis_jax.evaluate`, on the last surveyed layer:
 * the score panel (:func:`~cnnvis_jax.evaluate.compare_presets`) of the survey's AM
   presets for the layer's most strongly responding units: activation relative to
   the unit's top natural images, plausibility in the layer below, diversity among
-  seeds, and the path-similarity check (Geirhos et al. 2023);
+  seeds, the path-similarity check (Geirhos et al. 2023) and whether the unit's
+  response comes through its input layer (:mod:`cnnvis_jax.evaluate.completeness`);
 * Adebayo et al.'s cascading randomization of the weights (top layer down) for the
   gradient, DeconvNet and guided-backprop maps of the model's predicted class: how
   much each backward rule's picture depends on what the network learned. A rule
@@ -71,10 +72,12 @@ def trust(ctx: Context, out: Path) -> dict:
         figures.append(("panel/panel.png", f"layer {panel.layer}: rows are presets; under each "
                         "picture the activation ratio / plausibility and the path check"))  # fmt: skip
         rows = [[r["preset"], _fmt(r["activation_ratio"]), _fmt(r["plausibility"]),
-                 _fmt(r["diversity"]), f"{r['path_pass_rate']:.2f}"] for r in panel.table()]  # fmt: skip
+                 _fmt(r["diversity"]), f"{r['path_pass_rate']:.2f}",
+                 _fmt(r["completeness_pass_rate"])] for r in panel.table()]  # fmt: skip
         tables.append(_table(
             f"scores of the visualizations of {panel.layer} (means over units and seeds)",
-            ["preset", "activation ratio", "plausibility", "diversity", "path check passed"],
+            ["preset", "activation ratio", "plausibility", "diversity", "path check passed",
+             "response through the input layer"],
             rows,
         ))  # fmt: skip
         data["panel"] = panel.table()

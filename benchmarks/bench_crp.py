@@ -34,7 +34,13 @@ import time
 import numpy as np
 
 from benchmarks import make_lrp_golden as recipe
-from benchmarks.bench_lrp import interleaved_best, torch_worker
+from benchmarks.bench_lrp import (
+    first_and_best,
+    input_gradient,
+    interleaved_best,
+    recipe_alexnet,
+    torch_worker,
+)
 from benchmarks.common import save
 
 LAYER = "conv5"
@@ -42,29 +48,12 @@ TORCH_LAYER = "features.10"
 
 
 def jax_figures() -> dict:
-    import jax
-    import jax.numpy as jnp
-
-    from cnnvis_jax import lrp, weights
+    from cnnvis_jax import lrp
     from cnnvis_jax.crp import concept_relevance
-    from cnnvis_jax.zoo import registry
 
-    model = registry.as_model(
-        weights.load_torch_state_dict("alexnet", recipe.alexnet_state_dict()), "alexnet"
-    )
+    model = recipe_alexnet()
     images = recipe.golden_images(1)
-    name = model.logits_layer
-    logits = model.apply(model.params, jnp.asarray(images), name)[name]
-    targets = np.asarray(jnp.argmax(logits, -1))
-    x = model.input.normalize(jnp.asarray(images))
-
-    @jax.jit
-    def input_gradient(params, x, targets):
-        out, pull = jax.vjp(lambda v: model.apply_fn(params, v, (name,))[name], x)
-        return pull(jax.nn.one_hot(targets, out.shape[-1], dtype=out.dtype))[0]
-
-    def gradient():
-        return input_gradient(model.params, x, jnp.asarray(targets)).block_until_ready()
+    targets, gradient = input_gradient(model, images)
 
     def crp(count: int):
         return lambda: concept_relevance(model, images, targets, LAYER,
@@ -75,12 +64,7 @@ def jax_figures() -> dict:
         return lrp.relevance(model, images, targets).relevance.block_until_ready()
 
     variants = {"gradient": gradient, "crp_1": crp(1), "crp_6": crp(6), "lrp": plain_lrp}
-    first = {}
-    for label, fn in variants.items():
-        start = time.perf_counter()
-        fn()
-        first[label] = time.perf_counter() - start
-    best = interleaved_best(variants)
+    first, best = first_and_best(variants)
     return {
         "seconds": best,
         "first_call_seconds": first,

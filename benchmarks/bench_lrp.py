@@ -50,39 +50,63 @@ def interleaved_best(fns: dict, rounds: int = ROUNDS) -> dict:
     return best
 
 
+def first_and_best(fns: dict) -> tuple[dict, dict]:
+    """Seconds of each callable's first call (trace, compile, run), then the best of
+    interleaved rounds (:func:`interleaved_best`)."""
+    first = {}
+    for label, fn in fns.items():
+        start = time.perf_counter()
+        fn()
+        first[label] = time.perf_counter() - start
+    return first, interleaved_best(fns)
+
+
 # --- JAX -------------------------------------------------------------------------------
+
+
+def recipe_alexnet():
+    """The JAX AlexNet with the numpy-recipe weights of ``make_lrp_golden``."""
+    from cnnvis_jax import weights
+    from cnnvis_jax.zoo import registry
+
+    return registry.as_model(
+        weights.load_torch_state_dict("alexnet", recipe.alexnet_state_dict()), "alexnet"
+    )
+
+
+def input_gradient(model, images: np.ndarray):
+    """``(targets, run)``: the predicted classes of ``images`` (N, H, W, 3) in [0, 1] and
+    a callable timing one plain input gradient of their logits (a jitted ``jax.vjp`` at
+    the normalized input), blocking until done."""
+    import jax
+    import jax.numpy as jnp
+
+    name = model.logits_layer
+    x = model.input.normalize(jnp.asarray(images))
+    targets = np.asarray(jnp.argmax(model.apply(model.params, jnp.asarray(images), name)[name], -1))
+
+    @jax.jit
+    def gradient(params, x, targets):
+        logits, pull = jax.vjp(lambda v: model.apply_fn(params, v, (name,))[name], x)
+        return pull(jax.nn.one_hot(targets, logits.shape[-1], dtype=logits.dtype))[0]
+
+    def run():
+        return gradient(model.params, x, jnp.asarray(targets)).block_until_ready()
+
+    return targets, run
 
 
 def jax_figures() -> dict:
     """Per batch size: best and first-call seconds of LRP and the plain gradient."""
-    from cnnvis_jax import weights
-    from cnnvis_jax.zoo import registry
-
-    model = registry.as_model(
-        weights.load_torch_state_dict("alexnet", recipe.alexnet_state_dict()), "alexnet"
-    )
+    model = recipe_alexnet()
     return {f"batch_{batch}": jax_batch(model, batch) for batch in BATCHES}
 
 
 def jax_batch(model, batch: int) -> dict:
-    import jax
-    import jax.numpy as jnp
-
     from cnnvis_jax import lrp
 
     images = recipe.golden_images(batch)
-    x = model.input.normalize(jnp.asarray(images))
-    name = model.logits_layer
-
-    @jax.jit
-    def input_gradient(params, x, targets):
-        logits, pull = jax.vjp(lambda v: model.apply_fn(params, v, (name,))[name], x)
-        return pull(jax.nn.one_hot(targets, logits.shape[-1], dtype=logits.dtype))[0]
-
-    targets = np.asarray(jnp.argmax(model.apply(model.params, jnp.asarray(images), name)[name], -1))
-
-    def gradient():
-        return input_gradient(model.params, x, jnp.asarray(targets)).block_until_ready()
+    targets, gradient = input_gradient(model, images)
 
     def relevance(explicit: bool):
         def run():
@@ -98,12 +122,7 @@ def jax_batch(model, batch: int) -> dict:
         "lrp": relevance(False),
         "lrp_explicit_transpose": relevance(True),
     }
-    first = {}
-    for label, fn in variants.items():
-        start = time.perf_counter()
-        fn()
-        first[label] = time.perf_counter() - start
-    best = interleaved_best(variants)
+    first, best = first_and_best(variants)
     return {
         "seconds": best,
         "first_call_seconds": first,

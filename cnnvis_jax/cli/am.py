@@ -235,25 +235,9 @@ def add_am(sub) -> None:
     p.set_defaults(func=cmd_am)
 
 
-def _class_index(model, text: str) -> int:
-    names = model.class_names
-    if names is None:
-        model.check_class(0)  # raises: no classifier
-    if text in names:
-        return names.index(text)
-    try:
-        index = int(text)
-    except ValueError:
-        from cnnvis_jax.errors import did_you_mean
-
-        raise InputError(f"unknown class {text!r}; " + did_you_mean(text, list(names))) from None
-    model.check_class(index)
-    return index
-
-
 def cmd_mfv(args) -> int:
     from cnnvis_jax.am.mfv import MFVResult, facet_diversity, facets, render_facets
-    from cnnvis_jax.cli.common import load_model_arg, start_run
+    from cnnvis_jax.cli.common import class_index, load_model_arg, start_run
     from cnnvis_jax.data import open_dataset
 
     for name in ("facets", "per_facet", "images", "steps"):
@@ -263,7 +247,7 @@ def cmd_mfv(args) -> int:
     if args.preset not in ("mfv-mean", "mfv-center"):
         raise InputError(f"--preset for mfv must be mfv-mean or mfv-center, got {args.preset!r}.")
     model = load_model_arg(args)
-    index = _class_index(model, args.class_)
+    index = class_index(model, args.class_)
     out = Path(args.out)
     run = {
         key: getattr(args, key)

@@ -38,6 +38,28 @@ def given_or_default(name: str, value: int | None, default: int) -> int:
     return value
 
 
+def class_index(model, text: str) -> int:
+    """A class of ``model`` given on the command line by name or index.
+
+    Raises:
+      InputError: a model without classes, an unknown name (with the closest names),
+        an index out of range.
+    """
+    names = model.class_names
+    if names is None:
+        model.check_class(0)  # raises: no classifier
+    if text in names:
+        return names.index(text)
+    try:
+        index = int(text)
+    except ValueError:
+        from cnnvis_jax.errors import did_you_mean
+
+        raise InputError(f"unknown class {text!r}; " + did_you_mean(text, list(names))) from None
+    model.check_class(index)
+    return index
+
+
 def load_model_arg(args):
     from cnnvis_jax.models import load
 

@@ -15,37 +15,13 @@ from pathlib import Path
 
 from cnnvis_jax.errors import InputError
 
-__all__ = ["add_commands", "cmd_explain", "parse_class"]
-
-
-def parse_class(text: str | None, model) -> int | None:
-    """``--class`` as a class index: a class name of the model or an index; ``None``
-    stays ``None`` (the predicted class)."""
-    if text is None:
-        return None
-    names = model.class_names or ()
-    if text in names:
-        return names.index(text)
-    try:
-        index = int(text)
-    except ValueError:
-        from cnnvis_jax.errors import did_you_mean
-
-        if not names:
-            raise InputError(
-                f"--class {text!r}: model {model.name!r} has no class names; give an index."
-            ) from None
-        raise InputError(
-            f"unknown class {text!r} in --class; " + did_you_mean(text, names)
-        ) from None
-    model.check_class(index)
-    return index
+__all__ = ["add_commands", "cmd_explain"]
 
 
 def cmd_explain(args) -> int:
     import numpy as np
 
-    from cnnvis_jax.cli.common import load_model_arg, writable_folder
+    from cnnvis_jax.cli.common import class_index, load_model_arg, writable_folder
     from cnnvis_jax.crp import check_rule, explain, top_relevance, write_explanation
     from cnnvis_jax.data.imageio import load_images
 
@@ -61,7 +37,7 @@ def cmd_explain(args) -> int:
     if model.logits_layer is None:
         raise InputError(f"model {args.model!r} has no class scores; explain needs a classifier.")
     info = model.layer(args.layer)
-    target = parse_class(args.klass, model)
+    target = None if args.klass is None else class_index(model, args.klass)
     if args.top > info.channels:
         raise InputError(f"--top {args.top} exceeds the {info.channels} channels of "
                          f"{info.name}; lower it.")  # fmt: skip

@@ -25,22 +25,11 @@ from typing import Any
 
 import jax
 
-from cnnvis_jax._jaxpr_scan import Literal, _bind
+from cnnvis_jax._jaxpr_scan import _INLINED_CALLS, Literal, _bind, _body, _open
 from cnnvis_jax.errors import InputError
 from cnnvis_jax.model import Model
 
 __all__ = ["conditioned_forward", "perturbed_forward"]
-
-_CALLS = ("pjit", "jit", "closed_call", "core_call")
-"""Primitives whose body is entered when one of their outputs is the layer."""
-
-
-def _body(eqn):
-    """The ClosedJaxpr-like (jaxpr, consts) of a call equation."""
-    inner = eqn.params.get("jaxpr", eqn.params.get("call_jaxpr"))
-    if hasattr(inner, "jaxpr"):
-        return inner.jaxpr, list(inner.consts)
-    return inner, []
 
 
 def _evaluate(jaxpr, consts, args, hooks: dict, layer: str) -> list[Any]:
@@ -64,8 +53,8 @@ def _evaluate(jaxpr, consts, args, hooks: dict, layer: str) -> list[Any]:
     for eqn in jaxpr.eqns:
         invals = [read(v) for v in eqn.invars]
         hooked = [i for i, v in enumerate(eqn.outvars) if v in hooks]
-        if hooked and eqn.primitive.name in _CALLS:
-            body, body_consts = _body(eqn)
+        if hooked and eqn.primitive.name in _INLINED_CALLS:
+            body, body_consts = _open(_body(eqn))
             inner = {}
             for i in hooked:
                 out = body.outvars[i]
@@ -91,8 +80,8 @@ def _consumed(jaxpr, var) -> bool:
     for eqn in jaxpr.eqns:
         if any(v is var for v in eqn.invars if not isinstance(v, Literal)):
             return True
-        if var in eqn.outvars and eqn.primitive.name in _CALLS:
-            body, _ = _body(eqn)
+        if var in eqn.outvars and eqn.primitive.name in _INLINED_CALLS:
+            body, _ = _open(_body(eqn))
             if _consumed(body, body.outvars[eqn.outvars.index(var)]):
                 return True
     return False
@@ -107,6 +96,29 @@ def _in_order(model: Model, names: tuple[str, ...]):
         return tuple(acts[n] for n in names)
 
     return fn
+
+
+def _traced(model: Model, names: tuple[str, ...], out: str, example, *, below: str,
+            fix: str):  # fmt: skip
+    """Trace the forward to ``(names..., out)`` and find the variables holding the
+    ``names``' values: ``(closed jaxpr, their vars)``. Every name must come before
+    ``out`` (else "layer X is not below ``below``; ``fix``"), be read by the rest of the
+    forward, and hold a value of its own."""
+    order = model.layer_names
+    for name in names:
+        if order.index(name) >= order.index(out):
+            raise InputError(f"layer {name!r} is not below {below}; {fix}")
+    closed = jax.make_jaxpr(_in_order(model, (*names, out)))(model.params, example)
+    targets = closed.jaxpr.outvars[: len(names)]
+    for name, var in zip(names, targets):
+        if isinstance(var, Literal) or not _consumed(closed.jaxpr, var):
+            raise InputError(
+                f"the rest of the forward does not read layer {name!r}'s value (the model "
+                "records a copy); choose another layer."
+            )
+    if len(set(targets)) != len(targets):
+        raise InputError(f"layers {names} name the same value twice; give distinct layers.")
+    return closed, targets
 
 
 def conditioned_forward(
@@ -136,21 +148,12 @@ def conditioned_forward(
         )
     name = model.resolve(layer)
     logits = model.resolve(model.logits_layer)
-    order = model.layer_names
-    if order.index(name) >= order.index(logits):
-        raise InputError(
-            f"layer {name!r} is not below the logits layer {logits!r}; condition on a "
-            "layer between the input and the class scores."
-        )
-    closed = jax.make_jaxpr(_in_order(model, (name, logits)))(model.params, example)
+    closed, (target,) = _traced(model, (name,), logits, example,
+                                below=f"the logits layer {logits!r}",
+                                fix="condition on a layer between the input and the class "
+                                "scores.")  # fmt: skip
     jaxpr = closed.jaxpr
     flat_params = jax.tree_util.tree_leaves(model.params)
-    target = jaxpr.outvars[0]
-    if isinstance(target, Literal) or not _consumed(jaxpr, target):
-        raise InputError(
-            f"the rest of the forward does not read layer {name!r}'s value (the model "
-            "records a copy); condition on another layer."
-        )
 
     def forward(params, images, a):
         leaves = jax.tree_util.tree_leaves(params)
@@ -192,23 +195,9 @@ def perturbed_forward(
     """
     out = model.resolve(output)
     names = tuple(dict.fromkeys(model.resolve(n) for n in layers))
-    order = model.layer_names
-    for name in names:
-        if order.index(name) >= order.index(out):
-            raise InputError(
-                f"layer {name!r} is not below {out!r}; perturb layers before the output."
-            )
-    closed = jax.make_jaxpr(_in_order(model, (*names, out)))(model.params, example)
+    closed, targets = _traced(model, names, out, example, below=repr(out),
+                              fix="perturb layers before the output.")  # fmt: skip
     jaxpr = closed.jaxpr
-    targets = jaxpr.outvars[: len(names)]
-    for name, var in zip(names, targets):
-        if isinstance(var, Literal) or not _consumed(jaxpr, var):
-            raise InputError(
-                f"the rest of the forward does not read layer {name!r}'s value (the model "
-                "records a copy); choose other layers."
-            )
-    if len(set(targets)) != len(targets):
-        raise InputError(f"layers {names} name the same value twice; give distinct layers.")
 
     def forward(params, images, deltas):
         hooks = {var: (lambda value, d=d: value + d.astype(value.dtype))
